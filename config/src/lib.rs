@@ -1,0 +1,23 @@
+//! `outrigger-config` owns the contract between operators, the control plane and the sidecars:
+//! the mesh resources operators write ([`mesh`]), the [`Snapshot`] a sidecar runs, the static
+//! sidecar file ([`sidecar`]), and loading with errors that name the field path, line, column
+//! and reason ([`load`]).
+#![forbid(unsafe_code)]
+
+pub mod duration;
+pub mod error;
+pub mod load;
+pub mod locate;
+pub mod mesh;
+pub mod path;
+pub mod sidecar;
+pub mod snapshot;
+pub mod validate;
+
+pub use error::{ConfigError, FieldError};
+pub use load::{from_yaml, from_yaml_validated};
+pub use sidecar::{ProxySettings, SidecarFile};
+pub use snapshot::{
+    Destination, Endpoint, HeaderMatch, Inbound, Protocol, Route, RouteMatch, Snapshot,
+};
+pub use validate::{Validate, Validator};

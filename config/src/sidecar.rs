@@ -1,0 +1,89 @@
+//! The static sidecar file: `proxy` (bootstrap, read once at start) and `snapshot` (the same
+//! type the control plane pushes; re-read whenever the file changes).
+
+use crate::path::FieldPath;
+use crate::snapshot::Snapshot;
+use crate::validate::{Validate, Validator};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SidecarFile {
+    #[serde(default)]
+    pub proxy: ProxySettings,
+    pub snapshot: Snapshot,
+}
+
+/// Listener addresses and process-wide settings. Changing these needs a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxySettings {
+    /// Where the local app sends its outbound calls.
+    pub outbound: Option<SocketAddr>,
+    /// Where other sidecars send calls for the local app. `null` disables it.
+    pub inbound: Option<SocketAddr>,
+    /// Admin endpoints; keep it on loopback.
+    pub admin: SocketAddr,
+    /// How long shutdown waits for in-flight requests.
+    #[serde(with = "crate::duration")]
+    pub drain_timeout: Duration,
+    pub access_log: bool,
+    /// Largest request header block accepted; bigger gets 431.
+    pub max_header_bytes: usize,
+    /// Window of the exact percentiles at `/stats`.
+    #[serde(with = "crate::duration")]
+    pub stats_window: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            outbound: Some(SocketAddr::from(([127, 0, 0, 1], 15001))),
+            inbound: Some(SocketAddr::from(([0, 0, 0, 0], 15006))),
+            admin: SocketAddr::from(([127, 0, 0, 1], 15000)),
+            drain_timeout: Duration::from_secs(30),
+            access_log: true,
+            max_header_bytes: 64 * 1024,
+            stats_window: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Validate for SidecarFile {
+    fn validate(&self, at: &FieldPath, v: &mut Validator) {
+        self.proxy.validate(&at.key("proxy"), v);
+        self.snapshot.validate(&at.key("snapshot"), v);
+    }
+}
+
+impl Validate for ProxySettings {
+    fn validate(&self, at: &FieldPath, v: &mut Validator) {
+        v.ensure(
+            (1024..=1024 * 1024).contains(&self.max_header_bytes),
+            || at.key("max_header_bytes"),
+            "must be between 1024 and 1048576",
+        );
+        v.ensure(
+            self.stats_window >= Duration::from_secs(1),
+            || at.key("stats_window"),
+            "must be at least 1s",
+        );
+        v.ensure(
+            self.outbound.is_some() || self.inbound.is_some(),
+            || at.key("outbound"),
+            "at least one of outbound and inbound must be set",
+        );
+        let addrs = [self.outbound, self.inbound, Some(self.admin)];
+        let mut seen = Vec::new();
+        for (key, a) in ["outbound", "inbound", "admin"].into_iter().zip(addrs) {
+            if let Some(a) = a {
+                if a.port() != 0 && seen.contains(&a) {
+                    v.fail(at.key(key), format!("{a} is used by another listener"));
+                }
+                seen.push(a);
+            }
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! The sidecar `Snapshot`: everything one sidecar needs to route, as pushed by the control
+//! plane or read from a static file. The proxy compiles it once when it arrives.
+
+use crate::path::FieldPath;
+use crate::validate::{Validate, Validator};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub const DEFAULT_ROUTE: &str = "default";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    /// Set by the source (control plane or file watcher); monotonically increasing.
+    #[serde(default)]
+    pub version: u64,
+    /// The service this sidecar runs beside; the `service` label of every metric.
+    pub service: String,
+    /// Where inbound requests go: the local app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<Inbound>,
+    /// Services this sidecar's app may call.
+    #[serde(default)]
+    pub destinations: Vec<Destination>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 to the endpoint (requests that arrived as HTTP/2 are translated).
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c) to the endpoint; required for gRPC.
+    Http2,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inbound {
+    /// The local app's address.
+    pub app: SocketAddr,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default = "default_timeout", with = "crate::duration")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    pub name: String,
+    /// Authorities (`Host` / `:authority`, port ignored) that select this destination. Empty
+    /// means just `name`. `"*"` makes it the catch-all for unknown authorities.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default = "default_connect_timeout", with = "crate::duration")]
+    pub connect_timeout: Duration,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    /// Tried in order; the first match wins. A catch-all `default` route is implied last.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+impl Destination {
+    /// The authorities that select this destination, lowercased.
+    pub fn authorities(&self) -> Vec<String> {
+        if self.hosts.is_empty() {
+            vec![self.name.to_ascii_lowercase()]
+        } else {
+            self.hosts.iter().map(|h| h.to_ascii_lowercase()).collect()
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    #[serde(default = "default_version")]
+    pub version: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub matches: RouteMatch,
+    /// Deadline for the response headers, retries included.
+    #[serde(default = "default_timeout", with = "crate::duration")]
+    pub timeout: Duration,
+}
+
+impl Route {
+    /// The route every destination ends with: matches everything, default timeout.
+    pub fn catch_all() -> Self {
+        Route {
+            name: DEFAULT_ROUTE.to_string(),
+            matches: RouteMatch::default(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_exact: Option<String>,
+    /// Upper-case method names; empty means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Every listed header must be present with exactly this value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    pub value: String,
+}
+
+fn default_timeout() -> Duration {
+    DEFAULT_TIMEOUT
+}
+
+fn default_connect_timeout() -> Duration {
+    DEFAULT_CONNECT_TIMEOUT
+}
+
+fn default_version() -> String {
+    "v1".to_string()
+}
+
+impl Validate for Snapshot {
+    fn validate(&self, at: &FieldPath, v: &mut Validator) {
+        v.name(&self.service, at.key("service"));
+        if let Some(inbound) = &self.inbound {
+            inbound.validate(&at.key("inbound"), v);
+        }
+        let mut names = HashSet::new();
+        let mut hosts = HashSet::new();
+        for (i, d) in self.destinations.iter().enumerate() {
+            let here = at.key("destinations").index(i);
+            if !names.insert(d.name.as_str()) {
+                v.fail(
+                    here.key("name"),
+                    format!("destination {:?} is defined twice", d.name),
+                );
+                continue;
+            }
+            for (j, h) in d.authorities().into_iter().enumerate() {
+                if !hosts.insert(h.clone()) {
+                    v.fail(
+                        here.key("hosts").index(j),
+                        format!("host {h:?} already selects another destination"),
+                    );
+                }
+            }
+        }
+        for (i, d) in self.destinations.iter().enumerate() {
+            d.validate(&at.key("destinations").index(i), v);
+        }
+    }
+}
+
+impl Validate for Inbound {
+    fn validate(&self, at: &FieldPath, v: &mut Validator) {
+        v.ensure(
+            !self.timeout.is_zero(),
+            || at.key("timeout"),
+            "must be greater than zero",
+        );
+    }
+}
+
+impl Validate for Destination {
+    fn validate(&self, at: &FieldPath, v: &mut Validator) {
+        v.name(&self.name, at.key("name"));
+        for (j, h) in self.hosts.iter().enumerate() {
+            let ok = h == "*"
+                || (!h.is_empty()
+                    && h.len() <= 253
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+            v.ensure(
+                ok,
+                || at.key("hosts").index(j),
+                "must be a host name (no port, no scheme) or \"*\"",
+            );
+        }
+        v.ensure(
+            !self.connect_timeout.is_zero(),
+            || at.key("connect_timeout"),
+            "must be greater than zero",
+        );
+        for (j, e) in self.endpoints.iter().enumerate() {
+            let here = at.key("endpoints").index(j);
+            v.name(&e.version, here.key("version"));
+            if e.address.port() == 0 {
+                v.fail(here.key("address"), "port 0 is not a reachable endpoint");
+            }
+        }
+        let mut routes = HashSet::new();
+        for (j, r) in self.routes.iter().enumerate() {
+            let here = at.key("routes").index(j);
+            if !routes.insert(r.name.as_str()) {
+                v.fail(
+                    here.key("name"),
+                    format!("route {:?} is defined twice", r.name),
+                );
+            }
+            r.validate(&here, v);
+        }
+    }
+}
+
+impl Validate for Route {
+    fn validate(&self, at: &FieldPath, v: &mut Validator) {
+        v.name(&self.name, at.key("name"));
+        v.ensure(
+            !self.timeout.is_zero(),
+            || at.key("timeout"),
+            "must be greater than zero",
+        );
+        self.matches.validate(&at.key("match"), v);
+    }
+}
+
+impl Validate for RouteMatch {
+    fn validate(&self, at: &FieldPath, v: &mut Validator) {
+        for (key, p) in [
+            ("path_prefix", &self.path_prefix),
+            ("path_exact", &self.path_exact),
+        ] {
+            if let Some(p) = p {
+                v.ensure(p.starts_with('/'), || at.key(key), "must start with '/'");
+            }
+        }
+        for (j, method) in self.methods.iter().enumerate() {
+            let ok = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
+            v.ensure(
+                ok,
+                || at.key("methods").index(j),
+                "must be an upper-case HTTP method such as GET",
+            );
+        }
+        for (j, h) in self.headers.iter().enumerate() {
+            let ok = !h.name.is_empty()
+                && h.name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            v.ensure(
+                ok,
+                || at.key("headers").index(j).key("name"),
+                "must be a lower-case header name",
+            );
+        }
+    }
+}
