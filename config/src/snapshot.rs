@@ -28,7 +28,7 @@ pub struct Snapshot {
     pub destinations: Vec<Destination>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// HTTP/1.1 to the endpoint (requests that arrived as HTTP/2 are translated).
@@ -45,6 +45,9 @@ pub struct Inbound {
     pub app: SocketAddr,
     #[serde(default)]
     pub protocol: Protocol,
+    /// This instance's version: the `dst_version` label of inbound metrics.
+    #[serde(default = "default_version")]
+    pub version: String,
     #[serde(default = "default_timeout", with = "crate::duration")]
     pub timeout: Duration,
 }
@@ -179,6 +182,7 @@ impl Validate for Snapshot {
 
 impl Validate for Inbound {
     fn validate(&self, at: &FieldPath, v: &mut Validator) {
+        v.name(&self.version, at.key("version"));
         v.ensure(
             !self.timeout.is_zero(),
             || at.key("timeout"),

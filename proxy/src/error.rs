@@ -1,0 +1,89 @@
+//! Responses the proxy makes itself. Each carries `x-outrigger-error: <reason>` and a small JSON
+//! body, so a 5xx never leaves anyone guessing whether the app or the mesh produced it.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+
+pub const ERROR_HEADER: &str = "x-outrigger-error";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    /// No destination matches the request's authority.
+    UnknownAuthority,
+    /// The request has no authority at all (HTTP/1.1 without `Host`).
+    MissingAuthority,
+    /// The destination has no endpoints to send to.
+    NoEndpoints,
+    /// Inbound request but this sidecar has no local app configured.
+    NoInbound,
+    /// The TCP connection to the endpoint could not be made.
+    ConnectFailure,
+    /// The endpoint closed or reset the connection before a full response.
+    UpstreamReset,
+    /// The route's deadline passed before the response headers arrived.
+    Timeout,
+    /// The request header block is larger than `max_header_bytes`.
+    HeadersTooLarge,
+    /// The request cannot be forwarded as it is.
+    BadRequest,
+}
+
+impl ProxyError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProxyError::UnknownAuthority => StatusCode::NOT_FOUND,
+            ProxyError::MissingAuthority | ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::NoEndpoints | ProxyError::NoInbound => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ConnectFailure | ProxyError::UpstreamReset => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        }
+    }
+
+    /// The machine-readable reason: the header value and the metric/log label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ProxyError::UnknownAuthority => "unknown-authority",
+            ProxyError::MissingAuthority => "missing-authority",
+            ProxyError::NoEndpoints => "no-endpoints",
+            ProxyError::NoInbound => "no-inbound",
+            ProxyError::ConnectFailure => "connect-failure",
+            ProxyError::UpstreamReset => "upstream-reset",
+            ProxyError::Timeout => "timeout",
+            ProxyError::HeadersTooLarge => "headers-too-large",
+            ProxyError::BadRequest => "bad-request",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            ProxyError::UnknownAuthority => "no destination service matches the request authority",
+            ProxyError::MissingAuthority => "the request has no Host header or authority",
+            ProxyError::NoEndpoints => "the destination service has no endpoints",
+            ProxyError::NoInbound => "this sidecar has no local application configured",
+            ProxyError::ConnectFailure => "could not connect to the upstream endpoint",
+            ProxyError::UpstreamReset => "the upstream closed the connection before responding",
+            ProxyError::Timeout => "the route timeout expired before the upstream responded",
+            ProxyError::HeadersTooLarge => "the request header block exceeds the configured limit",
+            ProxyError::BadRequest => "the request is malformed",
+        }
+    }
+
+    /// The response, with its JSON body.
+    pub fn response(self) -> Response<Bytes> {
+        let body = format!(
+            "{{\"error\":\"{}\",\"message\":\"{}\"}}\n",
+            self.reason(),
+            self.message()
+        );
+        let mut res = Response::new(Bytes::from(body));
+        *res.status_mut() = self.status();
+        let h = res.headers_mut();
+        h.insert(ERROR_HEADER, HeaderValue::from_static(self.reason()));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        res
+    }
+}

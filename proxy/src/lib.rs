@@ -1,0 +1,38 @@
+//! `outrigger-proxy` is the sidecar data plane: it accepts HTTP/1.1 and h2c on its outbound and
+//! inbound listeners, routes each request by authority and route rules from the current
+//! compiled snapshot, forwards it over pooled upstream connections, and records metrics, exact
+//! percentiles and an access log. Config arrives from a watched file; everything the request
+//! path needs is compiled once per snapshot ([`routing::compile`]).
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod body;
+pub mod client;
+pub mod error;
+pub mod forward;
+pub mod listener;
+pub mod routing;
+pub mod server;
+pub mod shutdown;
+pub mod state;
+pub mod telemetry;
+pub mod watch;
+
+/// Which listener a request arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// From the local app to another service.
+    Outbound,
+    /// From another service to the local app.
+    Inbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}

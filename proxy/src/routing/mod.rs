@@ -1,0 +1,8 @@
+//! Routing state compiled from a snapshot: authority → destination ([`table`]), request →
+//! route ([`matcher`]), and the compiled snapshot itself ([`compile`]).
+
+pub mod compile;
+pub mod matcher;
+pub mod table;
+
+pub use compile::{Compiled, Dest, EndpointTarget, RouteEntry};

@@ -1,0 +1,102 @@
+//! Process-wide state shared by listeners, the admin server and config sources: the current
+//! compiled snapshot behind an `ArcSwap` (one load per request, never a lock), readiness, and
+//! the telemetry sinks.
+
+use crate::client::Clients;
+use crate::routing::compile::Compiler;
+use crate::routing::Compiled;
+use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::stats::StatsRegistry;
+use arc_swap::ArcSwapOption;
+use outrigger_config::{ProxySettings, Snapshot};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+pub struct Shared {
+    current: ArcSwapOption<Compiled>,
+    pub settings: ProxySettings,
+    pub metrics: Metrics,
+    pub stats: StatsRegistry,
+    pub clients: Clients,
+    pub access_log: Option<AccessLog>,
+    listeners_bound: AtomicBool,
+    draining: AtomicBool,
+    versions: AtomicU64,
+    /// Wakes the shutdown sequence (SIGTERM or `POST /shutdown`).
+    pub shutdown: Notify,
+}
+
+impl Shared {
+    pub fn new(settings: ProxySettings, access_log: Option<AccessLog>, metrics: Metrics) -> Self {
+        Self {
+            current: ArcSwapOption::empty(),
+            stats: StatsRegistry::new(settings.stats_window),
+            settings,
+            metrics,
+            clients: Clients::default(),
+            access_log,
+            listeners_bound: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            versions: AtomicU64::new(0),
+            shutdown: Notify::new(),
+        }
+    }
+
+    /// The snapshot in force; `None` before the first one is applied.
+    #[inline]
+    pub fn current(&self) -> Option<Arc<Compiled>> {
+        self.current.load_full()
+    }
+
+    /// Compiles and swaps in a validated snapshot. Requests in flight keep the `Arc` of the
+    /// snapshot they started with and finish on it. Returns the version now served.
+    pub fn apply(&self, mut snapshot: Snapshot, source: &str) -> u64 {
+        if snapshot.version == 0 {
+            snapshot.version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
+        } else {
+            self.versions.fetch_max(snapshot.version, Ordering::Relaxed);
+        }
+        let version = snapshot.version;
+        let compiled = Compiler {
+            metrics: &self.metrics,
+            stats: &self.stats,
+            clients: &self.clients,
+        }
+        .compile(snapshot);
+        self.current.store(Some(Arc::new(compiled)));
+        self.metrics
+            .config_applied
+            .with_label_values(&[source])
+            .inc();
+        self.metrics.config_version.set(version as i64);
+        version
+    }
+
+    pub fn reject(&self, source: &str) {
+        self.metrics
+            .config_rejected
+            .with_label_values(&[source])
+            .inc();
+    }
+
+    pub fn set_listeners_bound(&self) {
+        self.listeners_bound.store(true, Ordering::Release);
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Ready: a snapshot applied, listeners bound, not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.listeners_bound.load(Ordering::Acquire)
+            && !self.is_draining()
+            && self.current.load().is_some()
+    }
+}

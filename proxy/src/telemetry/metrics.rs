@@ -1,0 +1,188 @@
+//! Prometheus metrics. Label values are bounded: they come from config (service, route,
+//! version names) or small fixed sets (direction, status code, reason), never from requests.
+//! Per-route handles are resolved when a snapshot is compiled ([`StatusMetrics`]), so recording
+//! a request is an index and two atomic adds.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::{Arc, OnceLock};
+
+/// Fine below 100 ms, where a mesh's latency lives; coarse above.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06,
+    0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+const REQUEST_LABELS: &[&str] = &[
+    "direction",
+    "service",
+    "dst_service",
+    "dst_version",
+    "route",
+    "status_code",
+];
+
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    pub proxy_errors: IntCounterVec,
+    pub config_applied: IntCounterVec,
+    pub config_rejected: IntCounterVec,
+    pub config_version: IntGauge,
+    pub access_log_dropped: IntCounter,
+    pub connections: IntCounterVec,
+    pub connections_open: IntGaugeVec,
+    pub upgrades: IntCounterVec,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Only fails on a malformed metric definition, which is a programming error caught by
+    // every test run.
+    r.unwrap_or_else(|e| panic!("invalid metric definition: {e}"))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = must(IntCounterVec::new(
+            Opts::new("outrigger_requests_total", "Requests handled, by outcome."),
+            REQUEST_LABELS,
+        ));
+        let latency = must(HistogramVec::new(
+            HistogramOpts::new(
+                "outrigger_request_duration_seconds",
+                "Time from request headers received to response end.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            REQUEST_LABELS,
+        ));
+        let proxy_errors = must(IntCounterVec::new(
+            Opts::new(
+                "outrigger_proxy_errors_total",
+                "Responses the proxy generated itself, by reason.",
+            ),
+            &["direction", "reason"],
+        ));
+        let config_applied = must(IntCounterVec::new(
+            Opts::new("outrigger_config_applied_total", "Snapshots applied."),
+            &["source"],
+        ));
+        let config_rejected = must(IntCounterVec::new(
+            Opts::new(
+                "outrigger_config_rejected_total",
+                "Config changes rejected as invalid; the previous snapshot kept serving.",
+            ),
+            &["source"],
+        ));
+        let config_version = must(IntGauge::new(
+            "outrigger_config_version",
+            "Version of the snapshot being served.",
+        ));
+        let access_log_dropped = must(IntCounter::new(
+            "outrigger_access_log_dropped_total",
+            "Access log lines dropped because the writer fell behind.",
+        ));
+        let connections = must(IntCounterVec::new(
+            Opts::new(
+                "outrigger_connections_total",
+                "Downstream connections accepted.",
+            ),
+            &["direction"],
+        ));
+        let connections_open = must(IntGaugeVec::new(
+            Opts::new(
+                "outrigger_connections_open",
+                "Downstream connections open now.",
+            ),
+            &["direction"],
+        ));
+        let upgrades = must(IntCounterVec::new(
+            Opts::new(
+                "outrigger_upgrades_total",
+                "HTTP/1.1 upgrades (WebSocket) tunnelled.",
+            ),
+            &["direction"],
+        ));
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(proxy_errors.clone()),
+            Box::new(config_applied.clone()),
+            Box::new(config_rejected.clone()),
+            Box::new(config_version.clone()),
+            Box::new(access_log_dropped.clone()),
+            Box::new(connections.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(upgrades.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        Self {
+            registry,
+            requests,
+            latency,
+            proxy_errors,
+            config_applied,
+            config_rejected,
+            config_version,
+            access_log_dropped,
+            connections,
+            connections_open,
+            upgrades,
+        }
+    }
+
+    /// Handles for one label set (direction, service, destination, version, route); the status
+    /// code is filled in lazily, once per code seen.
+    pub fn status_metrics(&self, labels: [&str; 5]) -> Arc<StatusMetrics> {
+        Arc::new(StatusMetrics {
+            labels: labels.map(str::to_string),
+            requests: self.requests.clone(),
+            latency: self.latency.clone(),
+            by_status: (0..500).map(|_| OnceLock::new()).collect(),
+        })
+    }
+
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Pre-resolved request metrics for one route and destination version, indexed by status.
+pub struct StatusMetrics {
+    labels: [String; 5],
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    by_status: Box<[OnceLock<(IntCounter, Histogram)>]>,
+}
+
+impl StatusMetrics {
+    pub fn record(&self, status: http::StatusCode, seconds: f64) {
+        let i = (status.as_u16() as usize).saturating_sub(100);
+        let Some(slot) = self.by_status.get(i) else {
+            return;
+        };
+        let (count, hist) = slot.get_or_init(|| {
+            let l = &self.labels;
+            let values = [&*l[0], &*l[1], &*l[2], &*l[3], &*l[4], status.as_str()];
+            (
+                self.requests.with_label_values(&values),
+                self.latency.with_label_values(&values),
+            )
+        });
+        count.inc();
+        hist.observe(seconds);
+    }
+}
