@@ -1,0 +1,164 @@
+//! Scripted upstream servers (HTTP/1.1 and h2c on one port) that count their connections.
+//!
+//! Paths: `/` → `ok`; `/echo` → JSON of method, path, version and headers; `/status/N`;
+//! `/delay/MS`; `/download/BYTES` (streamed); `/upload` → byte count of the body;
+//! `/ws` → WebSocket-style upgrade, then echoes bytes. Every response carries `x-upstream`
+//! with the server's name.
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::client::{BoxError, TestBody};
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (c, r, n) = (connections.clone(), requests.clone(), name.to_string());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (r, n) = (r.clone(), n.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        r.fetch_add(1, Ordering::SeqCst);
+                        handle(n.clone(), req)
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, name: name.to_string(), connections, requests, task }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn respond(name: &str, status: StatusCode, body: TestBody) -> Response<TestBody> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    r.headers_mut().insert("x-upstream", name.parse().expect("header value"));
+    r
+}
+
+async fn handle(name: String, mut req: Request<Incoming>) -> Result<Response<TestBody>, BoxError> {
+    let path = req.uri().path().to_string();
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let (head, arg) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    Ok(match head {
+        "" => respond(&name, StatusCode::OK, crate::client::full("ok\n")),
+        "echo" => {
+            let headers: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+                .collect();
+            let v = serde_json::json!({
+                "method": req.method().as_str(),
+                "path": req.uri().path_and_query().map(|p| p.as_str()),
+                "version": format!("{:?}", req.version()),
+                "headers": headers,
+            });
+            respond(&name, StatusCode::OK, crate::client::full(v.to_string()))
+        }
+        "status" => {
+            let code = arg.parse().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
+            respond(&name, code, crate::client::full(format!("status {code}\n")))
+        }
+        "delay" => {
+            let ms = arg.parse().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            respond(&name, StatusCode::OK, crate::client::full("delayed\n"))
+        }
+        "download" => {
+            let n = arg.parse().unwrap_or(0);
+            respond(&name, StatusCode::OK, crate::client::generated(n))
+        }
+        "upload" => {
+            let mut body = req.into_body();
+            let mut n: u64 = 0;
+            while let Some(frame) = body.frame().await {
+                if let Ok(d) = frame?.into_data() {
+                    n += d.len() as u64;
+                }
+            }
+            respond(&name, StatusCode::OK, crate::client::full(n.to_string()))
+        }
+        "ws" => {
+            let key = req.headers().get("sec-websocket-key").cloned();
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(up) = on.await {
+                    let mut io = TokioIo::new(up);
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            let mut r = respond(&name, StatusCode::SWITCHING_PROTOCOLS, crate::client::empty());
+            let h = r.headers_mut();
+            h.insert(header::CONNECTION, "upgrade".parse().expect("hv"));
+            h.insert(header::UPGRADE, "websocket".parse().expect("hv"));
+            if let Some(k) = key {
+                h.insert("sec-websocket-accept", k);
+            }
+            r
+        }
+        _ => respond(&name, StatusCode::NOT_FOUND, crate::client::full(Bytes::from_static(b"no such path\n"))),
+    })
+}
+
+/// Accepts connections, reads the request head, and closes without answering.
+pub async fn closing_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                drop(s);
+            });
+        }
+    });
+    (addr, task)
+}
