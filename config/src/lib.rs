@@ -10,12 +10,17 @@ pub mod load;
 pub mod locate;
 pub mod mesh;
 pub mod path;
+pub mod resilience;
 pub mod sidecar;
 pub mod snapshot;
 pub mod validate;
 
 pub use error::{ConfigError, FieldError};
 pub use load::{from_yaml, from_yaml_validated};
+pub use resilience::{
+    Backoff, Ewma, Fault, FaultAbort, FaultDelay, GrpcStatus, Limits, LoadBalancer,
+    OutlierDetection, RateLimit, RetryBudget, RetryOn, RetryPolicy,
+};
 pub use sidecar::{ProxySettings, SidecarFile};
 pub use snapshot::{
     Destination, Endpoint, HeaderMatch, Inbound, Protocol, Route, RouteMatch, Snapshot,

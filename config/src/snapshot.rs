@@ -2,6 +2,9 @@
 //! plane or read from a static file. The proxy compiles it once when it arrives.
 
 use crate::path::FieldPath;
+use crate::resilience::{
+    Ewma, Fault, Limits, LoadBalancer, OutlierDetection, RateLimit, RetryBudget, RetryPolicy,
+};
 use crate::validate::{Validate, Validator};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -50,6 +53,11 @@ pub struct Inbound {
     pub version: String,
     #[serde(default = "default_timeout", with = "crate::duration")]
     pub timeout: Duration,
+    /// Token bucket in front of the app; over it, 429.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,9 +77,36 @@ pub struct Destination {
     /// Tried in order; the first match wins. A catch-all `default` route is implied last.
     #[serde(default)]
     pub routes: Vec<Route>,
+    #[serde(default)]
+    pub load_balancer: LoadBalancer,
+    #[serde(default)]
+    pub ewma: Ewma,
+    #[serde(default)]
+    pub outlier_detection: OutlierDetection,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub retry_budget: RetryBudget,
 }
 
 impl Destination {
+    /// A destination with every setting at its default and no endpoints.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            hosts: Vec::new(),
+            protocol: Protocol::default(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            endpoints: Vec::new(),
+            routes: Vec::new(),
+            load_balancer: LoadBalancer::default(),
+            ewma: Ewma::default(),
+            outlier_detection: OutlierDetection::default(),
+            limits: Limits::default(),
+            retry_budget: RetryBudget::default(),
+        }
+    }
+
     /// The authorities that select this destination, lowercased.
     pub fn authorities(&self) -> Vec<String> {
         if self.hosts.is_empty() {
@@ -101,6 +136,19 @@ pub struct Route {
     /// Deadline for the response headers, retries included.
     #[serde(default = "default_timeout", with = "crate::duration")]
     pub timeout: Duration,
+    /// Deadline for one attempt's response headers; the last attempt runs to `timeout`.
+    #[serde(
+        default,
+        with = "crate::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub per_try_timeout: Option<Duration>,
+    #[serde(default)]
+    pub retries: RetryPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Route {
@@ -110,6 +158,10 @@ impl Route {
             name: DEFAULT_ROUTE.to_string(),
             matches: RouteMatch::default(),
             timeout: DEFAULT_TIMEOUT,
+            per_try_timeout: None,
+            retries: RetryPolicy::default(),
+            fault: None,
+            rate_limit: None,
         }
     }
 }
@@ -183,6 +235,10 @@ impl Validate for Snapshot {
 impl Validate for Inbound {
     fn validate(&self, at: &FieldPath, v: &mut Validator) {
         v.name(&self.version, at.key("version"));
+        if let Some(r) = &self.rate_limit {
+            r.validate(&at.key("rate_limit"), v);
+        }
+        self.limits.validate(&at.key("limits"), v);
         v.ensure(
             !self.timeout.is_zero(),
             || at.key("timeout"),
@@ -218,6 +274,11 @@ impl Validate for Destination {
                 v.fail(here.key("address"), "port 0 is not a reachable endpoint");
             }
         }
+        self.ewma.validate(&at.key("ewma"), v);
+        self.outlier_detection
+            .validate(&at.key("outlier_detection"), v);
+        self.limits.validate(&at.key("limits"), v);
+        self.retry_budget.validate(&at.key("retry_budget"), v);
         let mut routes = HashSet::new();
         for (j, r) in self.routes.iter().enumerate() {
             let here = at.key("routes").index(j);
@@ -241,6 +302,20 @@ impl Validate for Route {
             "must be greater than zero",
         );
         self.matches.validate(&at.key("match"), v);
+        if let Some(t) = self.per_try_timeout {
+            v.ensure(
+                !t.is_zero(),
+                || at.key("per_try_timeout"),
+                "must be greater than zero",
+            );
+        }
+        self.retries.validate(&at.key("retries"), v);
+        if let Some(f) = &self.fault {
+            f.validate(&at.key("fault"), v);
+        }
+        if let Some(r) = &self.rate_limit {
+            r.validate(&at.key("rate_limit"), v);
+        }
     }
 }
 

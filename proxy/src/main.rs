@@ -134,16 +134,14 @@ fn quick_start(cli: &Cli, listen: SocketAddr, upstream: SocketAddr) -> SidecarFi
             service: cli.service.clone(),
             inbound: None,
             destinations: vec![Destination {
-                name: "upstream".into(),
                 hosts: vec!["*".into()],
                 protocol: cli.upstream_protocol,
-                connect_timeout: Duration::from_secs(1),
                 endpoints: vec![Endpoint {
                     address: upstream,
                     version: "v1".into(),
                     labels: Default::default(),
                 }],
-                routes: vec![],
+                ..Destination::new("upstream")
             }],
         },
     }
