@@ -31,7 +31,12 @@ impl ProxyBuilder {
     pub fn quick(upstream: SocketAddr) -> Self {
         let listen = addr();
         Self {
-            args: vec!["--listen".into(), listen.to_string(), "--upstream".into(), upstream.to_string()],
+            args: vec![
+                "--listen".into(),
+                listen.to_string(),
+                "--upstream".into(),
+                upstream.to_string(),
+            ],
             config: None,
             outbound: Some(listen),
             inbound: None,
@@ -43,7 +48,12 @@ impl ProxyBuilder {
     pub fn file(snapshot: &str, proxy_extra: &str) -> Self {
         let (outbound, inbound) = (addr(), addr());
         let config = render(outbound, inbound, snapshot, proxy_extra);
-        Self { args: vec![], config: Some(config), outbound: Some(outbound), inbound: Some(inbound) }
+        Self {
+            args: vec![],
+            config: Some(config),
+            outbound: Some(outbound),
+            inbound: Some(inbound),
+        }
     }
 
     pub fn arg(mut self, a: &str) -> Self {
@@ -55,7 +65,11 @@ impl ProxyBuilder {
         let dir = tempfile::tempdir().expect("tempdir");
         let admin = addr();
         let mut cmd = Command::new(bin("outrigger-proxy"));
-        cmd.args(&self.args).arg("--admin").arg(admin.to_string()).arg("--threads").arg("2");
+        cmd.args(&self.args)
+            .arg("--admin")
+            .arg(admin.to_string())
+            .arg("--threads")
+            .arg("2");
         let mut config_path = None;
         if let Some(text) = &self.config {
             let p = dir.path().join("sidecar.yaml");
@@ -65,14 +79,28 @@ impl ProxyBuilder {
         }
         let out = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout file");
         let err = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
-        cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err)).stdin(Stdio::null());
+        cmd.stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .stdin(Stdio::null());
         let child = cmd.spawn().expect("start outrigger-proxy");
-        Proxy { child, admin, outbound: self.outbound, inbound: self.inbound, dir, config_path }
+        Proxy {
+            child,
+            admin,
+            outbound: self.outbound,
+            inbound: self.inbound,
+            dir,
+            config_path,
+        }
     }
 }
 
 /// A sidecar file with the given listeners.
-pub fn render(outbound: SocketAddr, inbound: SocketAddr, snapshot: &str, proxy_extra: &str) -> String {
+pub fn render(
+    outbound: SocketAddr,
+    inbound: SocketAddr,
+    snapshot: &str,
+    proxy_extra: &str,
+) -> String {
     let indent = |s: &str| s.lines().map(|l| format!("  {l}\n")).collect::<String>();
     format!(
         "proxy:\n  outbound: {outbound}\n  inbound: {inbound}\n{}snapshot:\n{}",
@@ -152,7 +180,8 @@ impl Proxy {
 
     /// Resident set size and its peak, in KiB, from /proc.
     pub fn rss_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
         let field = |name: &str| {
             status
                 .lines()

@@ -1,7 +1,10 @@
 //! Scripted upstream servers (HTTP/1.1 and h2c on one port) that count their connections.
 //!
-//! Paths: `/` → `ok`; `/echo` → JSON of method, path, version and headers; `/status/N`;
-//! `/delay/MS`; `/download/BYTES` (streamed); `/upload` → byte count of the body;
+//! Paths: `/` → `ok`; `/echo` → JSON of method, path, authority, version and headers;
+//! `/inspect` → the same plus `body_bytes` and request `trailers` (reads the whole body);
+//! `/status/N`; `/delay/MS`; `/download/BYTES` (streamed); `/upload` → byte count of the body;
+//! `/hop` → `ok` with hop-by-hop response headers (`Connection: x-resp-secret`,
+//! `X-Resp-Secret`, `Keep-Alive`, `Proxy-Connection`) and an end-to-end `x-resp-kept`;
 //! `/ws` → WebSocket-style upgrade, then echoes bytes. Every response carries `x-upstream`
 //! with the server's name.
 
@@ -31,14 +34,18 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(name: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().expect("local addr");
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
         let (c, r, n) = (connections.clone(), requests.clone(), name.to_string());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 c.fetch_add(1, Ordering::SeqCst);
                 let (r, n) = (r.clone(), n.clone());
                 tokio::spawn(async move {
@@ -52,7 +59,13 @@ impl Upstream {
                 });
             }
         });
-        Self { addr, name: name.to_string(), connections, requests, task }
+        Self {
+            addr,
+            name: name.to_string(),
+            connections,
+            requests,
+            task,
+        }
     }
 
     pub fn connections(&self) -> usize {
@@ -73,7 +86,8 @@ impl Drop for Upstream {
 fn respond(name: &str, status: StatusCode, body: TestBody) -> Response<TestBody> {
     let mut r = Response::new(body);
     *r.status_mut() = status;
-    r.headers_mut().insert("x-upstream", name.parse().expect("header value"));
+    r.headers_mut()
+        .insert("x-upstream", name.parse().expect("header value"));
     r
 }
 
@@ -83,22 +97,49 @@ async fn handle(name: String, mut req: Request<Incoming>) -> Result<Response<Tes
     let (head, arg) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     Ok(match head {
         "" => respond(&name, StatusCode::OK, crate::client::full("ok\n")),
-        "echo" => {
-            let headers: serde_json::Map<String, serde_json::Value> = req
-                .headers()
-                .iter()
-                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
-                .collect();
-            let v = serde_json::json!({
-                "method": req.method().as_str(),
-                "path": req.uri().path_and_query().map(|p| p.as_str()),
-                "version": format!("{:?}", req.version()),
-                "headers": headers,
-            });
+        "echo" => respond(
+            &name,
+            StatusCode::OK,
+            crate::client::full(echo_json(&req).to_string()),
+        ),
+        "inspect" => {
+            let mut v = echo_json(&req);
+            let mut body = req.into_body();
+            let mut n: u64 = 0;
+            let mut trailers = serde_json::Map::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame?;
+                if let Some(d) = frame.data_ref() {
+                    n += d.len() as u64;
+                } else if let Some(t) = frame.trailers_ref() {
+                    for (k, val) in t {
+                        trailers.insert(
+                            k.to_string(),
+                            String::from_utf8_lossy(val.as_bytes()).into(),
+                        );
+                    }
+                }
+            }
+            v["body_bytes"] = n.into();
+            v["trailers"] = trailers.into();
             respond(&name, StatusCode::OK, crate::client::full(v.to_string()))
         }
+        "hop" => {
+            let mut r = respond(&name, StatusCode::OK, crate::client::full("hop\n"));
+            let h = r.headers_mut();
+            h.insert(header::CONNECTION, "x-resp-secret".parse().expect("hv"));
+            h.insert("x-resp-secret", "1".parse().expect("hv"));
+            h.insert("keep-alive", "timeout=5".parse().expect("hv"));
+            h.insert("proxy-connection", "keep-alive".parse().expect("hv"));
+            h.insert("x-resp-kept", "yes".parse().expect("hv"));
+            r
+        }
         "status" => {
-            let code = arg.parse().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
+            let code = arg
+                .parse()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::BAD_REQUEST);
             respond(&name, code, crate::client::full(format!("status {code}\n")))
         }
         "delay" => {
@@ -134,7 +175,11 @@ async fn handle(name: String, mut req: Request<Incoming>) -> Result<Response<Tes
                     }
                 }
             });
-            let mut r = respond(&name, StatusCode::SWITCHING_PROTOCOLS, crate::client::empty());
+            let mut r = respond(
+                &name,
+                StatusCode::SWITCHING_PROTOCOLS,
+                crate::client::empty(),
+            );
             let h = r.headers_mut();
             h.insert(header::CONNECTION, "upgrade".parse().expect("hv"));
             h.insert(header::UPGRADE, "websocket".parse().expect("hv"));
@@ -143,7 +188,28 @@ async fn handle(name: String, mut req: Request<Incoming>) -> Result<Response<Tes
             }
             r
         }
-        _ => respond(&name, StatusCode::NOT_FOUND, crate::client::full(Bytes::from_static(b"no such path\n"))),
+        _ => respond(
+            &name,
+            StatusCode::NOT_FOUND,
+            crate::client::full(Bytes::from_static(b"no such path\n")),
+        ),
+    })
+}
+
+/// What `/echo` answers: method, path, the request URI's authority (HTTP/2 `:authority`; null
+/// for HTTP/1.1 origin-form), version and headers.
+fn echo_json<B>(req: &Request<B>) -> serde_json::Value {
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .collect();
+    serde_json::json!({
+        "method": req.method().as_str(),
+        "path": req.uri().path_and_query().map(|p| p.as_str()),
+        "authority": req.uri().authority().map(|a| a.as_str()),
+        "version": format!("{:?}", req.version()),
+        "headers": headers,
     })
 }
 
