@@ -409,7 +409,6 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
 /// `trailers` value still has to reach an HTTP/2 (gRPC) upstream, as it does without the
 /// Connection token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "proxy bug: strip_hop_by_hop drops `te: trailers` when Connection lists `te`; un-ignore when fixed"]
 async fn te_trailers_survives_when_connection_lists_te() {
     let app = Upstream::start("app").await;
     let proxy = proxy_for(&app).await;

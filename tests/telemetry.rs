@@ -22,7 +22,7 @@ async fn known_traffic_gives_exact_counts_and_labels() {
     let snapshot = format!(
         "service: order\n\
          inbound:\n  app: {app}\n  version: v7\n\
-         destinations:\n  - name: payment\n    endpoints:\n      - {{address: {v1}, version: v1}}\n      - {{address: {v2}, version: v2}}\n    routes:\n      - name: status\n        match: {{path_prefix: /status}}\n",
+         destinations:\n  - name: payment\n    load_balancer: round-robin\n    endpoints:\n      - {{address: {v1}, version: v1}}\n      - {{address: {v2}, version: v2}}\n    routes:\n      - name: status\n        match: {{path_prefix: /status}}\n",
         app = v1.addr,
         v1 = v1.addr,
         v2 = v2.addr

@@ -1,11 +1,14 @@
-//! Body wrappers on the request path. Both stream frame by frame, so memory stays bounded
-//! whatever the body size; they only count bytes and notice the end.
+//! Body wrappers on the request path. All stream frame by frame, so memory stays bounded
+//! whatever the body size; they count bytes, keep a copy for replay when a retry may need it,
+//! and notice the end of the response.
 
+use crate::retry::replay::ReplayBody;
 use crate::telemetry::record::Record;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,19 +17,19 @@ use std::task::{ready, Context, Poll};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A request body on its way upstream.
-pub struct RequestBody {
+/// The downstream request body, counting what it delivers.
+pub struct Counting {
     inner: Incoming,
     received: Option<Arc<AtomicU64>>,
 }
 
-impl RequestBody {
+impl Counting {
     pub fn new(inner: Incoming, received: Option<Arc<AtomicU64>>) -> Self {
         Self { inner, received }
     }
 }
 
-impl Body for RequestBody {
+impl Body for Counting {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -53,9 +56,59 @@ impl Body for RequestBody {
     }
 }
 
+/// A request body on its way upstream.
+pub enum RequestBody {
+    /// No body (most GETs): nothing to buffer, free to resend.
+    Empty,
+    /// Sent once; no retry can need it again.
+    Streaming(Counting),
+    /// Kept (up to a cap) so that a retry can send it again.
+    Replay(ReplayBody<Counting>),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Streaming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Replay(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Streaming(b) => b.is_end_stream(),
+            RequestBody::Replay(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Streaming(b) => b.size_hint(),
+            RequestBody::Replay(b) => b.size_hint(),
+        }
+    }
+}
+
+/// An upstream response body: streamed as it arrives, or partly read ahead first.
+pub enum UpstreamBody {
+    Streaming(Incoming),
+    /// Frames read ahead (to see gRPC trailers before deciding on a retry), then the rest.
+    ReadAhead(VecDeque<Frame<Bytes>>, Option<Incoming>),
+}
+
 enum Inner {
     Upstream(Incoming),
     Local(Full<Bytes>),
+    Buffered(VecDeque<Frame<Bytes>>, Option<Incoming>),
 }
 
 /// A response body on its way downstream, carrying the request's [`Record`].
@@ -65,9 +118,13 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming, record: Record) -> Self {
+    pub fn upstream(body: UpstreamBody, record: Record) -> Self {
+        let inner = match body {
+            UpstreamBody::Streaming(b) => Inner::Upstream(b),
+            UpstreamBody::ReadAhead(frames, rest) => Inner::Buffered(frames, rest),
+        };
         Self {
-            inner: Inner::Upstream(body),
+            inner,
             record: Some(record),
         }
     }
@@ -100,6 +157,13 @@ impl Body for ResponseBody {
             Inner::Local(b) => {
                 ready!(Pin::new(b).poll_frame(cx)).map(|r| r.map_err(|e: Infallible| match e {}))
             }
+            Inner::Buffered(frames, rest) => match frames.pop_front() {
+                Some(f) => Some(Ok(f)),
+                None => match rest {
+                    Some(b) => ready!(Pin::new(b).poll_frame(cx)).map(|r| r.map_err(Into::into)),
+                    None => None,
+                },
+            },
         };
         match &frame {
             Some(Ok(f)) => {
@@ -116,6 +180,9 @@ impl Body for ResponseBody {
         match &self.inner {
             Inner::Upstream(b) => b.is_end_stream(),
             Inner::Local(b) => b.is_end_stream(),
+            Inner::Buffered(f, rest) => {
+                f.is_empty() && rest.as_ref().is_none_or(|b| b.is_end_stream())
+            }
         }
     }
 
@@ -123,6 +190,7 @@ impl Body for ResponseBody {
         match &self.inner {
             Inner::Upstream(b) => b.size_hint(),
             Inner::Local(b) => b.size_hint(),
+            Inner::Buffered(..) => SizeHint::default(),
         }
     }
 }

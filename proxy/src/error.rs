@@ -26,6 +26,14 @@ pub enum ProxyError {
     HeadersTooLarge,
     /// The request cannot be forwarded as it is.
     BadRequest,
+    /// A destination limit (in flight, pending, connections) was reached.
+    Overloaded,
+    /// A local rate limit refused the request.
+    RateLimited,
+    /// The last attempt's per-try deadline passed and no retry was possible.
+    PerTryTimeout,
+    /// Fault injection aborted the request with this status.
+    FaultInjected(u16),
 }
 
 impl ProxyError {
@@ -37,6 +45,12 @@ impl ProxyError {
             ProxyError::ConnectFailure | ProxyError::UpstreamReset => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::FaultInjected(s) => {
+                StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
         }
     }
 
@@ -52,6 +66,10 @@ impl ProxyError {
             ProxyError::Timeout => "timeout",
             ProxyError::HeadersTooLarge => "headers-too-large",
             ProxyError::BadRequest => "bad-request",
+            ProxyError::Overloaded => "overloaded",
+            ProxyError::RateLimited => "rate-limited",
+            ProxyError::PerTryTimeout => "per-try-timeout",
+            ProxyError::FaultInjected(_) => "fault-injected",
         }
     }
 
@@ -66,6 +84,10 @@ impl ProxyError {
             ProxyError::Timeout => "the route timeout expired before the upstream responded",
             ProxyError::HeadersTooLarge => "the request header block exceeds the configured limit",
             ProxyError::BadRequest => "the request is malformed",
+            ProxyError::Overloaded => "the destination is at its concurrency or connection limit",
+            ProxyError::RateLimited => "the local rate limit was exceeded",
+            ProxyError::PerTryTimeout => "the attempt timed out and no retry was possible",
+            ProxyError::FaultInjected(_) => "fault injection aborted the request",
         }
     }
 

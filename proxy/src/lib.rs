@@ -6,11 +6,18 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod balance;
 pub mod body;
+pub mod breaker;
 pub mod client;
+pub mod endpoint;
 pub mod error;
+pub mod fault;
 pub mod forward;
+pub mod grpc;
 pub mod listener;
+pub mod ratelimit;
+pub mod retry;
 pub mod routing;
 pub mod server;
 pub mod shutdown;

@@ -3,7 +3,8 @@
 //! the telemetry sinks.
 
 use crate::client::Clients;
-use crate::routing::compile::Compiler;
+use crate::endpoint::EndpointRegistry;
+use crate::routing::compile::{Compiler, DestRegistry};
 use crate::routing::Compiled;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
@@ -20,6 +21,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub stats: StatsRegistry,
     pub clients: Clients,
+    pub endpoints: EndpointRegistry,
+    pub dests: DestRegistry,
     pub access_log: Option<AccessLog>,
     listeners_bound: AtomicBool,
     draining: AtomicBool,
@@ -36,6 +39,8 @@ impl Shared {
             settings,
             metrics,
             clients: Clients::default(),
+            endpoints: EndpointRegistry::default(),
+            dests: DestRegistry::default(),
             access_log,
             listeners_bound: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -63,6 +68,8 @@ impl Shared {
             metrics: &self.metrics,
             stats: &self.stats,
             clients: &self.clients,
+            endpoints: &self.endpoints,
+            dests: &self.dests,
         }
         .compile(snapshot);
         self.current.store(Some(Arc::new(compiled)));

@@ -13,6 +13,14 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// `Connection` names. With `upgrade`, `Connection: upgrade` and `Upgrade` survive, because
 /// the tunnel needs the next hop to see them.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // `te: trailers` is the one TE value that means something end to end (gRPC needs it).
+    // Read it first: an HTTP/1.1 client that sends TE also lists it in `Connection`.
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -28,13 +36,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         }
         headers.remove(header::CONNECTION);
     }
-    // `te: trailers` is the one TE value that means something end to end (gRPC needs it).
-    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
     headers.remove(header::TE);
     headers.remove(KEEP_ALIVE);
     headers.remove(PROXY_CONNECTION);
@@ -144,7 +145,7 @@ mod tests {
     fn keeps_te_trailers_and_upgrade_when_tunnelling() {
         let mut h = map(&[
             ("te", "trailers, deflate"),
-            ("connection", "Upgrade"),
+            ("connection", "Upgrade, TE"),
             ("upgrade", "websocket"),
         ]);
         strip_hop_by_hop(&mut h, true);

@@ -5,8 +5,15 @@
 pub mod headers;
 pub mod upgrade;
 
-use crate::body::{RequestBody, ResponseBody};
+use crate::balance;
+use crate::body::{Counting, RequestBody, ResponseBody, UpstreamBody};
+use crate::breaker::Overload;
+use crate::endpoint::outlier::Transition;
 use crate::error::ProxyError;
+use crate::fault;
+use crate::grpc;
+use crate::retry::policy::{classify, is_gateway_status, CompiledRetry, Failure};
+use crate::retry::replay::ReplayBody;
 use crate::routing::{Compiled, Dest, EndpointTarget};
 use crate::state::Shared;
 use crate::telemetry::access_log::Entry;
@@ -18,13 +25,17 @@ use headers::{
 };
 use http::uri::{PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use outrigger_config::Protocol;
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::SystemTime;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 /// Everything known about the request before it is sent, for the record.
@@ -153,77 +164,381 @@ async fn forward(
         log.entry.dst_service = Some(dest.name.clone());
         log.entry.route = Some(route.name.clone());
     }
-    let Some(endpoint) = dest.pick() else {
-        return local_error(
-            shared,
-            &mut ctx,
-            Some(route.metrics_for(None)),
-            ProxyError::NoEndpoints,
-        );
-    };
-    let metrics = route.metrics_for(Some(endpoint));
-    if let Some(log) = ctx.log.as_mut() {
-        log.entry.upstream = Some(endpoint.addr);
+    let unpicked = route.metrics_for(None);
+    if let Some(bucket) = &route.rate_limit {
+        if !bucket.try_acquire() {
+            route.counters.rate_limited.inc();
+            return local_error(shared, &mut ctx, Some(unpicked), ProxyError::RateLimited);
+        }
     }
+    if let Some(f) = &route.fault {
+        let roll = fault::roll(f);
+        if let Some(d) = roll.delay {
+            route.counters.fault_delays.inc();
+            tokio::time::sleep(d).await;
+        }
+        if let Some(status) = roll.abort {
+            route.counters.fault_aborts.inc();
+            return local_error(
+                shared,
+                &mut ctx,
+                Some(unpicked),
+                ProxyError::FaultInjected(status.as_u16()),
+            );
+        }
+    }
+    let deadline = ctx.start + route.timeout;
+    let permit = match dest.breaker.acquire(deadline).await {
+        Ok(p) => p,
+        Err(o) => {
+            match o {
+                Overload::Pending => dest.counters.overload_pending.inc(),
+                Overload::Deadline => dest.counters.overload_deadline.inc(),
+                Overload::Connections => dest.counters.overload_connections.inc(),
+            }
+            return local_error(shared, &mut ctx, Some(unpicked), ProxyError::Overloaded);
+        }
+    };
 
     let upgrade = req.version() == Version::HTTP_11
         && dest.protocol == Protocol::Http1
         && wants_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-    if let Err(e) = prepare(&mut parts, dest.protocol, endpoint, ctx.client, upgrade) {
-        return local_error(shared, &mut ctx, Some(metrics), e);
+    let (mut head, body) = req.into_parts();
+    if let Err(e) = prepare(&mut head, dest.protocol, ctx.client, upgrade) {
+        return local_error(shared, &mut ctx, Some(unpicked), e);
     }
     let received = ctx.log.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
     if let Some(log) = ctx.log.as_mut() {
         log.bytes_received = received.clone();
     }
-    let upstream_req = Request::from_parts(parts, RequestBody::new(body, received));
-
-    let sent = tokio::time::timeout(route.timeout, dest.client.request(upstream_req)).await;
-    let mut res = match sent {
-        Ok(Ok(res)) => res,
-        Ok(Err(e)) => {
-            let err = if e.is_connect() {
-                ProxyError::ConnectFailure
-            } else {
-                ProxyError::UpstreamReset
-            };
-            tracing::debug!(upstream = %endpoint.addr, error = ?e, reason = err.reason(), "upstream request failed");
-            return local_error(shared, &mut ctx, Some(metrics), err);
-        }
-        Err(_) => return local_error(shared, &mut ctx, Some(metrics), ProxyError::Timeout),
+    let policy = &route.retry;
+    let may_retry = !upgrade && policy.attempts > 1;
+    let mut source = if body.is_end_stream() {
+        Source::Empty
+    } else if may_retry {
+        Source::Replay(Some(ReplayBody::new(
+            Counting::new(body, received),
+            policy.buffer_bytes,
+        )))
+    } else {
+        Source::Streaming(Some(Counting::new(body, received)))
     };
-
-    let switching = res.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-    match (switching, downstream_upgrade) {
-        (true, Some(down)) => {
-            shared
-                .metrics
-                .upgrades
-                .with_label_values(&[ctx.direction.as_str()])
-                .inc();
-            upgrade::tunnel(down, hyper::upgrade::on(&mut res));
-            strip_hop_by_hop(res.headers_mut(), true);
-        }
-        _ => strip_hop_by_hop(res.headers_mut(), false),
+    if may_retry {
+        dest.budget.deposit();
     }
-    let record = Record {
-        start: ctx.start,
-        status: res.status(),
-        metrics: metrics.clone(),
-        stats: Some(dest.stats.clone()),
-        log: ctx.log.take(),
-        bytes_sent: 0,
+
+    let mut attempt: u32 = 1;
+    let mut avoid = None;
+    loop {
+        let last = !may_retry || attempt >= policy.attempts;
+        let Some(pick) = balance::pick(&dest.endpoints, dest.lb, &dest.rr, avoid) else {
+            return local_error(shared, &mut ctx, Some(unpicked), ProxyError::NoEndpoints);
+        };
+        let ep = &dest.endpoints[pick.index];
+        let metrics = route.metrics_for(Some(ep));
+        if let Some(log) = ctx.log.as_mut() {
+            log.entry.upstream = Some(ep.addr);
+        }
+        let Some(body) = source.next_attempt() else {
+            // Unreachable: a retry is only decided when the body can be sent again.
+            ep.state.outlier.release_probe();
+            return local_error(shared, &mut ctx, Some(metrics), ProxyError::BadRequest);
+        };
+        let upstream_req = attempt_request(&head, ep, attempt, may_retry, body);
+
+        let started = Instant::now();
+        let try_deadline = match route.per_try_timeout {
+            Some(t) if !last => deadline.min(started + t),
+            _ => deadline,
+        };
+        let pending = ep.state.start();
+        let sent = tokio::time::timeout_at(try_deadline, dest.client.request(upstream_req)).await;
+        drop(pending);
+        ep.state.ewma.observe(started.elapsed(), dest.ewma_decay);
+
+        let (failure, kept) = match sent {
+            Ok(Ok(res)) => {
+                match check_response(policy, last, res.map(UpstreamBody::Streaming), deadline).await
+                {
+                    Checked::Done(res) => {
+                        let gateway = is_gateway_status(res.status());
+                        observe(dest, ep, pick.probe, gateway);
+                        let finish = Finish {
+                            ctx,
+                            metrics,
+                            stats: &dest.stats,
+                            permit,
+                        };
+                        return finish.response(shared, res, downstream_upgrade);
+                    }
+                    Checked::Retry(failure, res) => (failure, Some(res)),
+                }
+            }
+            Ok(Err(e)) => {
+                let failure = classify(&e);
+                tracing::debug!(upstream = %ep.addr, error = ?e, ?failure, attempt, "upstream attempt failed");
+                (failure, None)
+            }
+            Err(_) if try_deadline < deadline => {
+                route.counters.per_try_timeouts.inc();
+                (Failure::PerTryTimeout, None)
+            }
+            Err(_) => {
+                observe(dest, ep, pick.probe, true);
+                return local_error(shared, &mut ctx, Some(metrics), ProxyError::Timeout);
+            }
+        };
+        if failure == Failure::Overloaded {
+            dest.counters.overload_connections.inc();
+            if pick.probe {
+                ep.state.outlier.release_probe();
+            }
+        } else {
+            observe(dest, ep, pick.probe, failure.is_gateway_failure());
+        }
+
+        let give_up = if last || !policy.retryable(failure) {
+            true
+        } else if !policy.safe(&head.method, failure) {
+            route.counters.not_retryable.inc();
+            true
+        } else if !source.replayable() {
+            route.counters.body_too_large.inc();
+            true
+        } else if !dest.budget.try_withdraw() {
+            route.counters.budget_exhausted.inc();
+            true
+        } else {
+            false
+        };
+        let delay = if give_up {
+            None
+        } else {
+            Some(policy.backoff.delay(attempt))
+        };
+        match (delay, kept) {
+            (Some(d), _) if Instant::now() + d < deadline => {
+                route.counters.retried.inc();
+                tokio::time::sleep(d).await;
+                avoid = Some(pick.index);
+                attempt += 1;
+            }
+            (_, Some(res)) => {
+                let finish = Finish {
+                    ctx,
+                    metrics,
+                    stats: &dest.stats,
+                    permit,
+                };
+                return finish.response(shared, res, None);
+            }
+            (_, None) => {
+                let err = match failure {
+                    Failure::ConnectFailure => ProxyError::ConnectFailure,
+                    Failure::Overloaded => ProxyError::Overloaded,
+                    Failure::PerTryTimeout => ProxyError::PerTryTimeout,
+                    _ => ProxyError::UpstreamReset,
+                };
+                return local_error(shared, &mut ctx, Some(metrics), err);
+            }
+        }
+    }
+}
+
+/// Where each attempt's request body comes from.
+enum Source {
+    Empty,
+    Streaming(Option<Counting>),
+    Replay(Option<ReplayBody<Counting>>),
+}
+
+impl Source {
+    fn next_attempt(&mut self) -> Option<RequestBody> {
+        match self {
+            Source::Empty => Some(RequestBody::Empty),
+            Source::Streaming(b) => b.take().map(RequestBody::Streaming),
+            Source::Replay(master) => {
+                let clone = master.as_ref().and_then(|m| m.try_clone());
+                // Too large to keep from the start: send the original, once.
+                clone.or_else(|| master.take()).map(RequestBody::Replay)
+            }
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        match self {
+            Source::Empty => true,
+            Source::Streaming(_) => false,
+            Source::Replay(m) => m.as_ref().is_some_and(|m| m.is_replayable()),
+        }
+    }
+}
+
+/// One attempt's request: the prepared head, this endpoint's address, the attempt number.
+fn attempt_request(
+    head: &http::request::Parts,
+    ep: &EndpointTarget,
+    attempt: u32,
+    numbered: bool,
+    body: RequestBody,
+) -> Request<RequestBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method.clone();
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers.clone();
+    let pq = head
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(ep.authority.clone());
+    parts.path_and_query = Some(pq);
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    if numbered {
+        req.headers_mut()
+            .insert(ATTEMPT, HeaderValue::from(attempt));
+    }
+    req
+}
+
+pub const ATTEMPT: http::HeaderName = http::HeaderName::from_static("x-outrigger-attempt");
+
+enum Checked {
+    Done(Response<UpstreamBody>),
+    Retry(Failure, Response<UpstreamBody>),
+}
+
+/// Decides whether a response is a retryable failure: by status, by `grpc-status` in the
+/// headers, or by `grpc-status` in the trailers (read ahead up to the replay cap).
+async fn check_response(
+    policy: &CompiledRetry,
+    last: bool,
+    res: Response<UpstreamBody>,
+    deadline: Instant,
+) -> Checked {
+    if last {
+        return Checked::Done(res);
+    }
+    let status = res.status();
+    if policy.retryable_status(status) {
+        return Checked::Retry(Failure::Status(status), res);
+    }
+    if !policy.retries_grpc() || !grpc::is_grpc(res.headers()) {
+        return Checked::Done(res);
+    }
+    if let Some(code) = grpc::status(res.headers()) {
+        return if policy.retryable_grpc(code) {
+            Checked::Retry(Failure::Grpc(code), res)
+        } else {
+            Checked::Done(res)
+        };
+    }
+    // The status comes in the trailers: read ahead, within bounds, to see it.
+    let (parts, body) = res.into_parts();
+    let UpstreamBody::Streaming(mut body) = body else {
+        return Checked::Done(Response::from_parts(parts, body));
     };
-    res.map(|b| ResponseBody::upstream(b, record))
+    let mut frames = VecDeque::new();
+    let mut size = 0usize;
+    let mut code = None;
+    let mut ended = false;
+    while size <= policy.buffer_bytes {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(f))) => {
+                if let Some(t) = f.trailers_ref() {
+                    code = grpc::status(t);
+                }
+                size += f.data_ref().map_or(0, |d| d.len());
+                frames.push_back(f);
+            }
+            Ok(None) => {
+                ended = true;
+                break;
+            }
+            // An error or the deadline: hand the stream on as it is; the client sees it.
+            Ok(Some(Err(_))) | Err(_) => break,
+        }
+    }
+    let res = Response::from_parts(
+        parts,
+        UpstreamBody::ReadAhead(frames, (!ended).then_some(body)),
+    );
+    match code {
+        Some(c) if policy.retryable_grpc(c) => Checked::Retry(Failure::Grpc(c), res),
+        _ => Checked::Done(res),
+    }
+}
+
+/// Feeds an attempt's outcome to outlier detection and reports ejections.
+fn observe(dest: &Dest, ep: &EndpointTarget, probe: bool, gateway_failure: bool) {
+    match ep
+        .state
+        .outlier
+        .record(&dest.outlier, gateway_failure, probe, || dest.may_eject())
+    {
+        Some(Transition::Ejected) => {
+            dest.counters.ejections.inc();
+            dest.counters.ejected.inc();
+            tracing::warn!(destination = %dest.name, endpoint = %ep.addr, "endpoint ejected after consecutive failures");
+        }
+        Some(Transition::Restored) => {
+            dest.counters.ejected.dec();
+            tracing::info!(destination = %dest.name, endpoint = %ep.addr, "endpoint back in service after a successful probe");
+        }
+        None => {}
+    }
+}
+
+/// What the successful path needs to build the downstream response.
+struct Finish<'a> {
+    ctx: Ctx,
+    metrics: &'a Arc<StatusMetrics>,
+    stats: &'a Arc<crate::telemetry::stats::SlidingHistogram>,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Finish<'_> {
+    fn response(
+        mut self,
+        shared: &Shared,
+        mut res: Response<UpstreamBody>,
+        downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<ResponseBody> {
+        let switching = res.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+        match (switching, downstream_upgrade) {
+            (true, Some(down)) => {
+                shared
+                    .metrics
+                    .upgrades
+                    .with_label_values(&[self.ctx.direction.as_str()])
+                    .inc();
+                upgrade::tunnel(down, hyper::upgrade::on(&mut res));
+                strip_hop_by_hop(res.headers_mut(), true);
+            }
+            _ => strip_hop_by_hop(res.headers_mut(), false),
+        }
+        let record = Record {
+            start: self.ctx.start,
+            status: res.status(),
+            metrics: self.metrics.clone(),
+            stats: Some(self.stats.clone()),
+            log: self.ctx.log.take(),
+            bytes_sent: 0,
+            permit: Some(self.permit),
+        };
+        res.map(|b| ResponseBody::upstream(b, record))
+    }
 }
 
 /// Turns the downstream request head into the upstream one.
 fn prepare(
     parts: &mut http::request::Parts,
     protocol: Protocol,
-    endpoint: &EndpointTarget,
     client: SocketAddr,
     upgrade: bool,
 ) -> Result<(), ProxyError> {
@@ -237,17 +552,6 @@ fn prepare(
     }
     strip_hop_by_hop(&mut parts.headers, upgrade);
     append_forwarded_for(&mut parts.headers, client.ip());
-    let pq = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(endpoint.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| ProxyError::BadRequest)?;
     match protocol {
         Protocol::Http1 => parts.version = Version::HTTP_11,
         Protocol::Http2 => {
@@ -294,6 +598,7 @@ fn local_error(
         stats: None,
         log,
         bytes_sent: 0,
+        permit: None,
     });
     res.map(|b| ResponseBody::local(b, record))
 }

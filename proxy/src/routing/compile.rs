@@ -1,18 +1,29 @@
 //! Compiles a [`Snapshot`] into the structures the request path reads: lookup tables, route
-//! matchers, endpoint URIs and pre-resolved metric handles. Done once per snapshot, so the
-//! request path does one `ArcSwap` load and no string building.
+//! matchers, endpoint URIs, retry policies and pre-resolved metric handles. Done once per
+//! snapshot, so the request path does one `ArcSwap` load and no string building. State that
+//! must outlive a snapshot (pools, endpoint health, in-flight limits, retry budgets) comes from
+//! registries and is reused while its settings are unchanged.
 
 use super::matcher::RouteMatcher;
 use super::table::AuthorityTable;
-use crate::client::{Clients, HttpClient};
+use crate::breaker::Breaker;
+use crate::client::{ClientKey, Clients, HttpClient};
+use crate::endpoint::{EndpointRegistry, EndpointState};
+use crate::ratelimit::TokenBucket;
+use crate::retry::budget::RetryBudget;
+use crate::retry::policy::CompiledRetry;
 use crate::telemetry::metrics::{Metrics, StatusMetrics};
 use crate::telemetry::stats::{SlidingHistogram, StatsRegistry};
 use crate::Direction;
 use http::uri::Authority;
-use outrigger_config::{Protocol, Route, Snapshot};
+use outrigger_config::{
+    Destination, Ewma, Fault, Limits, LoadBalancer, OutlierDetection, Protocol, Route, Snapshot,
+};
+use prometheus::{IntCounter, IntGauge};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// The label used when there is no destination (unknown authority) or no endpoint yet.
@@ -37,7 +48,21 @@ pub struct Dest {
     pub endpoints: Box<[EndpointTarget]>,
     pub routes: Box<[RouteEntry]>,
     pub stats: Arc<SlidingHistogram>,
-    next: AtomicUsize,
+    pub lb: LoadBalancer,
+    pub rr: AtomicUsize,
+    pub ewma_decay: Duration,
+    pub outlier: OutlierDetection,
+    pub breaker: Arc<Breaker>,
+    pub budget: Arc<RetryBudget>,
+    pub counters: DestCounters,
+}
+
+pub struct DestCounters {
+    pub overload_pending: IntCounter,
+    pub overload_deadline: IntCounter,
+    pub overload_connections: IntCounter,
+    pub ejections: IntCounter,
+    pub ejected: IntGauge,
 }
 
 pub struct EndpointTarget {
@@ -45,14 +70,45 @@ pub struct EndpointTarget {
     pub authority: Authority,
     /// Index into each route's per-version metrics.
     pub version: usize,
+    pub state: Arc<EndpointState>,
+}
+
+impl EndpointTarget {
+    pub fn new(addr: SocketAddr, version: usize, state: Arc<EndpointState>) -> Self {
+        // A socket address always forms a valid authority.
+        let authority = Authority::try_from(addr.to_string().as_str())
+            .unwrap_or_else(|_| Authority::from_static("0.0.0.0"));
+        Self {
+            addr,
+            authority,
+            version,
+            state,
+        }
+    }
 }
 
 pub struct RouteEntry {
     pub name: Arc<str>,
     pub matcher: RouteMatcher,
     pub timeout: Duration,
+    pub per_try_timeout: Option<Duration>,
+    pub retry: CompiledRetry,
+    pub fault: Option<Fault>,
+    pub rate_limit: Option<TokenBucket>,
+    pub counters: RouteCounters,
     /// One per distinct endpoint version, then one for "no endpoint chosen".
     metrics: Box<[Arc<StatusMetrics>]>,
+}
+
+pub struct RouteCounters {
+    pub retried: IntCounter,
+    pub budget_exhausted: IntCounter,
+    pub not_retryable: IntCounter,
+    pub body_too_large: IntCounter,
+    pub per_try_timeouts: IntCounter,
+    pub fault_delays: IntCounter,
+    pub fault_aborts: IntCounter,
+    pub rate_limited: IntCounter,
 }
 
 impl RouteEntry {
@@ -76,13 +132,59 @@ impl Dest {
             .unwrap_or(&self.routes[self.routes.len() - 1])
     }
 
-    /// Round robin over the endpoints.
-    pub fn pick(&self) -> Option<&EndpointTarget> {
-        if self.endpoints.is_empty() {
-            return None;
+    /// How many endpoints outlier detection may have out at once: the configured share, and
+    /// never all of them.
+    pub fn may_eject(&self) -> bool {
+        let n = self.endpoints.len();
+        let cap = (n * self.outlier.max_ejected_percent as usize / 100).min(n.saturating_sub(1));
+        let out = self
+            .endpoints
+            .iter()
+            .filter(|e| e.state.outlier.is_ejected())
+            .count();
+        out < cap
+    }
+}
+
+/// Destination-wide state that outlives snapshots while its settings stay the same.
+#[derive(Default)]
+pub struct DestRegistry {
+    map: Mutex<HashMap<(Direction, String), DestShared>>,
+}
+
+struct DestShared {
+    limits: Limits,
+    budget_cfg: outrigger_config::RetryBudget,
+    breaker: Arc<Breaker>,
+    budget: Arc<RetryBudget>,
+}
+
+impl DestRegistry {
+    fn get(
+        &self,
+        dir: Direction,
+        name: &str,
+        limits: &Limits,
+        budget: &outrigger_config::RetryBudget,
+    ) -> (Arc<Breaker>, Arc<RetryBudget>) {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = map
+            .entry((dir, name.to_string()))
+            .or_insert_with(|| DestShared {
+                limits: limits.clone(),
+                budget_cfg: budget.clone(),
+                breaker: Arc::new(Breaker::new(limits)),
+                budget: Arc::new(RetryBudget::new(budget)),
+            });
+        if e.limits != *limits {
+            e.limits = limits.clone();
+            e.breaker = Arc::new(Breaker::new(limits));
         }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        self.endpoints.get(n % self.endpoints.len())
+        if e.budget_cfg != *budget {
+            e.budget_cfg = budget.clone();
+            e.budget = Arc::new(RetryBudget::new(budget));
+        }
+        (e.breaker.clone(), e.budget.clone())
     }
 }
 
@@ -90,6 +192,8 @@ pub struct Compiler<'a> {
     pub metrics: &'a Metrics,
     pub stats: &'a StatsRegistry,
     pub clients: &'a Clients,
+    pub endpoints: &'a EndpointRegistry,
+    pub dests: &'a DestRegistry,
 }
 
 struct DestSpec<'a> {
@@ -99,6 +203,11 @@ struct DestSpec<'a> {
     connect_timeout: Duration,
     endpoints: Vec<(SocketAddr, &'a str)>,
     routes: Vec<Route>,
+    lb: LoadBalancer,
+    ewma: Ewma,
+    outlier: OutlierDetection,
+    limits: Limits,
+    budget: outrigger_config::RetryBudget,
 }
 
 impl Compiler<'_> {
@@ -106,44 +215,29 @@ impl Compiler<'_> {
         let service: Arc<str> = snapshot.service.as_str().into();
         let mut outbound = AuthorityTable::default();
         for d in &snapshot.destinations {
-            let mut routes = d.routes.clone();
-            routes.push(Route::catch_all());
-            let dest = Arc::new(
-                self.dest(
-                    &service,
-                    DestSpec {
-                        name: &d.name,
-                        direction: Direction::Outbound,
-                        protocol: d.protocol,
-                        connect_timeout: d.connect_timeout,
-                        endpoints: d
-                            .endpoints
-                            .iter()
-                            .map(|e| (e.address, e.version.as_str()))
-                            .collect(),
-                        routes,
-                    },
-                ),
-            );
+            let dest = Arc::new(self.dest(&service, outbound_spec(d)));
             for host in d.authorities() {
                 outbound.insert(&host, dest.clone());
             }
         }
+        let local = Destination::new(&snapshot.service);
         let inbound = snapshot.inbound.as_ref().map(|i| {
-            let mut route = Route::catch_all();
-            route.timeout = i.timeout;
-            Arc::new(self.dest(
-                &service,
-                DestSpec {
-                    name: &snapshot.service,
-                    direction: Direction::Inbound,
-                    protocol: i.protocol,
-                    connect_timeout: Duration::from_secs(1),
-                    endpoints: vec![(i.app, i.version.as_str())],
-                    routes: vec![route],
-                },
-            ))
+            let route = Route {
+                timeout: i.timeout,
+                rate_limit: i.rate_limit.clone(),
+                ..Route::catch_all()
+            };
+            let mut spec = outbound_spec(&local);
+            spec.direction = Direction::Inbound;
+            spec.protocol = i.protocol;
+            spec.endpoints = vec![(i.app, i.version.as_str())];
+            spec.routes = vec![route];
+            spec.limits = i.limits.clone();
+            // One local app: nothing to eject it in favour of.
+            spec.outlier.consecutive_failures = 0;
+            Arc::new(self.dest(&service, spec))
         });
+        self.endpoints.prune();
         let unrouted = |d: Direction| {
             self.metrics
                 .status_metrics([d.as_str(), &service, UNKNOWN, "", ""])
@@ -161,7 +255,7 @@ impl Compiler<'_> {
 
     fn dest(&self, service: &str, spec: DestSpec<'_>) -> Dest {
         let mut versions: Vec<&str> = Vec::new();
-        let endpoints = spec
+        let endpoints: Box<[EndpointTarget]> = spec
             .endpoints
             .iter()
             .map(|&(addr, version)| {
@@ -172,48 +266,111 @@ impl Compiler<'_> {
                         versions.push(version);
                         versions.len() - 1
                     });
-                EndpointTarget {
-                    addr,
-                    // A socket address always forms a valid authority.
-                    authority: Authority::try_from(addr.to_string().as_str())
-                        .unwrap_or_else(|_| Authority::from_static("0.0.0.0")),
-                    version,
-                }
+                let state = self.endpoints.get(spec.name, addr, spec.ewma.default_rtt);
+                EndpointTarget::new(addr, version, state)
             })
             .collect();
         let dir = spec.direction.as_str();
+        let m = self.metrics;
         let routes = spec
             .routes
             .iter()
             .map(|r| {
                 let mut metrics: Vec<_> = versions
                     .iter()
-                    .map(|v| {
-                        self.metrics
-                            .status_metrics([dir, service, spec.name, v, &r.name])
-                    })
+                    .map(|v| m.status_metrics([dir, service, spec.name, v, &r.name]))
                     .collect();
-                metrics.push(
-                    self.metrics
-                        .status_metrics([dir, service, spec.name, "", &r.name]),
-                );
+                metrics.push(m.status_metrics([dir, service, spec.name, "", &r.name]));
+                let labels = [dir, service, spec.name, r.name.as_str()];
+                let outcome = |o: &str| {
+                    m.retries
+                        .with_label_values(&[dir, service, spec.name, &r.name, o])
+                };
+                let fault = |k: &str| {
+                    m.faults
+                        .with_label_values(&[dir, service, spec.name, &r.name, k])
+                };
                 RouteEntry {
                     name: r.name.as_str().into(),
                     matcher: RouteMatcher::compile(&r.matches),
                     timeout: r.timeout,
+                    per_try_timeout: r.per_try_timeout,
+                    retry: CompiledRetry::new(&r.retries),
+                    fault: r.fault.clone(),
+                    rate_limit: r.rate_limit.as_ref().map(TokenBucket::new),
+                    counters: RouteCounters {
+                        retried: outcome("retried"),
+                        budget_exhausted: outcome("budget_exhausted"),
+                        not_retryable: outcome("not_retryable"),
+                        body_too_large: outcome("body_too_large"),
+                        per_try_timeouts: m.per_try_timeouts.with_label_values(&labels),
+                        fault_delays: fault("delay"),
+                        fault_aborts: fault("abort"),
+                        rate_limited: m.rate_limited.with_label_values(&labels),
+                    },
                     metrics: metrics.into(),
                 }
             })
             .collect();
+        let (breaker, budget) =
+            self.dests
+                .get(spec.direction, spec.name, &spec.limits, &spec.budget);
+        let overload = |l: &str| m.overloads.with_label_values(&[dir, service, spec.name, l]);
+        let ejected = m.ejected.with_label_values(&[service, spec.name]);
+        ejected.set(
+            endpoints
+                .iter()
+                .filter(|e| e.state.outlier.is_ejected())
+                .count() as i64,
+        );
         Dest {
             name: spec.name.into(),
             direction: spec.direction,
             protocol: spec.protocol,
-            client: self.clients.get(spec.protocol, spec.connect_timeout),
+            client: self.clients.get(ClientKey {
+                destination: format!("{dir}/{}", spec.name),
+                protocol: spec.protocol,
+                connect_timeout: spec.connect_timeout,
+                max_connections: spec.limits.max_connections,
+            }),
             endpoints,
             routes,
             stats: self.stats.get(spec.direction, spec.name),
-            next: AtomicUsize::new(0),
+            lb: spec.lb,
+            rr: AtomicUsize::new(0),
+            ewma_decay: spec.ewma.decay,
+            outlier: spec.outlier,
+            breaker,
+            budget,
+            counters: DestCounters {
+                overload_pending: overload("pending"),
+                overload_deadline: overload("deadline"),
+                overload_connections: overload("connections"),
+                ejections: m.ejections.with_label_values(&[service, spec.name]),
+                ejected,
+            },
         }
+    }
+}
+
+fn outbound_spec(d: &Destination) -> DestSpec<'_> {
+    let mut routes = d.routes.clone();
+    routes.push(Route::catch_all());
+    DestSpec {
+        name: &d.name,
+        direction: Direction::Outbound,
+        protocol: d.protocol,
+        connect_timeout: d.connect_timeout,
+        endpoints: d
+            .endpoints
+            .iter()
+            .map(|e| (e.address, e.version.as_str()))
+            .collect(),
+        routes,
+        lb: d.load_balancer,
+        ewma: d.ewma.clone(),
+        outlier: d.outlier_detection.clone(),
+        limits: d.limits.clone(),
+        budget: d.retry_budget.clone(),
     }
 }

@@ -36,7 +36,16 @@ pub struct Metrics {
     pub connections: IntCounterVec,
     pub connections_open: IntGaugeVec,
     pub upgrades: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub per_try_timeouts: IntCounterVec,
+    pub faults: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub overloads: IntCounterVec,
+    pub ejections: IntCounterVec,
+    pub ejected: IntGaugeVec,
 }
+
+const ROUTE_LABELS: &[&str] = &["direction", "service", "dst_service", "route"];
 
 fn must<T>(r: prometheus::Result<T>) -> T {
     // Only fails on a malformed metric definition, which is a programming error caught by
@@ -106,6 +115,52 @@ impl Metrics {
             ),
             &["direction"],
         ));
+        let retries = must(IntCounterVec::new(
+            Opts::new(
+                "outrigger_retries_total",
+                "Failed attempts by what happened next: retried, budget_exhausted, not_retryable (method not safe), body_too_large.",
+            ),
+            &["direction", "service", "dst_service", "route", "outcome"],
+        ));
+        let per_try_timeouts = must(IntCounterVec::new(
+            Opts::new(
+                "outrigger_per_try_timeouts_total",
+                "Attempts that hit the per-try timeout.",
+            ),
+            ROUTE_LABELS,
+        ));
+        let faults = must(IntCounterVec::new(
+            Opts::new(
+                "outrigger_faults_injected_total",
+                "Faults injected, by kind (delay, abort).",
+            ),
+            &["direction", "service", "dst_service", "route", "kind"],
+        ));
+        let rate_limited = must(IntCounterVec::new(
+            Opts::new(
+                "outrigger_rate_limited_total",
+                "Requests refused by a local rate limit (429).",
+            ),
+            ROUTE_LABELS,
+        ));
+        let overloads = must(IntCounterVec::new(
+            Opts::new(
+                "outrigger_overload_rejections_total",
+                "Requests failed fast by a destination limit (pending, deadline, connections).",
+            ),
+            &["direction", "service", "dst_service", "limit"],
+        ));
+        let ejections = must(IntCounterVec::new(
+            Opts::new(
+                "outrigger_ejections_total",
+                "Endpoints ejected by outlier detection.",
+            ),
+            &["service", "dst_service"],
+        ));
+        let ejected = must(IntGaugeVec::new(
+            Opts::new("outrigger_endpoints_ejected", "Endpoints ejected now."),
+            &["service", "dst_service"],
+        ));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -117,6 +172,13 @@ impl Metrics {
             Box::new(connections.clone()),
             Box::new(connections_open.clone()),
             Box::new(upgrades.clone()),
+            Box::new(retries.clone()),
+            Box::new(per_try_timeouts.clone()),
+            Box::new(faults.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(overloads.clone()),
+            Box::new(ejections.clone()),
+            Box::new(ejected.clone()),
         ] {
             must(registry.register(c));
         }
@@ -132,6 +194,13 @@ impl Metrics {
             connections,
             connections_open,
             upgrades,
+            retries,
+            per_try_timeouts,
+            faults,
+            rate_limited,
+            overloads,
+            ejections,
+            ejected,
         }
     }
 

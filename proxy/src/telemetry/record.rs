@@ -16,6 +16,8 @@ pub struct Record {
     pub stats: Option<Arc<SlidingHistogram>>,
     pub log: Option<Box<LogContext>>,
     pub bytes_sent: u64,
+    /// The destination's in-flight slot, released when the response ends.
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Only built when the access log is on, so a proxy without it allocates nothing for logging.

@@ -1,0 +1,60 @@
+//! A local token-bucket rate limit, per route or in front of the local app.
+
+use outrigger_config::RateLimit;
+use std::sync::{Mutex, PoisonError};
+use tokio::time::Instant;
+
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    pub fn new(cfg: &RateLimit) -> Self {
+        let burst = f64::from(cfg.burst);
+        Self {
+            rate: cfg.requests_per_second,
+            burst,
+            state: Mutex::new((burst, Instant::now())),
+        }
+    }
+
+    /// Takes a token if there is one.
+    pub fn try_acquire(&self) -> bool {
+        let now = Instant::now();
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let elapsed = now.saturating_duration_since(s.1).as_secs_f64();
+        s.0 = (s.0 + elapsed * self.rate).min(self.burst);
+        s.1 = now;
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn allows_burst_then_the_rate() {
+        let b = TokenBucket::new(&RateLimit {
+            requests_per_second: 10.0,
+            burst: 5,
+        });
+        assert_eq!((0..10).filter(|_| b.try_acquire()).count(), 5);
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        assert_eq!(
+            (0..20).filter(|_| b.try_acquire()).count(),
+            5,
+            "refill is capped at the burst"
+        );
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert_eq!((0..20).filter(|_| b.try_acquire()).count(), 3);
+    }
+}
