@@ -16,8 +16,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -29,7 +29,19 @@ pub struct Upstream {
     pub name: String,
     connections: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    behavior: Arc<Behavior>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Runtime-switchable misbehaviour applied to every request before its path is handled.
+#[derive(Default)]
+struct Behavior {
+    /// Answer every request with this status (after reading its body); 0 = behave.
+    fail: AtomicU16,
+    /// Delay every response by this many milliseconds.
+    delay_ms: AtomicU64,
+    /// `x-outrigger-attempt` of each request, in arrival order.
+    attempts: Mutex<Vec<String>>,
 }
 
 impl Upstream {
@@ -40,18 +52,25 @@ impl Upstream {
         let addr = listener.local_addr().expect("local addr");
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
-        let (c, r, n) = (connections.clone(), requests.clone(), name.to_string());
+        let behavior = Arc::new(Behavior::default());
+        let (c, r, n, b) = (
+            connections.clone(),
+            requests.clone(),
+            name.to_string(),
+            behavior.clone(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 c.fetch_add(1, Ordering::SeqCst);
-                let (r, n) = (r.clone(), n.clone());
+                let _ = stream.set_nodelay(true);
+                let (r, n, b) = (r.clone(), n.clone(), b.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         r.fetch_add(1, Ordering::SeqCst);
-                        handle(n.clone(), req)
+                        misbehave(n.clone(), b.clone(), req)
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -64,8 +83,28 @@ impl Upstream {
             name: name.to_string(),
             connections,
             requests,
+            behavior,
             task,
         }
+    }
+
+    /// From now on answer every request with `status` (0 to stop).
+    pub fn fail_with(&self, status: u16) {
+        self.behavior.fail.store(status, Ordering::SeqCst);
+    }
+
+    /// From now on delay every response by `ms` milliseconds.
+    pub fn delay_ms(&self, ms: u64) {
+        self.behavior.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// The `x-outrigger-attempt` header of every request so far ("" when absent).
+    pub fn attempts_seen(&self) -> Vec<String> {
+        self.behavior
+            .attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn connections(&self) -> usize {
@@ -89,6 +128,43 @@ fn respond(name: &str, status: StatusCode, body: TestBody) -> Response<TestBody>
     r.headers_mut()
         .insert("x-upstream", name.parse().expect("header value"));
     r
+}
+
+async fn misbehave(
+    name: String,
+    b: Arc<Behavior>,
+    req: Request<Incoming>,
+) -> Result<Response<TestBody>, BoxError> {
+    let attempt = req
+        .headers()
+        .get("x-outrigger-attempt")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    b.attempts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(attempt);
+    let delay = b.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let fail = b.fail.load(Ordering::SeqCst);
+    if fail != 0 {
+        let n = req
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes().len())
+            .unwrap_or(0);
+        let code = StatusCode::from_u16(fail).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Ok(respond(
+            &name,
+            code,
+            crate::client::full(format!("failing; read {n} bytes\n")),
+        ));
+    }
+    handle(name, req).await
 }
 
 async fn handle(name: String, mut req: Request<Incoming>) -> Result<Response<TestBody>, BoxError> {
