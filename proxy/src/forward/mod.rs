@@ -240,10 +240,13 @@ async fn forward(
         if let Some(log) = ctx.log.as_mut() {
             log.entry.upstream = Some(ep.addr);
         }
-        let Some(body) = source.next_attempt() else {
-            // Unreachable: a retry is only decided when the body can be sent again.
-            ep.state.outlier.release_probe();
-            return local_error(shared, &mut ctx, Some(metrics), ProxyError::BadRequest);
+        let Some(body) = source.next_attempt(attempt) else {
+            // The body outgrew the replay cap while the previous attempt was still sending it.
+            if pick.probe {
+                ep.state.outlier.release_probe();
+            }
+            route.counters.body_too_large.inc();
+            return local_error(shared, &mut ctx, Some(metrics), ProxyError::UpstreamReset);
         };
         let upstream_req = attempt_request(&head, ep, attempt, may_retry, body);
 
@@ -354,14 +357,20 @@ enum Source {
 }
 
 impl Source {
-    fn next_attempt(&mut self) -> Option<RequestBody> {
+    /// The body for attempt number `attempt`. The original handle is sent only on the first
+    /// attempt, when it was too large to keep from the start; after that it has been
+    /// superseded by its clones.
+    fn next_attempt(&mut self, attempt: u32) -> Option<RequestBody> {
         match self {
             Source::Empty => Some(RequestBody::Empty),
             Source::Streaming(b) => b.take().map(RequestBody::Streaming),
             Source::Replay(master) => {
                 let clone = master.as_ref().and_then(|m| m.try_clone());
-                // Too large to keep from the start: send the original, once.
-                clone.or_else(|| master.take()).map(RequestBody::Replay)
+                match clone {
+                    Some(c) => Some(RequestBody::Replay(c)),
+                    None if attempt == 1 => master.take().map(RequestBody::Replay),
+                    None => None,
+                }
             }
         }
     }
