@@ -24,5 +24,6 @@ pub use resilience::{
 pub use sidecar::{ProxySettings, SidecarFile};
 pub use snapshot::{
     Destination, Endpoint, HeaderMatch, Inbound, Protocol, Route, RouteMatch, Snapshot,
+    WeightedVersion,
 };
 pub use validate::{Validate, Validator};

@@ -5,7 +5,10 @@
 use crate::error::{ConfigError, FieldError};
 use crate::load::{check, from_yaml_doc};
 use crate::path::FieldPath;
-use crate::snapshot::{Protocol, RouteMatch};
+use crate::resilience::{
+    Ewma, Fault, Limits, LoadBalancer, OutlierDetection, RateLimit, RetryBudget, RetryPolicy,
+};
+use crate::snapshot::{validate_split, Protocol, Route, RouteMatch, WeightedVersion};
 use crate::validate::{Validate, Validator};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
@@ -15,6 +18,17 @@ use std::time::Duration;
 pub enum Kind {
     Service,
     Route,
+    Policy,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Service => "Service",
+            Kind::Route => "Route",
+            Kind::Policy => "Policy",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +42,7 @@ pub struct Metadata {
 pub enum Resource {
     Service(Document<ServiceSpec>),
     Route(Document<RouteSpec>),
+    Policy(Document<PolicySpec>),
 }
 
 impl Resource {
@@ -35,6 +50,7 @@ impl Resource {
         match self {
             Resource::Service(_) => Kind::Service,
             Resource::Route(_) => Kind::Route,
+            Resource::Policy(_) => Kind::Policy,
         }
     }
 
@@ -42,6 +58,7 @@ impl Resource {
         match self {
             Resource::Service(d) => &d.metadata.name,
             Resource::Route(d) => &d.metadata.name,
+            Resource::Policy(d) => &d.metadata.name,
         }
     }
 }
@@ -53,18 +70,28 @@ pub struct Document<S> {
     pub spec: S,
 }
 
-/// A service of the mesh: how its instances speak and which names reach it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A service of the mesh: how its instances speak, which names reach it, which services it
+/// calls (its sidecars get only those), and its canary split.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     #[serde(default)]
     pub protocol: Protocol,
     /// Extra authorities besides the service name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
+    /// Services this one may call: the destinations its sidecars receive.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<String>,
+    /// Weighted split across versions for routes without their own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<WeightedVersion>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_header: Option<String>,
 }
 
-/// One route to a service, tried in `priority` order (lowest first, then by name).
+/// One route to a service, tried in `priority` order (lowest first, then by name). The
+/// fields after `match` mean what they mean in the snapshot's routes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
@@ -73,8 +100,87 @@ pub struct RouteSpec {
     pub priority: u32,
     #[serde(default, rename = "match")]
     pub matches: RouteMatch,
-    #[serde(default, with = "crate::duration::option")]
+    #[serde(
+        default,
+        with = "crate::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<Duration>,
+    #[serde(
+        default,
+        with = "crate::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub per_try_timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RetryPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<WeightedVersion>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_header: Option<String>,
+}
+
+impl RouteSpec {
+    /// The snapshot route this resource becomes.
+    pub fn to_route(&self, name: &str) -> Route {
+        let d = Route::catch_all();
+        Route {
+            name: name.to_string(),
+            matches: self.matches.clone(),
+            timeout: self.timeout.unwrap_or(d.timeout),
+            per_try_timeout: self.per_try_timeout,
+            retries: self.retries.clone().unwrap_or(d.retries),
+            fault: self.fault.clone(),
+            rate_limit: self.rate_limit.clone(),
+            split: self.split.clone(),
+            sticky_header: self.sticky_header.clone(),
+        }
+    }
+}
+
+/// How callers treat a service (balancing, ejection, limits, retry budget) and how its own
+/// sidecars guard it (inbound timeout, rate limit, limits). Unset fields keep their defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    pub service: String,
+    #[serde(
+        default,
+        with = "crate::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ewma: Option<Ewma>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<InboundPolicy>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundPolicy {
+    #[serde(
+        default,
+        with = "crate::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
 }
 
 /// Only the envelope, to learn a document's kind before parsing its spec precisely.
@@ -125,23 +231,23 @@ fn parse_one(text: &str, doc: usize) -> Result<Option<Resource>, ConfigError> {
     }
     let env: Envelope = from_yaml_doc(text, doc, Some(doc))?;
     let r = match env.kind {
-        Kind::Service => {
-            let t: Typed<ServiceSpec> = from_yaml_doc(text, doc, Some(doc))?;
-            Resource::Service(Document {
-                metadata: t.metadata,
-                spec: t.spec,
-            })
-        }
-        Kind::Route => {
-            let t: Typed<RouteSpec> = from_yaml_doc(text, doc, Some(doc))?;
-            Resource::Route(Document {
-                metadata: t.metadata,
-                spec: t.spec,
-            })
-        }
+        Kind::Service => Resource::Service(typed(text, doc)?),
+        Kind::Route => Resource::Route(typed(text, doc)?),
+        Kind::Policy => Resource::Policy(typed(text, doc)?),
     };
     check(&r, text, doc, Some(doc))?;
     Ok(Some(r))
+}
+
+fn typed<S: serde::de::DeserializeOwned>(
+    text: &str,
+    doc: usize,
+) -> Result<Document<S>, ConfigError> {
+    let t: Typed<S> = from_yaml_doc(text, doc, Some(doc))?;
+    Ok(Document {
+        metadata: t.metadata,
+        spec: t.spec,
+    })
 }
 
 impl Validate for Resource {
@@ -157,17 +263,53 @@ impl Validate for Resource {
                         "must be a host name without port",
                     );
                 }
+                for (i, c) in d.spec.calls.iter().enumerate() {
+                    v.name(c, spec.key("calls").index(i));
+                }
+                validate_split(&d.spec.split, &d.spec.sticky_header, &spec, v);
             }
             Resource::Route(d) => {
                 v.name(&d.spec.service, spec.key("service"));
-                if let Some(t) = d.spec.timeout {
+                d.spec.to_route(&d.metadata.name).validate_rule(&spec, v);
+            }
+            Resource::Policy(d) => {
+                let p = &d.spec;
+                v.name(&p.service, spec.key("service"));
+                if let Some(t) = p.connect_timeout {
                     v.ensure(
                         !t.is_zero(),
-                        || spec.key("timeout"),
+                        || spec.key("connect_timeout"),
                         "must be greater than zero",
                     );
                 }
-                d.spec.matches.validate(&spec.key("match"), v);
+                if let Some(e) = &p.ewma {
+                    e.validate(&spec.key("ewma"), v);
+                }
+                if let Some(o) = &p.outlier_detection {
+                    o.validate(&spec.key("outlier_detection"), v);
+                }
+                if let Some(l) = &p.limits {
+                    l.validate(&spec.key("limits"), v);
+                }
+                if let Some(b) = &p.retry_budget {
+                    b.validate(&spec.key("retry_budget"), v);
+                }
+                if let Some(i) = &p.inbound {
+                    let at = spec.key("inbound");
+                    if let Some(t) = i.timeout {
+                        v.ensure(
+                            !t.is_zero(),
+                            || at.key("timeout"),
+                            "must be greater than zero",
+                        );
+                    }
+                    if let Some(r) = &i.rate_limit {
+                        r.validate(&at.key("rate_limit"), v);
+                    }
+                    if let Some(l) = &i.limits {
+                        l.validate(&at.key("limits"), v);
+                    }
+                }
             }
         }
     }

@@ -87,6 +87,20 @@ pub struct Destination {
     pub limits: Limits,
     #[serde(default)]
     pub retry_budget: RetryBudget,
+    /// Traffic split across endpoint versions for routes without their own (canary).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<WeightedVersion>,
+    /// Header whose value is hashed onto the split, so one user stays on one version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_header: Option<String>,
+}
+
+/// One version's share of a split. Weights are relative (90/10, or 9/1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedVersion {
+    pub version: String,
+    pub weight: u32,
 }
 
 impl Destination {
@@ -104,6 +118,8 @@ impl Destination {
             outlier_detection: OutlierDetection::default(),
             limits: Limits::default(),
             retry_budget: RetryBudget::default(),
+            split: Vec::new(),
+            sticky_header: None,
         }
     }
 
@@ -149,6 +165,12 @@ pub struct Route {
     pub fault: Option<Fault>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Overrides the destination's split for this route (e.g. a header match sending testers
+    /// to v2: `split: [{version: v2, weight: 1}]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<WeightedVersion>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_header: Option<String>,
 }
 
 impl Route {
@@ -162,6 +184,8 @@ impl Route {
             retries: RetryPolicy::default(),
             fault: None,
             rate_limit: None,
+            split: Vec::new(),
+            sticky_header: None,
         }
     }
 }
@@ -279,6 +303,7 @@ impl Validate for Destination {
             .validate(&at.key("outlier_detection"), v);
         self.limits.validate(&at.key("limits"), v);
         self.retry_budget.validate(&at.key("retry_budget"), v);
+        validate_split(&self.split, &self.sticky_header, at, v);
         let mut routes = HashSet::new();
         for (j, r) in self.routes.iter().enumerate() {
             let here = at.key("routes").index(j);
@@ -296,6 +321,13 @@ impl Validate for Destination {
 impl Validate for Route {
     fn validate(&self, at: &FieldPath, v: &mut Validator) {
         v.name(&self.name, at.key("name"));
+        self.validate_rule(at, v);
+    }
+}
+
+impl Route {
+    /// Everything but the name (a mesh Route resource carries its name in `metadata`).
+    pub fn validate_rule(&self, at: &FieldPath, v: &mut Validator) {
         v.ensure(
             !self.timeout.is_zero(),
             || at.key("timeout"),
@@ -316,6 +348,42 @@ impl Validate for Route {
         if let Some(r) = &self.rate_limit {
             r.validate(&at.key("rate_limit"), v);
         }
+        validate_split(&self.split, &self.sticky_header, at, v);
+    }
+}
+
+/// A split names each version once and has some weight; a sticky header is a header name.
+pub fn validate_split(
+    split: &[WeightedVersion],
+    sticky: &Option<String>,
+    at: &FieldPath,
+    v: &mut Validator,
+) {
+    let mut seen = HashSet::new();
+    for (i, w) in split.iter().enumerate() {
+        v.name(&w.version, at.key("split").index(i).key("version"));
+        if !seen.insert(w.version.as_str()) {
+            v.fail(
+                at.key("split").index(i).key("version"),
+                format!("version {:?} appears twice", w.version),
+            );
+        }
+    }
+    if !split.is_empty() && split.iter().all(|w| w.weight == 0) {
+        v.fail(
+            at.key("split"),
+            "at least one weight must be greater than zero",
+        );
+    }
+    if let Some(h) = sticky {
+        let ok = !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        v.ensure(
+            ok,
+            || at.key("sticky_header"),
+            "must be a lower-case header name",
+        );
     }
 }
 
