@@ -55,6 +55,13 @@ impl Validate for SidecarFile {
     fn validate(&self, at: &FieldPath, v: &mut Validator) {
         self.proxy.validate(&at.key("proxy"), v);
         self.snapshot.validate(&at.key("snapshot"), v);
+        if let Some(i) = &self.snapshot.inbound {
+            v.ensure(
+                i.app.is_some(),
+                || at.key("snapshot").key("inbound").key("app"),
+                "required: the local app's address",
+            );
+        }
     }
 }
 

@@ -44,8 +44,10 @@ pub enum Protocol {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Inbound {
-    /// The local app's address.
-    pub app: SocketAddr,
+    /// The local app's address. Required in a static file; a sidecar fed by the control
+    /// plane fills it in from its `--app` flag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<SocketAddr>,
     #[serde(default)]
     pub protocol: Protocol,
     /// This instance's version: the `dst_version` label of inbound metrics.

@@ -230,7 +230,7 @@ impl Compiler<'_> {
             let mut spec = outbound_spec(&local);
             spec.direction = Direction::Inbound;
             spec.protocol = i.protocol;
-            spec.endpoints = vec![(i.app, i.version.as_str())];
+            spec.endpoints = i.app.map(|a| (a, i.version.as_str())).into_iter().collect();
             spec.routes = vec![route];
             spec.limits = i.limits.clone();
             // One local app: nothing to eject it in favour of.
