@@ -15,18 +15,38 @@ pub struct Pick {
     pub probe: bool,
 }
 
+/// Picks an endpoint, preferring `version` when given (a canary split chose it) and any
+/// endpoint but `avoid` (the one the previous attempt failed on). Falls back step by step:
+/// other versions, then the avoided endpoint itself, rather than failing.
 pub fn pick(
     endpoints: &[EndpointTarget],
     lb: LoadBalancer,
     rr: &AtomicUsize,
     avoid: Option<usize>,
+    version: Option<usize>,
 ) -> Option<Pick> {
     let now = Instant::now();
-    let usable = |i: usize, e: &EndpointTarget| {
-        Some(i) != avoid && e.state.outlier.availability(now) == Availability::Available
-    };
+    if let Some(v) = version {
+        let p = pick_among(endpoints, lb, rr, now, |i, e| {
+            Some(i) != avoid && e.version == v
+        });
+        if p.is_some() {
+            return p;
+        }
+    }
+    pick_among(endpoints, lb, rr, now, |i, _| Some(i) != avoid)
+        .or_else(|| avoid.and_then(|_| pick_among(endpoints, lb, rr, now, |_, _| true)))
+}
+
+fn pick_among(
+    endpoints: &[EndpointTarget],
+    lb: LoadBalancer,
+    rr: &AtomicUsize,
+    now: Instant,
+    allowed: impl Fn(usize, &EndpointTarget) -> bool,
+) -> Option<Pick> {
     for (i, e) in endpoints.iter().enumerate() {
-        if Some(i) != avoid
+        if allowed(i, e)
             && e.state.outlier.availability(now) == Availability::ProbeDue
             && e.state.outlier.claim_probe()
         {
@@ -36,27 +56,17 @@ pub fn pick(
             });
         }
     }
-    let mut n = endpoints
+    let usable = |i: usize, e: &EndpointTarget| {
+        allowed(i, e) && e.state.outlier.availability(now) == Availability::Available
+    };
+    let n = endpoints
         .iter()
         .enumerate()
         .filter(|(i, e)| usable(*i, e))
         .count();
-    let avoid = if n == 0 && avoid.is_some() {
-        // Nothing else is available: the endpoint that failed is better than none.
-        n = endpoints
-            .iter()
-            .filter(|e| e.state.outlier.availability(now) == Availability::Available)
-            .count();
-        None
-    } else {
-        avoid
-    };
     if n == 0 {
         return None;
     }
-    let usable = |i: usize, e: &EndpointTarget| {
-        Some(i) != avoid && e.state.outlier.availability(now) == Availability::Available
-    };
     // The k-th usable endpoint, without collecting them.
     let nth = |k: usize| {
         endpoints
@@ -123,7 +133,7 @@ mod tests {
         let rr = AtomicUsize::new(0);
         let mut slow = 0;
         for _ in 0..3000 {
-            if pick(&eps, LoadBalancer::P2cEwma, &rr, None).map(|p| p.index) == Some(0) {
+            if pick(&eps, LoadBalancer::P2cEwma, &rr, None, None).map(|p| p.index) == Some(0) {
                 slow += 1;
             }
         }
@@ -136,7 +146,7 @@ mod tests {
         let eps = endpoints(3);
         let rr = AtomicUsize::new(0);
         let picks: Vec<_> = (0..6)
-            .map(|_| pick(&eps, LoadBalancer::RoundRobin, &rr, None).map(|p| p.index))
+            .map(|_| pick(&eps, LoadBalancer::RoundRobin, &rr, None, None).map(|p| p.index))
             .collect();
         assert_eq!(
             picks,
@@ -144,15 +154,38 @@ mod tests {
         );
         for _ in 0..100 {
             assert_ne!(
-                pick(&eps, LoadBalancer::P2cEwma, &rr, Some(1)).map(|p| p.index),
+                pick(&eps, LoadBalancer::P2cEwma, &rr, Some(1), None).map(|p| p.index),
                 Some(1)
             );
         }
         let one = endpoints(1);
         assert_eq!(
-            pick(&one, LoadBalancer::P2cEwma, &rr, Some(0)).map(|p| p.index),
+            pick(&one, LoadBalancer::P2cEwma, &rr, Some(0), None).map(|p| p.index),
             Some(0)
         );
-        assert_eq!(pick(&[], LoadBalancer::P2cEwma, &rr, None), None);
+        assert_eq!(pick(&[], LoadBalancer::P2cEwma, &rr, None, None), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_chosen_version_is_preferred_and_falls_back_when_empty() {
+        let mut eps = endpoints(3);
+        eps[2].version = 1;
+        let rr = AtomicUsize::new(0);
+        for _ in 0..50 {
+            assert_eq!(
+                pick(&eps, LoadBalancer::P2cEwma, &rr, None, Some(1)).map(|p| p.index),
+                Some(2)
+            );
+            assert_ne!(
+                pick(&eps, LoadBalancer::P2cEwma, &rr, None, Some(0)).map(|p| p.index),
+                Some(2)
+            );
+        }
+        // A retry avoiding the only v1 endpoint goes to another version rather than failing.
+        assert_ne!(
+            pick(&eps, LoadBalancer::P2cEwma, &rr, Some(2), Some(1)).map(|p| p.index),
+            Some(2)
+        );
+        assert!(pick(&eps, LoadBalancer::P2cEwma, &rr, None, Some(7)).is_some());
     }
 }

@@ -232,7 +232,14 @@ async fn forward(
     let mut avoid = None;
     loop {
         let last = !may_retry || attempt >= policy.attempts;
-        let Some(pick) = balance::pick(&dest.endpoints, dest.lb, &dest.rr, avoid) else {
+        let version = route.split.as_ref().and_then(|s| {
+            if attempt == 1 {
+                s.choose(&head.headers)
+            } else {
+                s.redraw()
+            }
+        });
+        let Some(pick) = balance::pick(&dest.endpoints, dest.lb, &dest.rr, avoid, version) else {
             return local_error(shared, &mut ctx, Some(unpicked), ProxyError::NoEndpoints);
         };
         let ep = &dest.endpoints[pick.index];

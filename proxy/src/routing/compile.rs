@@ -5,6 +5,7 @@
 //! registries and is reused while its settings are unchanged.
 
 use super::matcher::RouteMatcher;
+use super::split::Split;
 use super::table::AuthorityTable;
 use crate::breaker::Breaker;
 use crate::client::{ClientKey, Clients, HttpClient};
@@ -95,6 +96,7 @@ pub struct RouteEntry {
     pub retry: CompiledRetry,
     pub fault: Option<Fault>,
     pub rate_limit: Option<TokenBucket>,
+    pub split: Option<Split>,
     pub counters: RouteCounters,
     /// One per distinct endpoint version, then one for "no endpoint chosen".
     metrics: Box<[Arc<StatusMetrics>]>,
@@ -208,6 +210,8 @@ struct DestSpec<'a> {
     outlier: OutlierDetection,
     limits: Limits,
     budget: outrigger_config::RetryBudget,
+    split: Vec<outrigger_config::WeightedVersion>,
+    sticky: Option<String>,
 }
 
 impl Compiler<'_> {
@@ -298,6 +302,15 @@ impl Compiler<'_> {
                     retry: CompiledRetry::new(&r.retries),
                     fault: r.fault.clone(),
                     rate_limit: r.rate_limit.as_ref().map(TokenBucket::new),
+                    split: Split::compile(
+                        if r.split.is_empty() {
+                            &spec.split
+                        } else {
+                            &r.split
+                        },
+                        r.sticky_header.as_deref().or(spec.sticky.as_deref()),
+                        &versions,
+                    ),
                     counters: RouteCounters {
                         retried: outcome("retried"),
                         budget_exhausted: outcome("budget_exhausted"),
@@ -372,5 +385,7 @@ fn outbound_spec(d: &Destination) -> DestSpec<'_> {
         outlier: d.outlier_detection.clone(),
         limits: d.limits.clone(),
         budget: d.retry_budget.clone(),
+        split: d.split.clone(),
+        sticky: d.sticky_header.clone(),
     }
 }

@@ -1,8 +1,10 @@
 //! Routing state compiled from a snapshot: authority → destination ([`table`]), request →
-//! route ([`matcher`]), and the compiled snapshot itself ([`compile`]).
+//! route ([`matcher`]), route → version ([`split`]), and the compiled snapshot itself
+//! ([`compile`]).
 
 pub mod compile;
 pub mod matcher;
+pub mod split;
 pub mod table;
 
 pub use compile::{Compiled, Dest, EndpointTarget, RouteEntry};
