@@ -10,6 +10,7 @@ pub mod balance;
 pub mod body;
 pub mod breaker;
 pub mod client;
+pub mod control_plane;
 pub mod endpoint;
 pub mod error;
 pub mod fault;

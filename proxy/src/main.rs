@@ -3,22 +3,64 @@
 use anyhow::{bail, Context};
 use clap::Parser;
 use outrigger_config::{Destination, Endpoint, Protocol, ProxySettings, SidecarFile, Snapshot};
-use outrigger_proxy::{server, watch};
+use outrigger_proxy::control_plane::ControlPlane;
+use outrigger_proxy::server::{self, Source};
+use outrigger_proxy::watch;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// The Outrigger sidecar proxy.
 ///
-/// Either run from a config file (`--config`, watched for changes), or give `--listen` and
-/// `--upstream` for a plain reverse proxy that sends every request to one upstream.
+/// Three ways to run: from a config file (`--config`, watched for changes); fed by the control
+/// plane (`--control-plane URL --service NAME --app ADDR`); or as a plain reverse proxy that
+/// sends every request to one upstream (`--listen ADDR --upstream ADDR`).
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
     /// Static sidecar config (YAML): `proxy` settings and the `snapshot`. Changes to the
     /// snapshot apply while running; invalid changes are rejected and logged.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "upstream"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "upstream", "control_plane"])]
     config: Option<PathBuf>,
+
+    /// Control plane mode: subscribe to this control plane (e.g. http://127.0.0.1:15010) for
+    /// `--service`'s snapshots, and register this instance. Not ready before the first snapshot.
+    #[arg(long, value_name = "URL", requires = "service", conflicts_with_all = ["listen", "upstream"])]
+    control_plane: Option<http::Uri>,
+
+    /// Control plane mode: the local app this sidecar fronts (inbound requests go there).
+    #[arg(long, value_name = "ADDR")]
+    app: Option<SocketAddr>,
+
+    /// Control plane mode: this instance's version (the canary label, e.g. v2).
+    #[arg(long, value_name = "VERSION", default_value = "v1")]
+    service_version: String,
+
+    /// Control plane mode: outbound listener.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15001")]
+    outbound: SocketAddr,
+
+    /// Control plane mode: inbound listener.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15006")]
+    inbound: SocketAddr,
+
+    /// Control plane mode: the address other sidecars reach this one on (default: the inbound
+    /// listener, with 127.0.0.1 for an unspecified IP).
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<SocketAddr>,
+
+    /// Control plane mode: do not register this instance in the registry.
+    #[arg(long)]
+    no_register: bool,
+
+    /// Control plane mode: this sidecar's id in sync status (default: service-pid).
+    #[arg(long, value_name = "ID")]
+    sidecar_id: Option<String>,
+
+    /// Control plane mode: file holding the bearer token for acks and registration
+    /// (or the OUTRIGGER_TOKEN environment variable).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 
     /// Quick start: the address to accept requests on (HTTP/1.1 and h2c).
     #[arg(long, value_name = "ADDR", requires = "upstream")]
@@ -32,9 +74,9 @@ struct Cli {
     #[arg(long, value_name = "PROTOCOL", default_value = "http1", value_parser = parse_protocol)]
     upstream_protocol: Protocol,
 
-    /// Quick start: the service name used in metrics and logs.
-    #[arg(long, value_name = "NAME", default_value = "outrigger")]
-    service: String,
+    /// The service this sidecar runs beside (quick start default: `outrigger`).
+    #[arg(long, value_name = "NAME")]
+    service: Option<String>,
 
     /// Admin listener (metrics, readiness, config, stats, shutdown). Keep it on loopback.
     #[arg(long, value_name = "ADDR")]
@@ -83,22 +125,29 @@ fn main() -> anyhow::Result<()> {
         .with_current_span(false)
         .init();
 
-    let (mut config, watch_src) = match (&cli.config, cli.listen, cli.upstream) {
-        (Some(path), _, _) => {
+    let (mut settings, source) = match (&cli.config, &cli.control_plane, cli.listen, cli.upstream) {
+        (Some(path), _, _, _) => {
             let (file, text) = watch::load(path)?;
-            (file, Some((path.clone(), text)))
+            let source = Source::Static { snapshot: Box::new(file.snapshot), watch: Some((path.clone(), text)) };
+            (file.proxy, source)
         }
-        (None, Some(listen), Some(upstream)) => (quick_start(&cli, listen, upstream), None),
-        _ => bail!("give either --config FILE, or --listen ADDR and --upstream ADDR (see --help)"),
+        (None, Some(url), _, _) => control_plane_mode(&cli, url.clone())?,
+        (None, None, Some(listen), Some(upstream)) => {
+            let file = quick_start(&cli, listen, upstream);
+            (file.proxy, Source::Static { snapshot: Box::new(file.snapshot), watch: None })
+        }
+        _ => bail!(
+            "give --config FILE, or --control-plane URL --service NAME, or --listen ADDR --upstream ADDR (see --help)"
+        ),
     };
     if let Some(admin) = cli.admin {
-        config.proxy.admin = admin;
+        settings.admin = admin;
     }
     if let Some(d) = cli.drain_timeout {
-        config.proxy.drain_timeout = d;
+        settings.drain_timeout = d;
     }
     if cli.no_access_log {
-        config.proxy.access_log = false;
+        settings.access_log = false;
     }
 
     let threads = cli.threads.max(1);
@@ -112,13 +161,54 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
     };
-    runtime.block_on(server::run(server::Options {
-        config,
-        watch: watch_src,
-    }))?;
+    runtime.block_on(server::run(server::Options { settings, source }))?;
     // Tasks still holding connections past the drain deadline must not delay the exit.
     runtime.shutdown_timeout(Duration::from_millis(100));
     Ok(())
+}
+
+/// `--control-plane URL`: listeners from flags, snapshots from the control plane.
+fn control_plane_mode(cli: &Cli, url: http::Uri) -> anyhow::Result<(ProxySettings, Source)> {
+    let service = cli
+        .service
+        .clone()
+        .context("--control-plane needs --service")?;
+    let token = match &cli.token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading --token-file {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("OUTRIGGER_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    };
+    let advertise = cli.advertise.unwrap_or_else(|| {
+        let mut a = cli.inbound;
+        if a.ip().is_unspecified() {
+            a.set_ip([127, 0, 0, 1].into());
+        }
+        a
+    });
+    let cp = ControlPlane {
+        url,
+        sidecar_id: cli
+            .sidecar_id
+            .clone()
+            .unwrap_or_else(|| format!("{service}-{}", std::process::id())),
+        service,
+        version: cli.service_version.clone(),
+        token,
+        app: cli.app,
+        advertise: (!cli.no_register && cli.app.is_some()).then_some(advertise),
+    };
+    let settings = ProxySettings {
+        outbound: Some(cli.outbound),
+        inbound: cli.app.map(|_| cli.inbound),
+        ..ProxySettings::default()
+    };
+    Ok((settings, Source::ControlPlane(cp)))
 }
 
 /// `--listen A --upstream B`: one catch-all destination, no inbound side.
@@ -131,7 +221,7 @@ fn quick_start(cli: &Cli, listen: SocketAddr, upstream: SocketAddr) -> SidecarFi
         },
         snapshot: Snapshot {
             version: 0,
-            service: cli.service.clone(),
+            service: cli.service.clone().unwrap_or_else(|| "outrigger".into()),
             inbound: None,
             destinations: vec![Destination {
                 hosts: vec!["*".into()],

@@ -4,6 +4,8 @@
 //! still call out while finishing), all within the drain timeout.
 
 use crate::admin;
+use crate::control_plane::api::Api;
+use crate::control_plane::{register, subscribe, ControlPlane};
 use crate::listener::Listener;
 use crate::shutdown;
 use crate::state::Shared;
@@ -11,7 +13,7 @@ use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
 use crate::watch;
 use crate::Direction;
-use outrigger_config::SidecarFile;
+use outrigger_config::{ProxySettings, Snapshot};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,9 +32,19 @@ pub enum ServerError {
 }
 
 pub struct Options {
-    pub config: SidecarFile,
-    /// The file to watch, when the config came from one; its text as applied.
-    pub watch: Option<(PathBuf, String)>,
+    pub settings: ProxySettings,
+    pub source: Source,
+}
+
+/// Where snapshots come from.
+pub enum Source {
+    /// A snapshot given at start; with `watch`, the file it came from and its text as applied.
+    Static {
+        snapshot: Box<Snapshot>,
+        watch: Option<(PathBuf, String)>,
+    },
+    /// Pushed by the control plane; not ready until the first one arrives.
+    ControlPlane(ControlPlane),
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
@@ -42,10 +54,7 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 }
 
 pub async fn run(opts: Options) -> Result<(), ServerError> {
-    let SidecarFile {
-        proxy: settings,
-        snapshot,
-    } = opts.config;
+    let Options { settings, source } = opts;
     let metrics = Metrics::new();
     let access_log = settings
         .access_log
@@ -59,8 +68,18 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     tracing::info!(addr = %admin.local_addr().unwrap_or(settings.admin), "admin listening");
     admin::spawn(admin, shared.clone());
 
-    let version = shared.apply(snapshot, watch::SOURCE);
-    tracing::info!(version, "applied initial config");
+    let (watch_file, control_plane) = match source {
+        Source::Static { snapshot, watch } => {
+            let version = shared.apply(*snapshot, watch::SOURCE);
+            tracing::info!(version, "applied initial config");
+            (watch, None)
+        }
+        Source::ControlPlane(cp) => {
+            let api = Api::new(&cp.url, cp.token.clone());
+            subscribe::spawn(cp.clone(), api.clone(), shared.clone());
+            (None, Some((cp, api)))
+        }
+    };
 
     let mut listeners = Vec::new();
     for (dir, addr) in [
@@ -74,13 +93,23 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         }
     }
     shared.set_listeners_bound();
-    if let Some((path, text)) = opts.watch {
+    if let Some((path, text)) = watch_file {
         watch::spawn(path, text, shared.clone());
     }
-    tracing::info!("ready");
+    let lease = control_plane.as_ref().map(|(cp, api)| {
+        (
+            register::spawn(cp.clone(), api.clone(), shared.clone()),
+            api,
+        )
+    });
+    tracing::info!("listeners bound");
 
     shutdown::requested(&shared).await;
     shared.start_draining();
+    // Leave the registry first, so callers stop choosing this instance while it drains.
+    if let Some((lease, api)) = &lease {
+        lease.deregister(api).await;
+    }
     let deadline = Instant::now() + settings.drain_timeout;
     // Inbound was pushed first, so it drains first.
     let mut clean = true;

@@ -43,6 +43,9 @@ pub struct Metrics {
     pub overloads: IntCounterVec,
     pub ejections: IntCounterVec,
     pub ejected: IntGaugeVec,
+    pub control_plane_connected: IntGauge,
+    pub control_plane_reconnects: IntCounter,
+    pub registered: IntGauge,
 }
 
 const ROUTE_LABELS: &[&str] = &["direction", "service", "dst_service", "route"];
@@ -161,6 +164,18 @@ impl Metrics {
             Opts::new("outrigger_endpoints_ejected", "Endpoints ejected now."),
             &["service", "dst_service"],
         ));
+        let control_plane_connected = must(IntGauge::new(
+            "outrigger_control_plane_connected",
+            "1 while the snapshot stream from the control plane is open.",
+        ));
+        let control_plane_reconnects = must(IntCounter::new(
+            "outrigger_control_plane_reconnects_total",
+            "Snapshot streams lost and reopened.",
+        ));
+        let registered = must(IntGauge::new(
+            "outrigger_registered",
+            "1 while this instance holds a registry lease.",
+        ));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -179,6 +194,9 @@ impl Metrics {
             Box::new(overloads.clone()),
             Box::new(ejections.clone()),
             Box::new(ejected.clone()),
+            Box::new(control_plane_connected.clone()),
+            Box::new(control_plane_reconnects.clone()),
+            Box::new(registered.clone()),
         ] {
             must(registry.register(c));
         }
@@ -201,6 +219,9 @@ impl Metrics {
             overloads,
             ejections,
             ejected,
+            control_plane_connected,
+            control_plane_reconnects,
+            registered,
         }
     }
 
