@@ -310,6 +310,10 @@ impl Compiler<'_> {
                         },
                         r.sticky_header.as_deref().or(spec.sticky.as_deref()),
                         &versions,
+                        |v| {
+                            m.split_decisions
+                                .with_label_values(&[dir, service, spec.name, &r.name, v])
+                        },
                     ),
                     counters: RouteCounters {
                         retried: outcome("retried"),

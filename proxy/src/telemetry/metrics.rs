@@ -46,6 +46,7 @@ pub struct Metrics {
     pub control_plane_connected: IntGauge,
     pub control_plane_reconnects: IntCounter,
     pub registered: IntGauge,
+    pub split_decisions: IntCounterVec,
 }
 
 const ROUTE_LABELS: &[&str] = &["direction", "service", "dst_service", "route"];
@@ -176,6 +177,13 @@ impl Metrics {
             "outrigger_registered",
             "1 while this instance holds a registry lease.",
         ));
+        let split_decisions = must(IntCounterVec::new(
+            Opts::new(
+                "outrigger_split_decisions_total",
+                "Versions a canary split chose for first attempts: the canary share as decided.",
+            ),
+            &["direction", "service", "dst_service", "route", "version"],
+        ));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -197,6 +205,7 @@ impl Metrics {
             Box::new(control_plane_connected.clone()),
             Box::new(control_plane_reconnects.clone()),
             Box::new(registered.clone()),
+            Box::new(split_decisions.clone()),
         ] {
             must(registry.register(c));
         }
@@ -222,6 +231,7 @@ impl Metrics {
             control_plane_connected,
             control_plane_reconnects,
             registered,
+            split_decisions,
         }
     }
 
