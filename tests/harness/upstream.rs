@@ -30,6 +30,8 @@ pub struct Upstream {
     connections: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
     behavior: Arc<Behavior>,
+    /// The tasks serving its connections, so [`Upstream::stop`] can close them.
+    served: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -46,18 +48,24 @@ struct Behavior {
 
 impl Upstream {
     pub async fn start(name: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+        Self::start_on(name, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Like [`Upstream::start`], on a given address: e.g. the port of an upstream that was
+    /// [`stop`](Upstream::stop)ped, to bring it back.
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind upstream");
         let addr = listener.local_addr().expect("local addr");
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
         let behavior = Arc::new(Behavior::default());
-        let (c, r, n, b) = (
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let (c, r, n, b, s) = (
             connections.clone(),
             requests.clone(),
             name.to_string(),
             behavior.clone(),
+            served.clone(),
         );
         let task = tokio::spawn(async move {
             loop {
@@ -67,7 +75,7 @@ impl Upstream {
                 c.fetch_add(1, Ordering::SeqCst);
                 let _ = stream.set_nodelay(true);
                 let (r, n, b) = (r.clone(), n.clone(), b.clone());
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         r.fetch_add(1, Ordering::SeqCst);
                         misbehave(n.clone(), b.clone(), req)
@@ -76,6 +84,9 @@ impl Upstream {
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
                 });
+                s.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(conn.abort_handle());
             }
         });
         Self {
@@ -84,8 +95,31 @@ impl Upstream {
             connections,
             requests,
             behavior,
+            served,
             task,
         }
+    }
+
+    /// Goes down as a crashed process would: stops listening (new connections are refused)
+    /// and closes every connection it has open, idle keep-alive ones included. Unlike a plain
+    /// drop, which only stops accepting.
+    pub fn stop(&self) {
+        self.task.abort();
+        for conn in self.served.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            conn.abort();
+        }
+    }
+
+    /// Whether, after [`Upstream::stop`], the listener and every connection are closed (so
+    /// the port may be bound again and no pooled connection still reaches this server).
+    pub fn is_stopped(&self) -> bool {
+        self.task.is_finished()
+            && self
+                .served
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .all(|c| c.is_finished())
     }
 
     /// From now on answer every request with `status` (0 to stop).
