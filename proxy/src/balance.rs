@@ -6,6 +6,7 @@ use crate::endpoint::outlier::Availability;
 use crate::routing::EndpointTarget;
 use outrigger_config::LoadBalancer;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,27 +21,27 @@ pub struct Pick {
 /// other versions, then the avoided endpoint itself, rather than failing.
 pub fn pick(
     endpoints: &[EndpointTarget],
-    lb: LoadBalancer,
+    (lb, decay): (LoadBalancer, Duration),
     rr: &AtomicUsize,
     avoid: Option<usize>,
     version: Option<usize>,
 ) -> Option<Pick> {
     let now = Instant::now();
     if let Some(v) = version {
-        let p = pick_among(endpoints, lb, rr, now, |i, e| {
+        let p = pick_among(endpoints, (lb, decay), rr, now, |i, e| {
             Some(i) != avoid && e.version == v
         });
         if p.is_some() {
             return p;
         }
     }
-    pick_among(endpoints, lb, rr, now, |i, _| Some(i) != avoid)
-        .or_else(|| avoid.and_then(|_| pick_among(endpoints, lb, rr, now, |_, _| true)))
+    pick_among(endpoints, (lb, decay), rr, now, |i, _| Some(i) != avoid)
+        .or_else(|| avoid.and_then(|_| pick_among(endpoints, (lb, decay), rr, now, |_, _| true)))
 }
 
 fn pick_among(
     endpoints: &[EndpointTarget],
-    lb: LoadBalancer,
+    (lb, decay): (LoadBalancer, Duration),
     rr: &AtomicUsize,
     now: Instant,
     allowed: impl Fn(usize, &EndpointTarget) -> bool,
@@ -88,7 +89,7 @@ fn pick_among(
             let (a, b) = (nth(a)?, nth(b)?);
             let cost = |i: usize| {
                 let s = &endpoints[i].state;
-                s.ewma.cost(s.pending())
+                s.ewma.cost(s.pending(), decay)
             };
             if cost(a) <= cost(b) {
                 a
@@ -109,6 +110,8 @@ mod tests {
     use crate::endpoint::EndpointState;
     use std::sync::Arc;
     use std::time::Duration;
+
+    const DECAY: Duration = Duration::from_secs(10);
 
     fn endpoints(n: usize) -> Vec<EndpointTarget> {
         (0..n)
@@ -133,7 +136,9 @@ mod tests {
         let rr = AtomicUsize::new(0);
         let mut slow = 0;
         for _ in 0..3000 {
-            if pick(&eps, LoadBalancer::P2cEwma, &rr, None, None).map(|p| p.index) == Some(0) {
+            if pick(&eps, (LoadBalancer::P2cEwma, DECAY), &rr, None, None).map(|p| p.index)
+                == Some(0)
+            {
                 slow += 1;
             }
         }
@@ -146,7 +151,9 @@ mod tests {
         let eps = endpoints(3);
         let rr = AtomicUsize::new(0);
         let picks: Vec<_> = (0..6)
-            .map(|_| pick(&eps, LoadBalancer::RoundRobin, &rr, None, None).map(|p| p.index))
+            .map(|_| {
+                pick(&eps, (LoadBalancer::RoundRobin, DECAY), &rr, None, None).map(|p| p.index)
+            })
             .collect();
         assert_eq!(
             picks,
@@ -154,16 +161,19 @@ mod tests {
         );
         for _ in 0..100 {
             assert_ne!(
-                pick(&eps, LoadBalancer::P2cEwma, &rr, Some(1), None).map(|p| p.index),
+                pick(&eps, (LoadBalancer::P2cEwma, DECAY), &rr, Some(1), None).map(|p| p.index),
                 Some(1)
             );
         }
         let one = endpoints(1);
         assert_eq!(
-            pick(&one, LoadBalancer::P2cEwma, &rr, Some(0), None).map(|p| p.index),
+            pick(&one, (LoadBalancer::P2cEwma, DECAY), &rr, Some(0), None).map(|p| p.index),
             Some(0)
         );
-        assert_eq!(pick(&[], LoadBalancer::P2cEwma, &rr, None, None), None);
+        assert_eq!(
+            pick(&[], (LoadBalancer::P2cEwma, DECAY), &rr, None, None),
+            None
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -173,19 +183,19 @@ mod tests {
         let rr = AtomicUsize::new(0);
         for _ in 0..50 {
             assert_eq!(
-                pick(&eps, LoadBalancer::P2cEwma, &rr, None, Some(1)).map(|p| p.index),
+                pick(&eps, (LoadBalancer::P2cEwma, DECAY), &rr, None, Some(1)).map(|p| p.index),
                 Some(2)
             );
             assert_ne!(
-                pick(&eps, LoadBalancer::P2cEwma, &rr, None, Some(0)).map(|p| p.index),
+                pick(&eps, (LoadBalancer::P2cEwma, DECAY), &rr, None, Some(0)).map(|p| p.index),
                 Some(2)
             );
         }
         // A retry avoiding the only v1 endpoint goes to another version rather than failing.
         assert_ne!(
-            pick(&eps, LoadBalancer::P2cEwma, &rr, Some(2), Some(1)).map(|p| p.index),
+            pick(&eps, (LoadBalancer::P2cEwma, DECAY), &rr, Some(2), Some(1)).map(|p| p.index),
             Some(2)
         );
-        assert!(pick(&eps, LoadBalancer::P2cEwma, &rr, None, Some(7)).is_some());
+        assert!(pick(&eps, (LoadBalancer::P2cEwma, DECAY), &rr, None, Some(7)).is_some());
     }
 }

@@ -48,16 +48,33 @@ impl Breaker {
         if let Ok(p) = self.in_flight.clone().try_acquire_owned() {
             return Ok(p);
         }
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(Overload::Pending);
-        }
+        let _place = Waiting::join(&self.waiting, self.max_pending).ok_or(Overload::Pending)?;
         let got = tokio::time::timeout_at(deadline, self.in_flight.clone().acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
         match got {
             Ok(Ok(p)) => Ok(p),
             _ => Err(Overload::Deadline),
         }
+    }
+}
+
+/// A place in the queue, given back when the waiter leaves for any reason (a slot, the
+/// deadline, or its client hanging up and the request being dropped mid-wait).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn join(count: &'a AtomicUsize, max: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(count))
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

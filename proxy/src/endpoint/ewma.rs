@@ -39,10 +39,14 @@ impl PeakEwma {
         s.at = now;
     }
 
-    /// Expected cost of sending one more request: latency × (outstanding + 1).
-    pub fn cost(&self, pending: usize) -> f64 {
+    /// Expected cost of sending one more request: latency × (outstanding + 1). The estimate
+    /// also decays while no samples arrive, so an endpoint the balancer stopped choosing
+    /// (after one slow answer) looks cheaper over time and is tried again.
+    pub fn cost(&self, pending: usize, decay: Duration) -> f64 {
         let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        s.estimate * (pending as f64 + 1.0)
+        let idle = Instant::now().saturating_duration_since(s.at).as_nanos() as f64;
+        let w = (-idle / decay.as_nanos().max(1) as f64).exp();
+        s.estimate * w * (pending as f64 + 1.0)
     }
 
     pub fn estimate(&self) -> Duration {
@@ -70,6 +74,10 @@ mod tests {
             "{est}"
         );
         // Outstanding requests multiply the cost.
-        assert!(e.cost(3) > 3.9 * e.cost(0));
+        assert!(e.cost(3, decay) > 3.9 * e.cost(0, decay));
+        // An endpoint nobody samples any more gets cheaper with idle time.
+        let before = e.cost(0, decay);
+        tokio::time::advance(decay).await;
+        assert!(e.cost(0, decay) < before * 0.4);
     }
 }

@@ -122,6 +122,30 @@ impl Outlier {
     }
 }
 
+/// The probe slot an attempt holds. Consumed when the attempt's outcome is recorded; if the
+/// attempt ends without one (the client went away mid-probe), dropping it gives the slot back,
+/// so an abandoned probe never keeps an endpoint out for good.
+pub struct ProbeSlot<'a>(Option<&'a Outlier>);
+
+impl<'a> ProbeSlot<'a> {
+    pub fn new(outlier: &'a Outlier, is_probe: bool) -> Self {
+        Self(is_probe.then_some(outlier))
+    }
+
+    /// Whether this attempt is the probe; afterwards the slot is the caller's to settle.
+    pub fn consume(&mut self) -> bool {
+        self.0.take().is_some()
+    }
+}
+
+impl Drop for ProbeSlot<'_> {
+    fn drop(&mut self) {
+        if let Some(o) = self.0.take() {
+            o.release_probe();
+        }
+    }
+}
+
 fn ejection_time(cfg: &OutlierDetection, count: u32) -> Duration {
     cfg.base_ejection
         .saturating_mul(count)

@@ -8,7 +8,7 @@ pub mod upgrade;
 use crate::balance;
 use crate::body::{Counting, RequestBody, ResponseBody, UpstreamBody};
 use crate::breaker::Overload;
-use crate::endpoint::outlier::Transition;
+use crate::endpoint::outlier::{ProbeSlot, Transition};
 use crate::error::ProxyError;
 use crate::fault;
 use crate::grpc;
@@ -33,7 +33,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::SystemTime;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -239,19 +239,23 @@ async fn forward(
                 s.redraw()
             }
         });
-        let Some(pick) = balance::pick(&dest.endpoints, dest.lb, &dest.rr, avoid, version) else {
+        let Some(pick) = balance::pick(
+            &dest.endpoints,
+            (dest.lb, dest.ewma_decay),
+            &dest.rr,
+            avoid,
+            version,
+        ) else {
             return local_error(shared, &mut ctx, Some(unpicked), ProxyError::NoEndpoints);
         };
         let ep = &dest.endpoints[pick.index];
+        let mut probe = ProbeSlot::new(&ep.state.outlier, pick.probe);
         let metrics = route.metrics_for(Some(ep));
         if let Some(log) = ctx.log.as_mut() {
             log.entry.upstream = Some(ep.addr);
         }
         let Some(body) = source.next_attempt(attempt) else {
             // The body outgrew the replay cap while the previous attempt was still sending it.
-            if pick.probe {
-                ep.state.outlier.release_probe();
-            }
             route.counters.body_too_large.inc();
             return local_error(shared, &mut ctx, Some(metrics), ProxyError::UpstreamReset);
         };
@@ -273,7 +277,7 @@ async fn forward(
                 {
                     Checked::Done(res) => {
                         let gateway = is_gateway_status(res.status());
-                        observe(dest, ep, pick.probe, gateway);
+                        observe(dest, ep, probe.consume(), gateway);
                         let finish = Finish {
                             ctx,
                             metrics,
@@ -295,17 +299,15 @@ async fn forward(
                 (Failure::PerTryTimeout, None)
             }
             Err(_) => {
-                observe(dest, ep, pick.probe, true);
+                observe(dest, ep, probe.consume(), true);
                 return local_error(shared, &mut ctx, Some(metrics), ProxyError::Timeout);
             }
         };
         if failure == Failure::Overloaded {
+            // Never reached the endpoint: no outcome to record; the probe slot goes back.
             dest.counters.overload_connections.inc();
-            if pick.probe {
-                ep.state.outlier.release_probe();
-            }
         } else {
-            observe(dest, ep, pick.probe, failure.is_gateway_failure());
+            observe(dest, ep, probe.consume(), failure.is_gateway_failure());
         }
 
         let give_up = if last || !policy.retryable(failure) {
@@ -492,6 +494,13 @@ async fn check_response(
 
 /// Feeds an attempt's outcome to outlier detection and reports ejections.
 fn observe(dest: &Dest, ep: &EndpointTarget, probe: bool, gateway_failure: bool) {
+    // Checking the ejection cap and ejecting must be one step, or two endpoints failing at
+    // once could both pass the check. Only failures can eject, so successes skip the lock.
+    let _one_at_a_time = gateway_failure.then(|| {
+        dest.eject_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    });
     match ep
         .state
         .outlier

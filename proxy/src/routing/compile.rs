@@ -56,6 +56,8 @@ pub struct Dest {
     pub breaker: Arc<Breaker>,
     pub budget: Arc<RetryBudget>,
     pub counters: DestCounters,
+    /// Serialises ejection decisions (see `forward::observe`).
+    pub eject_lock: Mutex<()>,
 }
 
 pub struct DestCounters {
@@ -359,6 +361,7 @@ impl Compiler<'_> {
             outlier: spec.outlier,
             breaker,
             budget,
+            eject_lock: Mutex::new(()),
             counters: DestCounters {
                 overload_pending: overload("pending"),
                 overload_deadline: overload("deadline"),
