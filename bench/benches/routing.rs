@@ -10,27 +10,6 @@ use outrigger_bench::{browser_headers, compiled};
 use outrigger_config::LoadBalancer;
 use outrigger_proxy::balance;
 use std::hint::black_box;
-use std::time::Duration;
-
-/// `balance::pick`'s balancer argument, built so this file compiles whether it is the bare
-/// `LoadBalancer` or `(LoadBalancer, Duration)` with the destination's EWMA decay (the proxy
-/// was moving from one to the other while these benches were written). Once that change has
-/// landed, pass `(lb, dest.ewma_decay)` directly and drop this trait.
-trait BalancerArg {
-    fn of(lb: LoadBalancer, decay: Duration) -> Self;
-}
-
-impl BalancerArg for LoadBalancer {
-    fn of(lb: LoadBalancer, _decay: Duration) -> Self {
-        lb
-    }
-}
-
-impl BalancerArg for (LoadBalancer, Duration) {
-    fn of(lb: LoadBalancer, decay: Duration) -> Self {
-        (lb, decay)
-    }
-}
 
 fn lookup(c: &mut Criterion) {
     let compiled = compiled();
@@ -110,7 +89,7 @@ fn pick(c: &mut Criterion) {
     ] {
         assert!(balance::pick(
             &dest.endpoints,
-            BalancerArg::of(lb, dest.ewma_decay),
+            (lb, dest.ewma_decay),
             &dest.rr,
             None,
             version
@@ -120,7 +99,7 @@ fn pick(c: &mut Criterion) {
             b.iter(|| {
                 balance::pick(
                     &dest.endpoints,
-                    BalancerArg::of(black_box(lb), dest.ewma_decay),
+                    (black_box(lb), dest.ewma_decay),
                     &dest.rr,
                     None,
                     black_box(version),
@@ -162,7 +141,7 @@ fn whole(c: &mut Criterion) {
             let version = route.split.as_ref().and_then(|s| s.choose(&headers));
             let pick = balance::pick(
                 &dest.endpoints,
-                BalancerArg::of(dest.lb, dest.ewma_decay),
+                (dest.lb, dest.ewma_decay),
                 &dest.rr,
                 None,
                 version,
