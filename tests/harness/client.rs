@@ -67,6 +67,28 @@ impl Body for Generated {
     }
 }
 
+/// A body fed by hand, to play a slow peer: every `Bytes` sent is one data frame, and dropping
+/// the sender ends the body. No length is known up front (HTTP/1.1 sends it chunked).
+pub fn channel_body(capacity: usize) -> (tokio::sync::mpsc::Sender<Bytes>, TestBody) {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+    (tx, ChannelBody { rx }.boxed())
+}
+
+struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b))))
+    }
+}
+
 pub fn request(method: &str, url: &str) -> http::request::Builder {
     Request::builder().method(method).uri(url)
 }

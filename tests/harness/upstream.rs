@@ -5,8 +5,9 @@
 //! `/status/N`; `/delay/MS`; `/download/BYTES` (streamed); `/upload` → byte count of the body;
 //! `/hop` → `ok` with hop-by-hop response headers (`Connection: x-resp-secret`,
 //! `X-Resp-Secret`, `Keep-Alive`, `Proxy-Connection`) and an end-to-end `x-resp-kept`;
-//! `/ws` → WebSocket-style upgrade, then echoes bytes. Every response carries `x-upstream`
-//! with the server's name.
+//! `/ws` → WebSocket-style upgrade, then echoes bytes; `/reflect` → the request body, byte for
+//! byte; `/trickle/N/MS` → headers at once, then `N` body chunks (`chunk 0\n`, ...) `MS`
+//! milliseconds apart. Every response carries `x-upstream` with the server's name.
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
@@ -40,10 +41,15 @@ pub struct Upstream {
 struct Behavior {
     /// Answer every request with this status (after reading its body); 0 = behave.
     fail: AtomicU16,
+    /// Answer every request with this status once its first body frame is in, without
+    /// waiting for the rest (which is read and discarded in the background); 0 = behave.
+    fail_early: AtomicU16,
     /// Delay every response by this many milliseconds.
     delay_ms: AtomicU64,
     /// `x-outrigger-attempt` of each request, in arrival order.
     attempts: Mutex<Vec<String>>,
+    /// When each request arrived, in the same order.
+    arrivals: Mutex<Vec<std::time::Instant>>,
 }
 
 impl Upstream {
@@ -127,6 +133,14 @@ impl Upstream {
         self.behavior.fail.store(status, Ordering::SeqCst);
     }
 
+    /// From now on answer every request with `status` as soon as its first body frame (if
+    /// any) has arrived, without waiting for the rest (0 to stop): an upstream that fails
+    /// while a slow client is still sending. Like servers that keep the connection, it goes
+    /// on reading (and discarding) the rest of the body after answering.
+    pub fn fail_early_with(&self, status: u16) {
+        self.behavior.fail_early.store(status, Ordering::SeqCst);
+    }
+
     /// From now on delay every response by `ms` milliseconds.
     pub fn delay_ms(&self, ms: u64) {
         self.behavior.delay_ms.store(ms, Ordering::SeqCst);
@@ -136,6 +150,15 @@ impl Upstream {
     pub fn attempts_seen(&self) -> Vec<String> {
         self.behavior
             .attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// When each request so far arrived (its head was read), in order.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.behavior
+            .arrivals
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -179,9 +202,28 @@ async fn misbehave(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(attempt);
+    b.arrivals
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(std::time::Instant::now());
     let delay = b.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let early = b.fail_early.load(Ordering::SeqCst);
+    if early != 0 {
+        let mut body = req.into_body();
+        let n = match body.frame().await {
+            Some(Ok(f)) => f.data_ref().map_or(0, |d| d.len()),
+            _ => 0,
+        };
+        tokio::spawn(async move { while let Some(Ok(_)) = body.frame().await {} });
+        let code = StatusCode::from_u16(early).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Ok(respond(
+            &name,
+            code,
+            crate::client::full(format!("failing early; read {n} bytes\n")),
+        ));
     }
     let fail = b.fail.load(Ordering::SeqCst);
     if fail != 0 {
@@ -270,6 +312,25 @@ async fn handle(name: String, mut req: Request<Incoming>) -> Result<Response<Tes
                 }
             }
             respond(&name, StatusCode::OK, crate::client::full(n.to_string()))
+        }
+        "reflect" => {
+            let body = req.into_body().collect().await?.to_bytes();
+            respond(&name, StatusCode::OK, crate::client::full(body))
+        }
+        "trickle" => {
+            let mut args = arg.splitn(2, '/');
+            let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
+            let ms: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
+            let (tx, body) = crate::client::channel_body(1);
+            tokio::spawn(async move {
+                for i in 0..n {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    if tx.send(Bytes::from(format!("chunk {i}\n"))).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            respond(&name, StatusCode::OK, body)
         }
         "ws" => {
             let key = req.headers().get("sec-websocket-key").cloned();
