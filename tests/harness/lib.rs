@@ -3,6 +3,7 @@
 //! Everything waits by polling with a deadline, never by sleeping a fixed time.
 
 pub mod client;
+pub mod control;
 pub mod proxy;
 pub mod upstream;
 
@@ -10,13 +11,24 @@ use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// A free loopback port. The tiny window between closing it and the proxy binding it is
-/// acceptable on a test machine; binaries that take port 0 avoid it entirely.
+/// A free loopback port for a process under test to bind. Ports come from below the kernel's
+/// ephemeral range (which starts at 32768), so no `bind(":0")` elsewhere in the tests can take
+/// one in the moment between this check and the process binding it, and each is handed out
+/// once per test process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "ran out of test ports");
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.

@@ -230,6 +230,7 @@ async fn forward(
 
     let mut attempt: u32 = 1;
     let mut avoid = None;
+    let mut next_body: Option<RequestBody> = None;
     loop {
         let last = !may_retry || attempt >= policy.attempts;
         let version = route.split.as_ref().and_then(|s| {
@@ -254,7 +255,7 @@ async fn forward(
         if let Some(log) = ctx.log.as_mut() {
             log.entry.upstream = Some(ep.addr);
         }
-        let Some(body) = source.next_attempt(attempt) else {
+        let Some(body) = next_body.take().or_else(|| source.next_attempt(attempt)) else {
             // The body outgrew the replay cap while the previous attempt was still sending it.
             route.counters.body_too_large.inc();
             return local_error(shared, &mut ctx, Some(metrics), ProxyError::UpstreamReset);
@@ -324,13 +325,20 @@ async fn forward(
         } else {
             false
         };
-        let delay = if give_up {
-            None
-        } else {
-            Some(policy.backoff.delay(attempt))
+        let delay = match (give_up, policy.backoff.delay(attempt)) {
+            (false, d) if Instant::now() + d < deadline => {
+                // Take the retry's body before the backoff: that supersedes the failed
+                // attempt's, so its connection stops pulling the client's body meanwhile.
+                next_body = source.next_attempt(attempt + 1);
+                if next_body.is_none() {
+                    route.counters.body_too_large.inc();
+                }
+                next_body.is_some().then_some(d)
+            }
+            _ => None,
         };
         match (delay, kept) {
-            (Some(d), _) if Instant::now() + d < deadline => {
+            (Some(d), _) => {
                 route.counters.retried.inc();
                 tokio::time::sleep(d).await;
                 avoid = Some(pick.index);
