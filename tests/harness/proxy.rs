@@ -27,6 +27,40 @@ fn addr() -> SocketAddr {
 }
 
 impl ProxyBuilder {
+    /// Control plane mode: a sidecar for `service`, fronting `app` when given.
+    pub fn control_plane(
+        url: &str,
+        token_file: &std::path::Path,
+        service: &str,
+        version: &str,
+        app: Option<SocketAddr>,
+    ) -> Self {
+        let (outbound, inbound) = (addr(), addr());
+        let mut args = vec![
+            "--control-plane".into(),
+            url.to_string(),
+            "--service".into(),
+            service.into(),
+            "--service-version".into(),
+            version.into(),
+            "--token-file".into(),
+            token_file.display().to_string(),
+            "--outbound".into(),
+            outbound.to_string(),
+            "--inbound".into(),
+            inbound.to_string(),
+        ];
+        if let Some(app) = app {
+            args.extend(["--app".into(), app.to_string()]);
+        }
+        Self {
+            args,
+            config: None,
+            outbound: Some(outbound),
+            inbound: app.map(|_| inbound),
+        }
+    }
+
     /// `--listen` / `--upstream` quick-start mode.
     pub fn quick(upstream: SocketAddr) -> Self {
         let listen = addr();
