@@ -144,7 +144,6 @@ async fn http1_and_h2c_work_on_both_sides() {
 /// original request's authority. The upstream must see the name the app called, not the
 /// endpoint's address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "proxy gap: HTTP/2 upstreams get the endpoint address as :authority (forward::prepare); un-ignore when fixed"]
 async fn http2_upstreams_see_the_apps_authority() {
     let app = Upstream::start("app").await;
     let proxy = proxy_for(&app).await;

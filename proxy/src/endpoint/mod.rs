@@ -14,6 +14,8 @@ pub struct EndpointState {
     pub addr: SocketAddr,
     pub ewma: ewma::PeakEwma,
     pub outlier: outlier::Outlier,
+    /// The endpoint's HTTP/2 connection, when its destination speaks HTTP/2.
+    pub h2: crate::client::h2::H2Slot,
     pending: AtomicUsize,
 }
 
@@ -23,6 +25,7 @@ impl EndpointState {
             addr,
             ewma: ewma::PeakEwma::new(default_rtt),
             outlier: outlier::Outlier::default(),
+            h2: Default::default(),
             pending: AtomicUsize::new(0),
         }
     }

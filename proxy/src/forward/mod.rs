@@ -204,6 +204,12 @@ async fn forward(
         && dest.protocol == Protocol::Http1
         && wants_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // HTTP/2 endpoints get the app's authority as `:authority` (RFC 9113 §8.3.1); HTTP/1
+    // ones get it as Host, and the URI names the endpoint for the connection pool.
+    let app_authority = match dest.protocol {
+        Protocol::Http2 => authority(&req).and_then(|a| a.parse::<http::uri::Authority>().ok()),
+        Protocol::Http1 => None,
+    };
     let (mut head, body) = req.into_parts();
     if let Err(e) = prepare(&mut head, dest.protocol, ctx.client, upgrade) {
         return local_error(shared, &mut ctx, Some(unpicked), e);
@@ -260,7 +266,8 @@ async fn forward(
             route.counters.body_too_large.inc();
             return local_error(shared, &mut ctx, Some(metrics), ProxyError::UpstreamReset);
         };
-        let upstream_req = attempt_request(&head, ep, attempt, may_retry, body);
+        let target = app_authority.as_ref().unwrap_or(&ep.authority);
+        let upstream_req = attempt_request(&head, target, attempt, may_retry, body);
 
         let started = Instant::now();
         let try_deadline = match route.per_try_timeout {
@@ -268,7 +275,7 @@ async fn forward(
             _ => deadline,
         };
         let pending = ep.state.start();
-        let sent = tokio::time::timeout_at(try_deadline, dest.client.request(upstream_req)).await;
+        let sent = tokio::time::timeout_at(try_deadline, dest.client.send(ep, upstream_req)).await;
         drop(pending);
         ep.state.ewma.observe(started.elapsed(), dest.ewma_decay);
 
@@ -401,10 +408,10 @@ impl Source {
     }
 }
 
-/// One attempt's request: the prepared head, this endpoint's address, the attempt number.
+/// One attempt's request: the prepared head, the URI authority, the attempt number.
 fn attempt_request(
     head: &http::request::Parts,
-    ep: &EndpointTarget,
+    authority: &http::uri::Authority,
     attempt: u32,
     numbered: bool,
     body: RequestBody,
@@ -420,7 +427,7 @@ fn attempt_request(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(ep.authority.clone());
+    parts.authority = Some(authority.clone());
     parts.path_and_query = Some(pq);
     if let Ok(uri) = Uri::from_parts(parts) {
         *req.uri_mut() = uri;
@@ -575,8 +582,8 @@ fn prepare(
     client: SocketAddr,
     upgrade: bool,
 ) -> Result<(), ProxyError> {
-    // The app's authority travels on: as Host to HTTP/1 endpoints. HTTP/2 endpoints get the
-    // endpoint address as :authority (the pool is keyed by it).
+    // The app's authority travels on: as Host to HTTP/1 endpoints, as `:authority` to HTTP/2
+    // ones (which must not also get a Host that could differ).
     if let Some(a) = parts.uri.authority() {
         if !parts.headers.contains_key(header::HOST) {
             let v = HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadRequest)?;

@@ -3,7 +3,8 @@
 //! are safe for any method; everything else only for idempotent methods unless the route opts
 //! in.
 
-use crate::client::ConnectionLimit;
+use crate::client::h2::H2Error;
+use crate::client::{ConnectionLimit, UpstreamError};
 use outrigger_config::{RetryOn, RetryPolicy};
 use std::error::Error as StdError;
 
@@ -120,8 +121,13 @@ pub fn is_idempotent(m: &http::Method) -> bool {
 }
 
 /// What a failed upstream call means for retries and for the error the client sees.
-pub fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
-    let mut source: Option<&(dyn StdError + 'static)> = e.source();
+pub fn classify(e: &UpstreamError) -> Failure {
+    let (connect, first): (bool, &(dyn StdError + 'static)) = match e {
+        UpstreamError::Pool(p) => (p.is_connect(), p),
+        UpstreamError::H2(H2Error::Connect(c)) => (true, c.as_ref()),
+        UpstreamError::H2(H2Error::Http(h)) => (false, h),
+    };
+    let mut source: Option<&(dyn StdError + 'static)> = Some(first);
     let mut refused = false;
     let mut limit = false;
     while let Some(s) = source {
@@ -133,7 +139,7 @@ pub fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
     }
     if limit {
         Failure::Overloaded
-    } else if e.is_connect() {
+    } else if connect {
         Failure::ConnectFailure
     } else if refused {
         Failure::RefusedStream

@@ -8,7 +8,7 @@ use super::matcher::RouteMatcher;
 use super::split::Split;
 use super::table::AuthorityTable;
 use crate::breaker::Breaker;
-use crate::client::{ClientKey, Clients, HttpClient};
+use crate::client::{ClientKey, Clients, Upstream};
 use crate::endpoint::{EndpointRegistry, EndpointState};
 use crate::ratelimit::TokenBucket;
 use crate::retry::budget::RetryBudget;
@@ -45,7 +45,7 @@ pub struct Dest {
     pub name: Arc<str>,
     pub direction: Direction,
     pub protocol: Protocol,
-    pub client: HttpClient,
+    pub client: Upstream,
     pub endpoints: Box<[EndpointTarget]>,
     pub routes: Box<[RouteEntry]>,
     pub stats: Arc<SlidingHistogram>,
@@ -71,6 +71,8 @@ pub struct DestCounters {
 pub struct EndpointTarget {
     pub addr: SocketAddr,
     pub authority: Authority,
+    /// `http://addr/`, what connectors dial.
+    pub uri: http::Uri,
     /// Index into each route's per-version metrics.
     pub version: usize,
     pub state: Arc<EndpointState>,
@@ -81,9 +83,16 @@ impl EndpointTarget {
         // A socket address always forms a valid authority.
         let authority = Authority::try_from(addr.to_string().as_str())
             .unwrap_or_else(|_| Authority::from_static("0.0.0.0"));
+        let uri = http::Uri::builder()
+            .scheme("http")
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .unwrap_or_default();
         Self {
             addr,
             authority,
+            uri,
             version,
             state,
         }

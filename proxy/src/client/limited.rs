@@ -1,50 +1,15 @@
-//! Pooled upstream clients, one per destination, kept across snapshots while the destination's
-//! protocol, connect timeout and connection limit stay the same, so a config push never throws
-//! away warm keep-alive connections. The connector counts open connections and refuses a new
-//! one past `max_connections`.
+//! A connector that counts open upstream connections and refuses a new one past the limit,
+//! failing fast instead of queueing.
 
-use crate::body::RequestBody;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use outrigger_config::Protocol;
-use std::collections::HashMap;
+use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 use tokio::net::TcpStream;
-
-pub type HttpClient = Client<LimitedConnector, RequestBody>;
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ClientKey {
-    pub destination: String,
-    pub protocol: Protocol,
-    pub connect_timeout: Duration,
-    pub max_connections: u32,
-}
-
-#[derive(Default)]
-pub struct Clients {
-    map: Mutex<HashMap<ClientKey, HttpClient>>,
-}
-
-impl Clients {
-    /// Called when compiling a snapshot, never per request.
-    pub fn get(&self, key: ClientKey) -> HttpClient {
-        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        // A destination whose settings changed gets a new client; the old one's pool closes
-        // once the last request using it is done.
-        map.retain(|k, _| k.destination != key.destination || *k == key);
-        map.entry(key.clone())
-            .or_insert_with(|| build(&key))
-            .clone()
-    }
-}
 
 /// The connection limit was reached; nothing was sent.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +24,16 @@ pub struct LimitedConnector {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl LimitedConnector {
+    pub fn new(inner: HttpConnector, max: u32) -> Self {
+        Self {
+            inner,
+            open: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+}
 
 impl tower_service::Service<http::Uri> for LimitedConnector {
     type Response = Counted;
@@ -142,29 +117,4 @@ impl Write for Counted {
     ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
-}
-
-fn build(key: &ClientKey) -> HttpClient {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(key.connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    let connector = LimitedConnector {
-        inner: http,
-        open: Arc::new(AtomicUsize::new(0)),
-        max: key.max_connections,
-    };
-    let mut b = Client::builder(TokioExecutor::new());
-    b.timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        // The proxy sets Host itself (the app's authority, not the endpoint address).
-        .set_host(false);
-    if key.protocol == Protocol::Http2 {
-        b.http2_only(true)
-            .http2_adaptive_window(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .http2_keep_alive_while_idle(false);
-    }
-    b.build(connector)
 }

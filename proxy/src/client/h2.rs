@@ -1,0 +1,112 @@
+//! One multiplexed HTTP/2 connection per endpoint, opened on first use and replaced when it
+//! closes. Owning the connection (rather than a pool keyed by URI) lets each request carry the
+//! app's own `:authority` while it travels to the endpoint's address.
+
+use super::LimitedConnector;
+use crate::body::RequestBody;
+use hyper::body::Incoming;
+use hyper::client::conn::http2::{self, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+use tower_service::Service;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum H2Error {
+    #[error("connect: {0}")]
+    Connect(BoxError),
+    #[error("http/2: {0}")]
+    Http(#[from] hyper::Error),
+}
+
+/// The endpoint's connection, if one is open. The lock is only held to copy or swap the
+/// handle, never across an await.
+#[derive(Default)]
+pub struct H2Slot(Mutex<Option<SendRequest<RequestBody>>>);
+
+impl H2Slot {
+    fn current(&self) -> Option<SendRequest<RequestBody>> {
+        let s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        s.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    /// Keeps `new` unless another task opened a live connection meanwhile; returns the one
+    /// to use. (Two tasks racing at a cold start may open two; the loser's closes when its
+    /// request is done.)
+    fn install(&self, new: SendRequest<RequestBody>) -> SendRequest<RequestBody> {
+        let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match s.as_ref().filter(|s| !s.is_closed()) {
+            Some(live) => live.clone(),
+            None => {
+                *s = Some(new.clone());
+                new
+            }
+        }
+    }
+
+    fn clear(&self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+async fn connect(
+    connector: &LimitedConnector,
+    endpoint: http::Uri,
+) -> Result<SendRequest<RequestBody>, H2Error> {
+    let io = connector
+        .clone()
+        .call(endpoint)
+        .await
+        .map_err(H2Error::Connect)?;
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .adaptive_window(true)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .handshake(io)
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// Sends `req` (whose URI carries the app's authority) to the endpoint at `endpoint`.
+pub async fn send(
+    slot: &H2Slot,
+    connector: &LimitedConnector,
+    endpoint: &http::Uri,
+    req: http::Request<RequestBody>,
+) -> Result<http::Response<Incoming>, H2Error> {
+    let mut req = req;
+    // One fresh connection is tried if the cached one turns out to be closing.
+    for _ in 0..2 {
+        let mut sender = match slot.current() {
+            Some(s) => s,
+            None => slot.install(connect(connector, endpoint.clone()).await?),
+        };
+        if sender.ready().await.is_err() {
+            slot.clear();
+            continue;
+        }
+        match sender.try_send_request(req).await {
+            Ok(res) => return Ok(res),
+            Err(mut e) => match e.take_message() {
+                // Never written to the connection: safe to send on a new one.
+                Some(back) => {
+                    slot.clear();
+                    req = back;
+                }
+                None => return Err(H2Error::Http(e.into_error())),
+            },
+        }
+    }
+    let sender = slot.install(connect(connector, endpoint.clone()).await?);
+    let mut sender = sender;
+    sender.ready().await?;
+    Ok(sender.send_request(req).await?)
+}
