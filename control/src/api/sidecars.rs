@@ -1,0 +1,90 @@
+//! The sidecars' routes: the push stream, ACK/NACK, and their sync status.
+
+use super::error::{JsonBody, QueryArgs};
+use super::{ApiError, AppState};
+use crate::push::{self, SidecarStatus, StreamContext};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http::{header, StatusCode};
+use outrigger_config::path::FieldPath;
+use outrigger_config::Validator;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+pub struct StreamQuery {
+    service: String,
+    sidecar: String,
+}
+
+/// Ids are shown to operators and used as map keys; keep them short and printable.
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > 253 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::BadRequest(
+            "sidecar ids are 1-253 printable ASCII characters without spaces".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub async fn stream(
+    State(app): State<AppState>,
+    QueryArgs(q): QueryArgs<StreamQuery>,
+) -> Result<Response, ApiError> {
+    let mut v = Validator::default();
+    v.name(&q.service, FieldPath::root().key("service"));
+    if let Some((path, reason)) = v.problems.into_iter().next() {
+        return Err(ApiError::BadRequest(format!("{path}: {reason}")));
+    }
+    check_id(&q.sidecar)?;
+    tracing::info!(sidecar = %q.sidecar, service = %q.service, "stream opened");
+    let body = push::open(
+        StreamContext {
+            state: app.state.clone(),
+            sidecars: app.sidecars.clone(),
+            metrics: app.metrics.clone(),
+            keepalive: app.keepalive,
+            shutdown: app.shutdown.clone(),
+        },
+        q.service,
+        q.sidecar,
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::new(body),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckBody {
+    version: u64,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+pub async fn ack(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<AckBody>,
+) -> Result<StatusCode, ApiError> {
+    if let Some(reason) = &body.error {
+        tracing::warn!(sidecar = %id, version = body.version, reason = %reason, "snapshot refused (NACK)");
+    }
+    if app.sidecars.ack(&id, body.version, body.error) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!(
+            "sidecar {id:?} has no push stream: open /v1/stream first"
+        )))
+    }
+}
+
+pub async fn list(State(app): State<AppState>) -> Json<Vec<SidecarStatus>> {
+    Json(app.sidecars.list())
+}

@@ -1,0 +1,95 @@
+//! `outrigger-control`: the control plane binary. Flags, token, logging and signals; the
+//! rest is the library's `server::run`.
+#![forbid(unsafe_code)]
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use outrigger_control::auth::Token;
+use outrigger_control::server::{self, Options};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The Outrigger control plane: mesh resources, service registry and config push.
+///
+/// Writes need a bearer token, from --token-file or the OUTRIGGER_TOKEN environment variable.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// Address of the REST API and push streams (port 0 picks a free port; see the log).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15010")]
+    listen: SocketAddr,
+
+    /// Where the store lives (created if missing).
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+
+    /// File holding the bearer token that writes must carry.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+
+    /// Time between keepalive lines on push streams.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration, hide = true)]
+    keepalive: Duration,
+
+    /// Log filter for the JSON logs on stderr (e.g. info, debug).
+    #[arg(
+        long,
+        value_name = "FILTER",
+        env = "OUTRIGGER_LOG",
+        default_value = "info"
+    )]
+    log: String,
+}
+
+fn token(cli: &Cli) -> anyhow::Result<Token> {
+    let text = match &cli.token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --token-file {}", path.display()))?,
+        None => match std::env::var("OUTRIGGER_TOKEN") {
+            Ok(t) => t,
+            Err(_) => bail!(
+                "no API token: give --token-file FILE or set OUTRIGGER_TOKEN (writes must need a token)"
+            ),
+        },
+    };
+    Token::new(&text).context("the API token")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log")?)
+        .with_current_span(false)
+        .init();
+    let mut options = Options::new(cli.listen, cli.data_dir.clone(), token(&cli)?);
+    options.keepalive = cli.keepalive;
+    server::run(options, signal()).await?;
+    Ok(())
+}
+
+/// SIGTERM or SIGINT.
+async fn signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        r = tokio::signal::ctrl_c() => if let Err(e) = r {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        },
+    }
+}

@@ -1,0 +1,58 @@
+//! The `outrigger` operator CLI. Each subcommand is one variant of [`Command`] and one module
+//! with its `Args` and `run`; adding one is those two things.
+
+mod apply;
+mod canary;
+mod client;
+mod delete;
+mod get;
+mod table;
+
+use clap::{Parser, Subcommand};
+use client::Client;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Operate an Outrigger mesh through its control plane.
+#[derive(Debug, Parser)]
+#[command(name = "outrigger", version, about)]
+pub struct Cli {
+    /// The control plane's URL.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "OUTRIGGER_CONTROL_PLANE",
+        default_value = "http://127.0.0.1:15010"
+    )]
+    pub control_plane: String,
+
+    /// File holding the API token that writes need (else OUTRIGGER_TOKEN).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate and store resources from a YAML file (`-` reads stdin).
+    Apply(apply::Args),
+    /// List or show services, routes, policies, sidecars or registry instances.
+    Get(get::Args),
+    /// Delete a service, route or policy.
+    Delete(delete::Args),
+    /// Shift traffic between a service's versions, e.g. `outrigger canary payment v2=25`.
+    Canary(canary::Args),
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&cli.control_plane, cli.token_file.as_deref())?;
+    match cli.command {
+        Command::Apply(a) => apply::run(&client, a).await,
+        Command::Get(a) => get::run(&client, a).await,
+        Command::Delete(a) => delete::run(&client, a).await,
+        Command::Canary(a) => canary::run(&client, a).await,
+    }
+}

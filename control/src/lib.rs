@@ -1,0 +1,18 @@
+//! `outrigger-control`: the control plane. It stores mesh resources ([`store`]), keeps the
+//! service registry ([`registry`]), compiles one snapshot per sidecar ([`snapshot`]) and pushes
+//! it on NDJSON streams ([`push`]), all behind a REST API ([`api`]). One task changes the
+//! state in order ([`state`]); everything else reads its published views.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod apply;
+pub mod auth;
+pub mod canary;
+pub mod metrics;
+pub mod push;
+pub mod registry;
+pub mod resources;
+pub mod server;
+pub mod snapshot;
+pub mod state;
+pub mod store;

@@ -1,0 +1,107 @@
+//! The control plane's Prometheus metrics. Label values are bounded: kinds, service names from
+//! the registry, route templates and status codes, never ids.
+
+use crate::state::View;
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    resources: IntGaugeVec,
+    instances: IntGaugeVec,
+    pub revision: IntGauge,
+    pub sidecars_connected: IntGauge,
+    pub snapshots_pushed: IntCounter,
+    pub acks: IntCounter,
+    pub nacks: IntCounter,
+    pub api_requests: IntCounterVec,
+    pub applies_rejected: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let m = Metrics {
+            resources: IntGaugeVec::new(
+                Opts::new("outrigger_control_resources", "Stored mesh resources"),
+                &["kind"],
+            )?,
+            instances: IntGaugeVec::new(
+                Opts::new(
+                    "outrigger_control_registry_instances",
+                    "Live registered instances",
+                ),
+                &["service"],
+            )?,
+            revision: IntGauge::new("outrigger_control_revision", "Current mesh revision")?,
+            sidecars_connected: IntGauge::new(
+                "outrigger_control_sidecars_connected",
+                "Sidecars with an open push stream",
+            )?,
+            snapshots_pushed: IntCounter::new(
+                "outrigger_control_snapshots_pushed_total",
+                "Snapshots sent on push streams",
+            )?,
+            acks: IntCounter::new(
+                "outrigger_control_acks_total",
+                "Snapshots acknowledged by sidecars",
+            )?,
+            nacks: IntCounter::new(
+                "outrigger_control_nacks_total",
+                "Snapshots refused by sidecars",
+            )?,
+            api_requests: IntCounterVec::new(
+                Opts::new("outrigger_control_api_requests_total", "API requests"),
+                &["route", "status"],
+            )?,
+            applies_rejected: IntCounter::new(
+                "outrigger_control_applies_rejected_total",
+                "Applies refused as invalid",
+            )?,
+            registry,
+        };
+        m.registry.register(Box::new(m.resources.clone()))?;
+        m.registry.register(Box::new(m.instances.clone()))?;
+        m.registry.register(Box::new(m.revision.clone()))?;
+        m.registry
+            .register(Box::new(m.sidecars_connected.clone()))?;
+        m.registry.register(Box::new(m.snapshots_pushed.clone()))?;
+        m.registry.register(Box::new(m.acks.clone()))?;
+        m.registry.register(Box::new(m.nacks.clone()))?;
+        m.registry.register(Box::new(m.api_requests.clone()))?;
+        m.registry.register(Box::new(m.applies_rejected.clone()))?;
+        Ok(m)
+    }
+
+    /// Refreshes the gauges that describe the state.
+    pub fn observe(&self, view: &View) {
+        use outrigger_config::mesh::Kind;
+        for kind in [Kind::Service, Kind::Route, Kind::Policy] {
+            self.resources
+                .with_label_values(&[kind.as_str()])
+                .set(gauge(view.resources.count(kind)));
+        }
+        // Services whose last instance left disappear instead of lingering at 0.
+        self.instances.reset();
+        let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+        for i in view.instances.iter() {
+            *counts.entry(i.service.as_str()).or_default() += 1;
+        }
+        for (service, n) in counts {
+            self.instances.with_label_values(&[service]).set(gauge(n));
+        }
+        self.revision
+            .set(i64::try_from(view.revision).unwrap_or(i64::MAX));
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

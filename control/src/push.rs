@@ -1,0 +1,291 @@
+//! Config push: one NDJSON stream per sidecar that sends its service's snapshot at once and
+//! again whenever its content changes, keepalives in between; and the sidecars' ACKs and
+//! NACKs, kept as each sidecar's sync status.
+
+use crate::metrics::Metrics;
+use crate::snapshot::compile;
+use crate::state::Handle;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use outrigger_config::Snapshot;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, watch};
+
+pub const KEEPALIVE: Duration = Duration::from_secs(10);
+/// NACK reasons are shown to operators, not stored without bound.
+const MAX_REASON: usize = 2048;
+
+/// One line of a push stream.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Line<'a> {
+    Snapshot {
+        version: u64,
+        snapshot: &'a Snapshot,
+    },
+    Keepalive,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Nack {
+    pub version: u64,
+    pub reason: String,
+}
+
+/// A sidecar's sync status, as `GET /v1/sidecars` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SidecarStatus {
+    pub id: String,
+    pub service: String,
+    /// A push stream is open.
+    pub connected: bool,
+    pub acked_version: Option<u64>,
+    pub last_nack: Option<Nack>,
+    /// RFC 3339.
+    pub last_seen: String,
+}
+
+#[derive(Debug)]
+struct Sidecar {
+    service: String,
+    streams: usize,
+    acked_version: Option<u64>,
+    last_nack: Option<Nack>,
+    last_seen: SystemTime,
+}
+
+/// Every sidecar that has opened a stream since the process started.
+pub struct Sidecars {
+    // Held only for map updates, never across an await.
+    inner: Mutex<BTreeMap<String, Sidecar>>,
+    metrics: Metrics,
+}
+
+impl Sidecars {
+    pub fn new(metrics: Metrics) -> Self {
+        Self {
+            inner: Mutex::new(BTreeMap::new()),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Sidecar>> {
+        // The map stays consistent even if a holder panicked: every update is one statement.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn connect(&self, id: &str, service: &str) {
+        let mut map = self.lock();
+        let s = map.entry(id.to_string()).or_insert_with(|| Sidecar {
+            service: service.to_string(),
+            streams: 0,
+            acked_version: None,
+            last_nack: None,
+            last_seen: SystemTime::now(),
+        });
+        s.service = service.to_string();
+        s.streams += 1;
+        s.last_seen = SystemTime::now();
+        self.update_connected(&map);
+    }
+
+    fn disconnect(&self, id: &str) {
+        let mut map = self.lock();
+        if let Some(s) = map.get_mut(id) {
+            s.streams = s.streams.saturating_sub(1);
+            s.last_seen = SystemTime::now();
+        }
+        self.update_connected(&map);
+    }
+
+    fn update_connected(&self, map: &BTreeMap<String, Sidecar>) {
+        let n = map.values().filter(|s| s.streams > 0).count();
+        self.metrics
+            .sidecars_connected
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Records an ACK (`error` is `None`) or a NACK; false for a sidecar never seen.
+    pub fn ack(&self, id: &str, version: u64, error: Option<String>) -> bool {
+        let mut map = self.lock();
+        let Some(s) = map.get_mut(id) else {
+            return false;
+        };
+        s.last_seen = SystemTime::now();
+        match error {
+            None => {
+                s.acked_version = Some(s.acked_version.map_or(version, |v| v.max(version)));
+                self.metrics.acks.inc();
+            }
+            Some(mut reason) => {
+                if reason.len() > MAX_REASON {
+                    let mut cut = MAX_REASON;
+                    while !reason.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    reason.truncate(cut);
+                }
+                s.last_nack = Some(Nack { version, reason });
+                self.metrics.nacks.inc();
+            }
+        }
+        true
+    }
+
+    pub fn list(&self) -> Vec<SidecarStatus> {
+        self.lock()
+            .iter()
+            .map(|(id, s)| SidecarStatus {
+                id: id.clone(),
+                service: s.service.clone(),
+                connected: s.streams > 0,
+                acked_version: s.acked_version,
+                last_nack: s.last_nack.clone(),
+                last_seen: humantime::format_rfc3339_millis(s.last_seen).to_string(),
+            })
+            .collect()
+    }
+}
+
+/// Marks the sidecar disconnected when its stream task ends, however it ends.
+struct Connected {
+    sidecars: Arc<Sidecars>,
+    id: String,
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.sidecars.disconnect(&self.id);
+    }
+}
+
+/// What a push stream needs.
+pub struct StreamContext {
+    pub state: Handle,
+    pub sidecars: Arc<Sidecars>,
+    pub metrics: Metrics,
+    pub keepalive: Duration,
+    /// Turns true when the process shuts down; streams then end so connections can close.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Opens a push stream for sidecar `id` of `service`: the returned body never ends on its
+/// own; it ends when the client goes away or the process shuts down.
+pub fn open(ctx: StreamContext, service: String, id: String) -> NdjsonBody {
+    // One line in flight: a slow reader makes the task wait, and what it sends next is the
+    // latest state, so changes coalesce instead of queueing.
+    let (tx, rx) = mpsc::channel(1);
+    ctx.sidecars.connect(&id, &service);
+    let connected = Connected {
+        sidecars: ctx.sidecars.clone(),
+        id,
+    };
+    tokio::spawn(run(ctx, service, tx, connected));
+    NdjsonBody { rx }
+}
+
+async fn run(mut ctx: StreamContext, service: String, tx: mpsc::Sender<Bytes>, _c: Connected) {
+    let mut views = ctx.state.subscribe();
+    let mut last: Option<Snapshot> = None;
+    let mut keepalive =
+        tokio::time::interval_at(tokio::time::Instant::now() + ctx.keepalive, ctx.keepalive);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let view = views.borrow_and_update().clone();
+        let snapshot = compile(&service, view.revision, &view.resources, &view.instances);
+        // Compare content, not version: a revision elsewhere in the mesh is no news here.
+        let content = Snapshot {
+            version: 0,
+            ..snapshot.clone()
+        };
+        if last.as_ref() != Some(&content) {
+            let line = Line::Snapshot {
+                version: snapshot.version,
+                snapshot: &snapshot,
+            };
+            if !send(&tx, &line).await {
+                return;
+            }
+            ctx.metrics.snapshots_pushed.inc();
+            last = Some(content);
+        }
+        tokio::select! {
+            changed = views.changed() => if changed.is_err() { return },
+            _ = keepalive.tick() => if !send(&tx, &Line::Keepalive).await { return },
+            _ = tx.closed() => return,
+            // The guard `wait_for` returns must not live across the other branches' awaits.
+            _ = async { drop(ctx.shutdown.wait_for(|stop| *stop).await) } => return,
+        }
+    }
+}
+
+/// False when the client is gone.
+async fn send(tx: &mpsc::Sender<Bytes>, line: &Line<'_>) -> bool {
+    let mut bytes = match serde_json::to_vec(line) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a push line");
+            return true;
+        }
+    };
+    bytes.push(b'\n');
+    tx.send(Bytes::from(bytes)).await.is_ok()
+}
+
+/// The response body of a push stream: lines as the stream task sends them.
+pub struct NdjsonBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl Body for NdjsonBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_and_nacks_are_kept_per_sidecar() -> Result<(), prometheus::Error> {
+        let metrics = Metrics::new()?;
+        let s = Sidecars::new(metrics.clone());
+        assert!(!s.ack("a", 1, None), "unknown sidecars are not recorded");
+        s.connect("a", "order");
+        assert_eq!(metrics.sidecars_connected.get(), 1);
+        assert!(s.ack("a", 3, None));
+        assert!(s.ack("a", 2, None), "a late ACK of an older version");
+        assert!(s.ack("a", 4, Some("x".repeat(10_000))));
+        let list = s.list();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].acked_version, Some(3));
+        let nack = list[0]
+            .last_nack
+            .as_ref()
+            .map(|n| (n.version, n.reason.len()));
+        assert_eq!(nack, Some((4, MAX_REASON)));
+        assert!(list[0].connected);
+        s.disconnect("a");
+        assert!(!s.list()[0].connected);
+        assert_eq!(metrics.sidecars_connected.get(), 0);
+        assert_eq!((metrics.acks.get(), metrics.nacks.get()), (2, 1));
+        Ok(())
+    }
+}

@@ -1,0 +1,178 @@
+//! Durable storage of the mesh resources and the revision high-water mark, in one redb file
+//! under `--data-dir`. Every apply is one write transaction: it is stored whole or not at all.
+
+use outrigger_config::mesh::{Kind, Resource};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::{Path, PathBuf};
+
+/// (kind, name) → the resource as JSON (`{"kind","metadata","spec"}`).
+const RESOURCES: TableDefinition<(&str, &str), &str> = TableDefinition::new("resources");
+/// Small named values; only [`HIGH_WATER`] for now.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// No revision at or below this number was ever handed out, so a restart continues above it.
+const HIGH_WATER: &str = "revision_high_water";
+
+const FILE_NAME: &str = "outrigger-control.redb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store: {0}")]
+    Db(#[from] redb::Error),
+    #[error("stored resource {kind}/{name} is not valid JSON: {source}")]
+    Corrupt {
+        kind: String,
+        name: String,
+        source: serde_json::Error,
+    },
+    #[error("cannot encode resource: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+// redb reports each step with its own error type; all of them become `redb::Error`.
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+db_err!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// One change of an apply, delete or split.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Put(Box<Resource>),
+    Delete(Kind, String),
+}
+
+/// What was stored when the process last stopped.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub resources: Vec<Resource>,
+    pub high_water: u64,
+}
+
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. After a crash redb repairs the file here.
+    pub fn open(dir: &Path) -> Result<(Store, Loaded), StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let db = Database::create(dir.join(FILE_NAME))?;
+        // Read transactions fail on tables that were never created.
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(RESOURCES)?;
+            txn.open_table(META)?;
+        }
+        txn.commit()?;
+        let store = Store { db };
+        let loaded = store.load()?;
+        Ok((store, loaded))
+    }
+
+    fn load(&self) -> Result<Loaded, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(RESOURCES)?;
+        let mut resources = Vec::new();
+        for item in table.iter()? {
+            let (key, value) = item?;
+            let (kind, name) = key.value();
+            let r: Resource =
+                serde_json::from_str(value.value()).map_err(|source| StoreError::Corrupt {
+                    kind: kind.to_string(),
+                    name: name.to_string(),
+                    source,
+                })?;
+            resources.push(r);
+        }
+        let meta = txn.open_table(META)?;
+        let high_water = meta.get(HIGH_WATER)?.map(|v| v.value()).unwrap_or(0);
+        Ok(Loaded {
+            resources,
+            high_water,
+        })
+    }
+
+    /// Stores `changes` and the new high-water mark in one durable transaction.
+    pub fn commit(&self, changes: &[Change], high_water: u64) -> Result<(), StoreError> {
+        // Encode first, so that nothing is written if any resource cannot be encoded.
+        let mut puts = Vec::new();
+        for c in changes {
+            if let Change::Put(r) = c {
+                puts.push((r.kind(), r.name().to_string(), serde_json::to_string(&**r)?));
+            }
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(RESOURCES)?;
+            for (kind, name, json) in &puts {
+                table.insert((kind.as_str(), name.as_str()), json.as_str())?;
+            }
+            for c in changes {
+                if let Change::Delete(kind, name) = c {
+                    table.remove((kind.as_str(), name.as_str()))?;
+                }
+            }
+            let mut meta = txn.open_table(META)?;
+            meta.insert(HIGH_WATER, high_water)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outrigger_config::mesh::parse_resources;
+
+    #[test]
+    fn commits_survive_reopening_and_deletes_remove() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let text = include_str!("../../config/examples/shop.yaml");
+        let resources = parse_resources(text)?;
+        {
+            let (store, loaded) = Store::open(dir.path())?;
+            assert!(loaded.resources.is_empty());
+            assert_eq!(loaded.high_water, 0);
+            let changes: Vec<_> = resources
+                .iter()
+                .map(|r| Change::Put(Box::new(r.clone())))
+                .collect();
+            store.commit(&changes, 7)?;
+            store.commit(&[Change::Delete(Kind::Route, "reads".into())], 8)?;
+        }
+        let (_, loaded) = Store::open(dir.path())?;
+        assert_eq!(loaded.high_water, 8);
+        assert_eq!(loaded.resources.len(), resources.len() - 1);
+        for r in &loaded.resources {
+            assert!(
+                resources.contains(r),
+                "{r:?} changed on the way through the store"
+            );
+        }
+        Ok(())
+    }
+}
