@@ -1,0 +1,387 @@
+//! The REST API: apply, dry run, reads, deletes, validation errors, auth and bad input.
+
+use crate::harness::{call, Control, SHOP, TOKEN};
+use http::Method;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn names(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .map(|r| r["metadata"]["name"].as_str().expect("name"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_dry_run_get_list_and_delete() {
+    let c = Control::start();
+    let (status, body) = c
+        .call(Method::POST, "/v1/apply?dry_run=true", Some(SHOP))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["dry_run"], true);
+    assert_eq!(body["applied"].as_array().map(Vec::len), Some(12));
+    assert_eq!(
+        c.get("/v1/services").await.1,
+        json!([]),
+        "a dry run stores nothing"
+    );
+
+    let (status, body) = c.apply(SHOP).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["dry_run"], false);
+    assert_eq!(
+        body["applied"][0],
+        json!({"kind": "Service", "name": "storefront", "action": "created"})
+    );
+    let first = body["revision"].as_u64().expect("revision");
+
+    // Applying the same again changes nothing and keeps the revision.
+    let (_, again) = c.apply(SHOP).await;
+    assert!(again["applied"]
+        .as_array()
+        .expect("applied")
+        .iter()
+        .all(|a| a["action"] == "unchanged"));
+    assert_eq!(again["revision"].as_u64(), Some(first));
+
+    // One changed document is an update under a new revision.
+    let (status, body) = c
+        .apply("kind: Route\nmetadata: {name: reads}\nspec: {service: catalog, timeout: 1s}\n")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["applied"][0]["action"], "updated");
+    assert!(body["revision"].as_u64() > Some(first));
+
+    let (_, services) = c.get("/v1/services").await;
+    assert_eq!(
+        names(&services),
+        [
+            "catalog",
+            "inventory",
+            "order",
+            "payment",
+            "storefront",
+            "user"
+        ]
+    );
+    assert_eq!(
+        names(&c.get("/v1/routes").await.1),
+        ["charge", "charge-canary-testers", "reads", "reserve"]
+    );
+    assert_eq!(
+        names(&c.get("/v1/policies").await.1),
+        ["order-inbound", "payment-callers"]
+    );
+    let (status, payment) = c.get("/v1/services/payment").await;
+    assert_eq!(status, 200);
+    assert_eq!(payment["kind"], "Service");
+    assert_eq!(payment["metadata"], json!({"name": "payment"}));
+    assert_eq!(payment["spec"]["sticky_header"], "x-user-id");
+    assert_eq!(
+        payment["spec"]["split"][1],
+        json!({"version": "v2", "weight": 10})
+    );
+    let (_, reads) = c.get("/v1/routes/reads").await;
+    assert_eq!(reads["spec"]["timeout"], "1s");
+    assert_eq!(c.get("/v1/policies/order-inbound").await.0, 200);
+    for missing in ["/v1/services/nope", "/v1/routes/nope", "/v1/policies/nope"] {
+        let (status, body) = c.get(missing).await;
+        assert_eq!(status, 404, "{missing}");
+        assert_eq!(body["error"], "not-found");
+    }
+
+    // A service others refer to cannot be deleted; its referrers are named.
+    let (status, body) = c.call(Method::DELETE, "/v1/services/payment", None).await;
+    assert_eq!(status, 409, "{body}");
+    let reason = body["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("Service/order (calls)") && reason.contains("Route/charge"),
+        "{reason}"
+    );
+
+    let (status, body) = c.call(Method::DELETE, "/v1/routes/reads", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["deleted"], json!({"kind": "Route", "name": "reads"}));
+    assert_eq!(c.get("/v1/routes/reads").await.0, 404);
+    assert_eq!(
+        c.call(Method::DELETE, "/v1/routes/reads", None).await.0,
+        404
+    );
+    assert_eq!(
+        c.call(Method::DELETE, "/v1/policies/order-inbound", None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        c.call(Method::DELETE, "/v1/services/storefront", None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        c.get("/v1/services").await.1.as_array().map(Vec::len),
+        Some(5)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_applies_name_document_path_line_and_store_nothing() {
+    let c = Control::start();
+    // Document 0 is fine, document 1 has a bad name and a bad protocol.
+    let text = "kind: Service\nmetadata: {name: fine}\nspec: {}\n---\nkind: Service\nmetadata:\n  name: Bad_Name\nspec:\n  protocol: http1\n  hosts: [\"a:80\"]\n";
+    let (status, body) = c.apply(text).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid");
+    let details = body["details"].as_array().expect("details");
+    assert_eq!(details.len(), 2, "{body}");
+    assert_eq!(
+        details[0],
+        json!({"document": 1, "path": "metadata.name", "line": 7, "column": 9,
+               "reason": details[0]["reason"]})
+    );
+    assert!(details[0]["reason"]
+        .as_str()
+        .expect("reason")
+        .contains("not a valid name"));
+    assert_eq!(details[1]["path"], "spec.hosts[0]");
+    assert_eq!(details[1]["line"], 10);
+    assert_eq!(
+        c.get("/v1/services").await.1,
+        json!([]),
+        "nothing of it stored"
+    );
+
+    // Cross-resource checks: references and one Policy per service.
+    let text = "kind: Service\nmetadata: {name: a}\nspec:\n  calls: [ghost]\n---\nkind: Route\nmetadata: {name: r}\nspec:\n  service: nobody\n---\nkind: Policy\nmetadata: {name: p1}\nspec: {service: a}\n---\nkind: Policy\nmetadata: {name: p2}\nspec: {service: a}\n";
+    let (status, body) = c.apply(text).await;
+    assert_eq!(status, 400, "{body}");
+    let got: Vec<_> = body["details"]
+        .as_array()
+        .expect("details")
+        .iter()
+        .map(|d| (d["document"].clone(), d["path"].clone(), d["line"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (json!(0), json!("spec.calls[0]"), json!(4)),
+            (json!(1), json!("spec.service"), json!(9)),
+            (json!(2), json!("spec.service"), json!(13)),
+            (json!(3), json!("spec.service"), json!(17)),
+        ]
+    );
+    assert_eq!(c.get("/v1/services").await.1, json!([]));
+    assert_eq!(c.get("/v1/policies").await.1, json!([]));
+
+    let (_, metrics) = c.get("/metrics").await;
+    let metrics = metrics.as_str().expect("text");
+    assert!(
+        metrics.contains("outrigger_control_applies_rejected_total 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_need_the_token_and_reads_do_not() {
+    let c = Control::start();
+    let writes = [
+        (Method::POST, "/v1/apply", SHOP.to_string()),
+        (Method::DELETE, "/v1/services/payment", String::new()),
+        (
+            Method::PATCH,
+            "/v1/services/payment/split",
+            r#"{"weights":{"v2":50}}"#.into(),
+        ),
+        (
+            Method::POST,
+            "/v1/registry/instances",
+            r#"{"service":"a","address":"127.0.0.1","ports":{"http":1}}"#.into(),
+        ),
+        (
+            Method::PUT,
+            "/v1/registry/instances/x/heartbeat",
+            String::new(),
+        ),
+        (Method::DELETE, "/v1/registry/instances/x", String::new()),
+        (
+            Method::POST,
+            "/v1/sidecars/x/ack",
+            r#"{"version":1}"#.into(),
+        ),
+    ];
+    for (method, path, body) in writes {
+        for token in [None, Some("wrong"), Some("")] {
+            let (status, reply) = call(c.addr, method.clone(), path, Some(&body), token).await;
+            assert_eq!(status, 401, "{method} {path} with {token:?}");
+            assert_eq!(reply, json!({"error": "unauthorized"}));
+        }
+    }
+    assert_eq!(
+        c.get("/v1/services").await.1,
+        json!([]),
+        "nothing was applied"
+    );
+    for path in [
+        "/v1/services",
+        "/v1/routes",
+        "/v1/policies",
+        "/v1/registry/instances",
+        "/v1/sidecars",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert_eq!(c.get(path).await.0, 200, "{path}");
+    }
+    let (status, _) = c.apply(SHOP).await;
+    assert_eq!(status, 200);
+    // The token never shows up in the logs.
+    let logs = c.logs.lock().expect("logs").join("\n");
+    assert!(!logs.contains(TOKEN));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_yaml_or_json_is_a_400_with_the_reason_never_a_500() {
+    let c = Control::start();
+    let deep = "[".repeat(5000);
+    let bad_applies = [
+        "kind: Service\nmetadata: {name: a\n",
+        "{\"kind\": \"Service\",",
+        "[1, 2",
+        "kind: Nope\nmetadata: {name: a}\nspec: {}\n",
+        "just a string",
+        "- 1\n- 2\n",
+        "kind: Service\nmetadata: {name: a}\nspec: {}\n---\n: : [\n",
+        "\u{0}\u{1}",
+        deep.as_str(),
+        "kind: Service\nmetadata: {name: a}\nspec: {}\nextra: 1\n",
+        "{\"kind\": \"Service\", \"metadata\": {\"name\": \"a\"}, \"spec\": {\"calls\": 5}}",
+    ];
+    for body in bad_applies {
+        let (status, reply) = c.apply(body).await;
+        assert_eq!(status, 400, "{body:?}: {reply}");
+        let reason = reply["details"][0]["reason"].as_str().unwrap_or_default();
+        assert!(!reason.is_empty(), "{body:?}: {reply}");
+    }
+    let (status, _) = c.apply(SHOP).await;
+    assert_eq!(status, 200);
+    let bad_json = [
+        (Method::POST, "/v1/registry/instances", "{"),
+        (Method::POST, "/v1/registry/instances", r#"{"service":"a"}"#),
+        (
+            Method::POST,
+            "/v1/registry/instances",
+            r#"{"service":"a","address":"nope","ports":{"http":1}}"#,
+        ),
+        (
+            Method::POST,
+            "/v1/registry/instances",
+            r#"{"service":"a","address":"127.0.0.1","ports":{}}"#,
+        ),
+        (
+            Method::POST,
+            "/v1/registry/instances",
+            r#"{"service":"a","address":"127.0.0.1","ports":{"http":70000}}"#,
+        ),
+        (
+            Method::POST,
+            "/v1/registry/instances",
+            r#"{"service":"a","address":"127.0.0.1","ports":{"http":1},"ttl_secs":0}"#,
+        ),
+        (Method::PATCH, "/v1/services/payment/split", "not json"),
+        (
+            Method::PATCH,
+            "/v1/services/payment/split",
+            r#"{"weights":{"v2":-1}}"#,
+        ),
+        (
+            Method::PATCH,
+            "/v1/services/payment/split",
+            r#"{"weights":{"v2":101}}"#,
+        ),
+        (
+            Method::PATCH,
+            "/v1/services/payment/split",
+            r#"{"weights":{}}"#,
+        ),
+        (Method::POST, "/v1/sidecars/x/ack", r#"{"version":"one"}"#),
+        (Method::POST, "/v1/apply?dry_run=maybe", SHOP),
+    ];
+    for (method, path, body) in bad_json {
+        let (status, reply) = c.call(method.clone(), path, Some(body)).await;
+        assert_eq!(status, 400, "{method} {path} {body}: {reply}");
+        assert!(
+            reply["reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "{reply}"
+        );
+    }
+    for path in [
+        "/v1/stream",
+        "/v1/stream?service=order",
+        "/v1/stream?service=Bad!&sidecar=x",
+    ] {
+        assert_eq!(c.get(path).await.0, 400, "{path}");
+    }
+    let (_, metrics) = c.get("/metrics").await;
+    assert!(!metrics.as_str().expect("text").contains("status=\"500\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics() {
+    let c = Control::start();
+    assert_eq!(c.get("/healthz").await.0, 200);
+    assert_eq!(c.get("/readyz").await.0, 200);
+    c.apply(SHOP).await;
+    c.register("payment", "v1", 15106, 30).await;
+    let (status, metrics) = c.get("/metrics").await;
+    assert_eq!(status, 200);
+    let text = metrics.as_str().expect("text");
+    for want in [
+        "outrigger_control_resources{kind=\"Service\"} 6",
+        "outrigger_control_resources{kind=\"Route\"} 4",
+        "outrigger_control_resources{kind=\"Policy\"} 2",
+        "outrigger_control_registry_instances{service=\"payment\"} 1",
+        "outrigger_control_sidecars_connected 0",
+        "outrigger_control_snapshots_pushed_total",
+        "outrigger_control_acks_total",
+        "outrigger_control_nacks_total",
+        "outrigger_control_applies_rejected_total",
+        "outrigger_control_api_requests_total{route=\"/v1/apply\",status=\"200\"} 1",
+        "outrigger_control_api_requests_total{route=\"/v1/registry/instances\",status=\"201\"} 1",
+    ] {
+        assert!(text.contains(want), "missing {want}:\n{text}");
+    }
+}
+
+#[test]
+fn the_binary_refuses_to_start_without_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger-control"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("OUTRIGGER_TOKEN")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--token-file") && stderr.contains("OUTRIGGER_TOKEN"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_0_even_with_a_stream_open() {
+    let mut c = Control::start();
+    c.apply(SHOP).await;
+    let mut stream = c.stream("order", "order-1").await;
+    stream.snapshot(Duration::from_secs(10)).await;
+    c.sigterm();
+    let status = c.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    // The stream ended rather than hanging.
+    assert!(stream.line(Duration::from_secs(5)).await.is_none());
+}

@@ -1,0 +1,123 @@
+//! The `outrigger` CLI against a real control plane.
+
+use crate::harness::{cli, file, Control, SHOP};
+use http::Method;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_get_and_delete_from_the_cli() {
+    let c = Control::start();
+    let shop = file(c.dir.path(), "shop.yaml", SHOP);
+    let shop = shop.to_str().expect("path");
+
+    let (code, out, err) = cli(&c, true, &["apply", "-f", shop, "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Service/payment created (dry run)"), "{out}");
+    assert_eq!(c.get("/v1/services").await.1, json!([]));
+
+    let (code, out, _) = cli(&c, false, &["apply", "-f", shop]);
+    assert_eq!(code, 1, "no token: {out}");
+
+    let (code, out, err) = cli(&c, true, &["apply", "-f", shop]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Service/payment created"), "{out}");
+    assert!(out.contains("Policy/order-inbound created"), "{out}");
+
+    let bad = file(
+        c.dir.path(),
+        "bad.yaml",
+        "kind: Service\nmetadata: {name: fine}\nspec: {}\n---\nkind: Route\nmetadata: {name: r}\nspec:\n  service: ghost\n",
+    );
+    let (code, _, err) = cli(&c, true, &["apply", "-f", bad.to_str().expect("path")]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "document 1: spec.service (line 8, column 12): service \"ghost\" does not exist"
+        ),
+        "{err}"
+    );
+    assert_eq!(c.get("/v1/services/fine").await.0, 404);
+
+    let (code, out, _) = cli(&c, false, &["get", "services"]);
+    assert_eq!(code, 0);
+    let header = out.lines().next().expect("header");
+    assert!(
+        header.starts_with("NAME") && header.contains("SPLIT"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("payment") && l.contains("v1=90,v2=10")),
+        "{out}"
+    );
+
+    let (code, out, _) = cli(&c, false, &["get", "service", "payment", "-o", "json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["kind"], "Service");
+    for what in ["routes", "policies", "sidecars", "instances"] {
+        let (code, out, err) = cli(&c, false, &["get", what]);
+        assert_eq!(code, 0, "{what}: {err}");
+        assert!(!out.is_empty());
+    }
+    let (code, _, err) = cli(&c, false, &["get", "routes", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404"), "{err}");
+
+    let (code, out, err) = cli(&c, true, &["delete", "route", "reads"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Route/reads deleted"));
+    assert_eq!(c.get("/v1/routes/reads").await.0, 404);
+    let (code, _, err) = cli(&c, true, &["delete", "service", "payment"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Route/charge"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_shifts_the_split_from_the_cli_and_the_api() {
+    let c = Control::start();
+    c.apply(SHOP).await;
+    let (code, out, err) = cli(&c, true, &["canary", "payment", "v2=25"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "payment: v1=75 v2=25");
+    let (_, payment) = c.get("/v1/services/payment").await;
+    assert_eq!(
+        payment["spec"]["split"],
+        json!([{"version": "v1", "weight": 75}, {"version": "v2", "weight": 25}])
+    );
+
+    let (status, body) = c
+        .call(
+            Method::PATCH,
+            "/v1/services/payment/split",
+            Some(r#"{"weights":{"v3":10}}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["split"],
+        json!([{"version": "v1", "weight": 68}, {"version": "v2", "weight": 22}, {"version": "v3", "weight": 10}])
+    );
+
+    // user has no split: the weights must make 100, and the error names the live versions
+    // left without one.
+    c.register("user", "v1", 15101, 30).await;
+    let (code, _, err) = cli(&c, true, &["canary", "user", "v2=25"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("v1"), "{err}");
+    let (code, out, err) = cli(&c, true, &["canary", "user", "v1=75", "v2=25"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "user: v1=75 v2=25");
+
+    let (status, _) = c
+        .call(
+            Method::PATCH,
+            "/v1/services/nope/split",
+            Some(r#"{"weights":{"v2":10}}"#),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (code, _, err) = cli(&c, true, &["canary", "payment", "v2"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("VERSION=WEIGHT"), "{err}");
+}

@@ -1,0 +1,8 @@
+//! Integration tests of the control plane: real processes, real HTTP, real CLI. One test
+//! binary keeps linking cheap on small machines.
+
+mod api;
+mod cli;
+mod durability;
+mod harness;
+mod push;
