@@ -20,6 +20,8 @@ use tokio::sync::{mpsc, watch};
 pub const KEEPALIVE: Duration = Duration::from_secs(10);
 /// NACK reasons are shown to operators, not stored without bound.
 const MAX_REASON: usize = 2048;
+/// Sidecars gone this long are forgotten, so restarts under new ids do not pile up.
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
 
 /// One line of a push stream.
 #[derive(Serialize)]
@@ -82,6 +84,13 @@ impl Sidecars {
 
     fn connect(&self, id: &str, service: &str) {
         let mut map = self.lock();
+        let now = SystemTime::now();
+        map.retain(|_, s| {
+            s.streams > 0
+                || now
+                    .duration_since(s.last_seen)
+                    .map_or(true, |gone| gone < FORGET_AFTER)
+        });
         let s = map.entry(id.to_string()).or_insert_with(|| Sidecar {
             service: service.to_string(),
             streams: 0,
