@@ -125,6 +125,17 @@ async fn apply_dry_run_get_list_and_delete() {
         c.get("/v1/services").await.1.as_array().map(Vec::len),
         Some(5)
     );
+
+    // A JSON array of resources is an apply too.
+    let array = json!([
+        {"kind": "Service", "metadata": {"name": "search"}, "spec": {"calls": ["catalog"]}},
+        {"kind": "Policy", "metadata": {"name": "search-inbound"},
+         "spec": {"service": "search", "inbound": {"timeout": "2s"}}}
+    ]);
+    let (status, body) = c.apply(&array.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["applied"][1]["action"], "created");
+    assert_eq!(c.get("/v1/policies/search-inbound").await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
