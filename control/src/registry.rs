@@ -1,6 +1,8 @@
 //! The service registry: live instances held by leases that sidecars renew with heartbeats.
-//! It lives in memory only; after a restart the sidecars' heartbeats fail with 404 and they
-//! register again, which rebuilds it.
+//! Instances are also stored (by the state task), and a restarted control plane gives each a
+//! fresh lease: were the registry rebuilt from heartbeats alone, every sidecar would be pushed
+//! empty endpoint lists until its callees' next heartbeats, and fail requests meanwhile.
+//! Instances that died while the control plane was down expire one TTL after the restart.
 
 use outrigger_config::path::FieldPath;
 use outrigger_config::Validator;
@@ -34,7 +36,7 @@ fn default_version() -> String {
 }
 
 /// A registered instance, as listed by `GET /v1/registry/instances`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
     pub id: String,
     pub service: String,
@@ -103,17 +105,34 @@ impl Registration {
 }
 
 impl Registry {
-    /// Adds an instance with a fresh lease. An instance already registered at the same
-    /// endpoint for the same service (a sidecar that restarted before its lease ran out) is
-    /// replaced, so an endpoint is never listed twice.
+    /// Gives stored instances (from before a restart) a fresh lease each.
+    pub fn restore(&mut self, instances: Vec<Instance>, now: Instant) {
+        for instance in instances {
+            let expires = now + Duration::from_secs(instance.ttl_secs);
+            self.leases
+                .insert(instance.id.clone(), Lease { instance, expires });
+        }
+    }
+
+    /// Adds an instance with a fresh lease; returns it and the instances it replaced. An
+    /// instance already registered at the same endpoint for the same service (a sidecar that
+    /// restarted before its lease ran out) is replaced, so an endpoint is never listed twice.
     pub fn register(
         &mut self,
         reg: Registration,
         now: Instant,
-    ) -> Result<Instance, RegistrationError> {
+    ) -> Result<(Instance, Vec<Instance>), RegistrationError> {
         let (ttl_secs, endpoint) = reg.check()?;
-        self.leases
-            .retain(|_, l| !(l.instance.service == reg.service && l.instance.endpoint == endpoint));
+        let replaced: Vec<String> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.instance.service == reg.service && l.instance.endpoint == endpoint)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let replaced: Vec<Instance> = replaced
+            .into_iter()
+            .filter_map(|id| self.leases.remove(&id).map(|l| l.instance))
+            .collect();
         let id = loop {
             let id = format!("{:016x}", fastrand::u64(..));
             if !self.leases.contains_key(&id) {
@@ -137,7 +156,7 @@ impl Registry {
                 expires: now + Duration::from_secs(ttl_secs),
             },
         );
-        Ok(instance)
+        Ok((instance, replaced))
     }
 
     /// Renews a lease; false when it is unknown or already expired (the caller registers
@@ -197,11 +216,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn leases_expire_unless_renewed() -> Result<(), RegistrationError> {
         let mut r = Registry::default();
-        let a = r.register(
+        let (a, _) = r.register(
             reg("payment", &[("inbound", 15106)], Some(1)),
             Instant::now(),
         )?;
-        let b = r.register(reg("payment", &[("inbound", 15107)], None), Instant::now())?;
+        let (b, _) = r.register(reg("payment", &[("inbound", 15107)], None), Instant::now())?;
         assert_eq!(b.ttl_secs, DEFAULT_TTL_SECS);
 
         advance(Duration::from_millis(900)).await;
@@ -237,7 +256,7 @@ mod tests {
     {
         let mut r = Registry::default();
         let now = Instant::now();
-        let e = |i: Instance| i.endpoint.port();
+        let e = |(i, _): (Instance, Vec<Instance>)| i.endpoint.port();
         assert_eq!(
             e(r.register(reg("a", &[("app", 80), ("inbound", 9000)], None), now)?),
             9000
@@ -264,11 +283,30 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn re_registering_an_endpoint_replaces_the_old_lease() -> Result<(), RegistrationError> {
         let mut r = Registry::default();
-        let old = r.register(reg("a", &[("inbound", 9000)], None), Instant::now())?;
-        let new = r.register(reg("a", &[("inbound", 9000)], None), Instant::now())?;
+        let (old, _) = r.register(reg("a", &[("inbound", 9000)], None), Instant::now())?;
+        let (new, replaced) = r.register(reg("a", &[("inbound", 9000)], None), Instant::now())?;
         assert_ne!(old.id, new.id);
+        assert_eq!(replaced, vec![old.clone()]);
         assert_eq!(r.instances(), vec![new]);
         assert!(r.deregister(&old.id).is_none());
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restored_instances_get_a_fresh_lease() -> Result<(), RegistrationError> {
+        let mut r = Registry::default();
+        let (a, _) = r.register(reg("a", &[("inbound", 9000)], Some(5)), Instant::now())?;
+        advance(Duration::from_secs(4)).await;
+        let mut restarted = Registry::default();
+        restarted.restore(r.instances(), Instant::now());
+        advance(Duration::from_secs(4)).await;
+        assert!(restarted.reap(Instant::now()).is_empty());
+        assert!(
+            restarted.heartbeat(&a.id, Instant::now()),
+            "the old id still works"
+        );
+        advance(Duration::from_secs(5)).await;
+        assert_eq!(restarted.reap(Instant::now()), vec![a]);
         Ok(())
     }
 }

@@ -22,9 +22,6 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 /// How often expired leases are looked for; removals reach sidecars within this plus a push.
 pub const REAP_EVERY: Duration = Duration::from_millis(50);
-/// Registry changes bump the revision without touching the disk; the store keeps a mark this
-/// far ahead, so a restart continues above any revision already handed out.
-const RESERVE: u64 = 1000;
 
 /// Everything the sidecars' snapshots are compiled from, at one revision.
 #[derive(Debug, Default)]
@@ -159,10 +156,13 @@ struct Actor {
 /// Starts the state task from what the store loaded. It runs until every [`Handle`] is gone.
 pub fn start(store: Store, loaded: Loaded, metrics: Metrics) -> Handle {
     let resources = Arc::new(Resources::from_list(loaded.resources));
+    let mut registry = Registry::default();
+    registry.restore(loaded.instances, Instant::now());
+    let instances = Arc::new(registry.instances());
     let view = Arc::new(View {
         revision: loaded.high_water,
         resources: resources.clone(),
-        instances: Arc::default(),
+        instances: instances.clone(),
     });
     metrics.observe(&view);
     let (view_tx, view_rx) = watch::channel(view);
@@ -170,8 +170,8 @@ pub fn start(store: Store, loaded: Loaded, metrics: Metrics) -> Handle {
     let actor = Actor {
         store: Arc::new(store),
         resources,
-        registry: Registry::default(),
-        instances: Arc::default(),
+        registry,
+        instances,
         revision: loaded.high_water,
         high_water: loaded.high_water,
         view: view_tx,
@@ -209,13 +209,18 @@ impl Actor {
                 let _ = reply.send(self.split(service, weights).await);
             }
             Request::Register(reg, reply) => {
-                let result = self
-                    .registry
-                    .register(reg, Instant::now())
-                    .map_err(|e| ChangeError::BadRequest(e.to_string()));
-                if result.is_ok() {
-                    self.registry_changed().await;
-                }
+                let result = match self.registry.register(reg, Instant::now()) {
+                    Ok((instance, replaced)) => {
+                        let mut changes: Vec<Change> = replaced
+                            .into_iter()
+                            .map(|old| Change::DeleteInstance(old.id))
+                            .collect();
+                        changes.push(Change::PutInstance(Box::new(instance.clone())));
+                        self.registry_changed(changes).await;
+                        Ok(instance)
+                    }
+                    Err(e) => Err(ChangeError::BadRequest(e.to_string())),
+                };
                 let _ = reply.send(result);
             }
             Request::Heartbeat(id, reply) => {
@@ -224,7 +229,8 @@ impl Actor {
             Request::Deregister(id, reply) => {
                 let found = self.registry.deregister(&id).is_some();
                 if found {
-                    self.registry_changed().await;
+                    self.registry_changed(vec![Change::DeleteInstance(id)])
+                        .await;
                 }
                 let _ = reply.send(found);
             }
@@ -316,6 +322,8 @@ impl Actor {
                 Change::Delete(kind, name) => {
                     next.remove(*kind, name);
                 }
+                // Registry changes go through `registry_changed`.
+                Change::PutInstance(_) | Change::DeleteInstance(_) => {}
             }
         }
         self.write(changes, high_water).await?;
@@ -340,20 +348,23 @@ impl Actor {
             for i in &gone {
                 tracing::info!(id = %i.id, service = %i.service, endpoint = %i.endpoint, "lease expired");
             }
-            self.registry_changed().await;
+            let changes = gone
+                .into_iter()
+                .map(|i| Change::DeleteInstance(i.id))
+                .collect();
+            self.registry_changed(changes).await;
         }
     }
 
-    /// Registry changes get a new revision too, so sidecars see versions only go up.
-    async fn registry_changed(&mut self) {
+    /// Registry changes get a new revision too, so sidecars see versions only go up; they
+    /// are stored so that a restart keeps the endpoints (see `registry`).
+    async fn registry_changed(&mut self, changes: Vec<Change>) {
         self.revision += 1;
-        if self.revision > self.high_water {
-            let mark = self.revision + RESERVE;
-            match self.write(Vec::new(), mark).await {
-                Ok(()) => self.high_water = mark,
-                // Still publish: endpoints matter more than a revision gap after a crash.
-                Err(e) => tracing::error!(error = %e, "cannot persist the revision mark"),
-            }
+        let mark = self.high_water.max(self.revision);
+        match self.write(changes, mark).await {
+            Ok(()) => self.high_water = mark,
+            // Still publish: live endpoints matter more than what a restart would remember.
+            Err(e) => tracing::error!(error = %e, "cannot store a registry change"),
         }
         self.instances = Arc::new(self.registry.instances());
         self.publish();
@@ -434,7 +445,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn revisions_keep_rising_across_restarts() -> Result<(), Box<dyn std::error::Error>> {
+    async fn revisions_and_instances_survive_restarts() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let before = {
             let state = start_in(dir.path())?;
@@ -461,9 +472,10 @@ mod tests {
         };
         assert!(state.view().revision >= before);
         assert_eq!(state.view().resources.services.len(), 1);
-        assert!(
-            state.view().instances.is_empty(),
-            "the registry is not stored"
+        assert_eq!(
+            state.view().instances.len(),
+            1,
+            "the registry is stored; the second registration replaced the first"
         );
         Ok(())
     }

@@ -1,12 +1,17 @@
-//! Durable storage of the mesh resources and the revision high-water mark, in one redb file
-//! under `--data-dir`. Every apply is one write transaction: it is stored whole or not at all.
+//! Durable storage of the mesh resources, the registry's instances and the revision
+//! high-water mark, in one redb file under `--data-dir`. Every apply is one write transaction:
+//! it is stored whole or not at all.
 
+use crate::registry::Instance;
 use outrigger_config::mesh::{Kind, Resource};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 
 /// (kind, name) → the resource as JSON (`{"kind","metadata","spec"}`).
 const RESOURCES: TableDefinition<(&str, &str), &str> = TableDefinition::new("resources");
+/// Instance id → the registered instance as JSON. Kept so that a restart of the control plane
+/// changes nothing the sidecars see (see `registry`).
+const INSTANCES: TableDefinition<&str, &str> = TableDefinition::new("instances");
 /// Small named values; only [`HIGH_WATER`] for now.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// No revision at or below this number was ever handed out, so a restart continues above it.
@@ -23,6 +28,11 @@ pub enum StoreError {
     },
     #[error("store: {0}")]
     Db(#[from] redb::Error),
+    #[error("stored instance {id} is not valid JSON: {source}")]
+    CorruptInstance {
+        id: String,
+        source: serde_json::Error,
+    },
     #[error("stored resource {kind}/{name} is not valid JSON: {source}")]
     Corrupt {
         kind: String,
@@ -53,17 +63,20 @@ db_err!(
     redb::CommitError
 );
 
-/// One change of an apply, delete or split.
+/// One change of an apply, delete, split or the registry.
 #[derive(Debug, Clone)]
 pub enum Change {
     Put(Box<Resource>),
     Delete(Kind, String),
+    PutInstance(Box<Instance>),
+    DeleteInstance(String),
 }
 
 /// What was stored when the process last stopped.
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub resources: Vec<Resource>,
+    pub instances: Vec<Instance>,
     pub high_water: u64,
 }
 
@@ -84,6 +97,7 @@ impl Store {
         let txn = db.begin_write()?;
         {
             txn.open_table(RESOURCES)?;
+            txn.open_table(INSTANCES)?;
             txn.open_table(META)?;
         }
         txn.commit()?;
@@ -107,10 +121,22 @@ impl Store {
                 })?;
             resources.push(r);
         }
+        let mut instances = Vec::new();
+        for item in txn.open_table(INSTANCES)?.iter()? {
+            let (key, value) = item?;
+            let i: Instance = serde_json::from_str(value.value()).map_err(|source| {
+                StoreError::CorruptInstance {
+                    id: key.value().to_string(),
+                    source,
+                }
+            })?;
+            instances.push(i);
+        }
         let meta = txn.open_table(META)?;
         let high_water = meta.get(HIGH_WATER)?.map(|v| v.value()).unwrap_or(0);
         Ok(Loaded {
             resources,
+            instances,
             high_water,
         })
     }
@@ -119,9 +145,16 @@ impl Store {
     pub fn commit(&self, changes: &[Change], high_water: u64) -> Result<(), StoreError> {
         // Encode first, so that nothing is written if any resource cannot be encoded.
         let mut puts = Vec::new();
+        let mut instance_puts = Vec::new();
         for c in changes {
-            if let Change::Put(r) = c {
-                puts.push((r.kind(), r.name().to_string(), serde_json::to_string(&**r)?));
+            match c {
+                Change::Put(r) => {
+                    puts.push((r.kind(), r.name().to_string(), serde_json::to_string(&**r)?))
+                }
+                Change::PutInstance(i) => {
+                    instance_puts.push((i.id.as_str(), serde_json::to_string(&**i)?))
+                }
+                Change::Delete(..) | Change::DeleteInstance(_) => {}
             }
         }
         let txn = self.db.begin_write()?;
@@ -130,9 +163,19 @@ impl Store {
             for (kind, name, json) in &puts {
                 table.insert((kind.as_str(), name.as_str()), json.as_str())?;
             }
+            let mut instances = txn.open_table(INSTANCES)?;
+            for (id, json) in &instance_puts {
+                instances.insert(*id, json.as_str())?;
+            }
             for c in changes {
-                if let Change::Delete(kind, name) = c {
-                    table.remove((kind.as_str(), name.as_str()))?;
+                match c {
+                    Change::Delete(kind, name) => {
+                        table.remove((kind.as_str(), name.as_str()))?;
+                    }
+                    Change::DeleteInstance(id) => {
+                        instances.remove(id.as_str())?;
+                    }
+                    Change::Put(_) | Change::PutInstance(_) => {}
                 }
             }
             let mut meta = txn.open_table(META)?;
