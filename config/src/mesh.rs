@@ -206,14 +206,20 @@ struct Typed<S> {
 /// Errors name the document (0-based), field path, line, column and reason; nothing is
 /// returned unless every document is valid.
 pub fn parse_resources(text: &str) -> Result<Vec<Resource>, ConfigError> {
-    let count = serde_yaml_ng::Deserializer::from_str(text).count();
-    let mut out = Vec::with_capacity(count);
+    use serde::Deserialize as _;
+    let mut out = Vec::new();
     let mut errors = Vec::new();
-    for doc in 0..count {
+    for (doc, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        // After a syntax error the stream cannot find the next document (and the parser's
+        // iterator would go on yielding the error for ever): report it and stop.
+        let syntax_ok = serde_yaml_ng::Value::deserialize(de).is_ok();
         match parse_one(text, doc) {
             Ok(Some(r)) => out.push(r),
             Ok(None) => {}
             Err(e) => errors.extend(e.errors),
+        }
+        if !syntax_ok || doc >= MAX_DOCUMENTS {
+            break;
         }
     }
     if errors.is_empty() {
@@ -222,6 +228,9 @@ pub fn parse_resources(text: &str) -> Result<Vec<Resource>, ConfigError> {
         Err(ConfigError { errors })
     }
 }
+
+/// More documents than any mesh needs; beyond it the rest is not read.
+const MAX_DOCUMENTS: usize = 10_000;
 
 fn parse_one(text: &str, doc: usize) -> Result<Option<Resource>, ConfigError> {
     // An empty document (a trailing `---`) is not a resource.

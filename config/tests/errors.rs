@@ -96,3 +96,13 @@ fn json_is_accepted() {
         .expect("json");
     assert_eq!(r.len(), 1);
 }
+
+#[test]
+fn a_syntax_error_is_reported_once_and_parsing_ends() {
+    let text =
+        "kind: Service\nmetadata: {name: a}\nspec: {}\n---\nkind: [unclosed\n---\nkind: Service\n";
+    let e = parse_resources(text).expect_err("rejected");
+    assert_eq!(e.errors.len(), 1, "{e}");
+    assert_eq!(e.errors[0].document, Some(1));
+    assert!(e.errors[0].line >= 5, "{e}");
+}
