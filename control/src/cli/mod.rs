@@ -7,6 +7,7 @@ mod client;
 mod delete;
 mod get;
 mod table;
+mod up;
 
 use clap::{Parser, Subcommand};
 use client::Client;
@@ -45,14 +46,22 @@ pub enum Command {
     Delete(delete::Args),
     /// Shift traffic between a service's versions, e.g. `outrigger canary payment v2=25`.
     Canary(canary::Args),
+    /// Run the whole shop mesh on this machine: control plane, every service with its sidecar,
+    /// storefront load and a live table. `--duration 30s` runs unattended and prints a summary.
+    Up(up::UpArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Up(a) = cli.command {
+        up::run(a).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let client = Client::new(&cli.control_plane, cli.token_file.as_deref())?;
     match cli.command {
         Command::Apply(a) => apply::run(&client, a).await,
         Command::Get(a) => get::run(&client, a).await,
         Command::Delete(a) => delete::run(&client, a).await,
         Command::Canary(a) => canary::run(&client, a).await,
+        Command::Up(_) => Ok(ExitCode::SUCCESS),
     }
 }

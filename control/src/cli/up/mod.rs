@@ -1,0 +1,573 @@
+//! `outrigger up`: the whole shop mesh on one machine with one command. It starts the control
+//! plane, applies the shop's mesh resources, starts every shop service beside its own sidecar
+//! (payment as two v1 instances plus a v2 canary), then plays storefront shoppers through the
+//! edge sidecar and shows, per service, what the mesh sees. Ctrl-C or the end of `--duration`
+//! stops every child process and exits 0.
+
+mod load;
+mod metrics_text;
+mod procs;
+mod table;
+
+use procs::Procs;
+use serde::Serialize;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use table::{Collector, Probe, Row};
+use tokio::time::Instant;
+
+/// The mesh `up` applies unless told otherwise.
+const SHOP_MESH: &str = include_str!("../../../../config/examples/shop.yaml");
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Run for this long with no live view (no terminal needed), then print the summary.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Orders per second the shoppers place in total.
+    #[arg(long, default_value_t = 20.0)]
+    pub orders_per_sec: f64,
+    /// Concurrent shoppers.
+    #[arg(long, default_value_t = 8)]
+    pub shoppers: usize,
+    /// Share of charges the payment v2 canary fails.
+    #[arg(long, default_value_t = 0.2)]
+    pub canary_error_rate: f64,
+    /// Mesh resources to apply (default: the built-in config/examples/shop.yaml).
+    #[arg(long, value_name = "FILE")]
+    pub mesh: Option<PathBuf>,
+    /// Where logs and the control plane's data go (default: a new directory under /tmp).
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+    /// Also write the final summary as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
+    /// Directory with outrigger-control, outrigger-proxy and shop (default: beside this binary).
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("{0}")]
+    Proc(#[from] procs::ProcError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+    #[error("the control plane refused the mesh: {0}")]
+    Apply(String),
+    #[error("{0} exited during startup; see its log in {1}")]
+    Exited(String, PathBuf),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> UpError {
+    let what = what.into();
+    move |source| UpError::Io { what, source }
+}
+
+/// One shop process and the sidecar beside it.
+struct Instance {
+    service: &'static str,
+    version: &'static str,
+    app: SocketAddr,
+    outbound: SocketAddr,
+    inbound: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Instance {
+    fn id(&self, n: usize) -> String {
+        format!("{}-{}-{n}", self.service, self.version)
+    }
+}
+
+/// Reserves loopback ports for the mesh. Each stays bound until the reservation is dropped,
+/// just before the processes start, so no two components can be handed the same port.
+#[derive(Default)]
+struct Ports(Vec<std::net::TcpListener>);
+
+impl Ports {
+    fn take(&mut self) -> Result<SocketAddr, UpError> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("reserving a port"))?;
+        let addr = l.local_addr().map_err(io("reading a reserved port"))?;
+        self.0.push(l);
+        Ok(addr)
+    }
+}
+
+#[derive(Serialize)]
+struct ServiceSummary {
+    #[serde(flatten)]
+    row: Row,
+    healthy: bool,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    duration_secs: f64,
+    orders: load::Outcome,
+    browsing: load::Outcome,
+    logins: load::Outcome,
+    services: Vec<ServiceSummary>,
+    workdir: PathBuf,
+}
+
+pub async fn run(args: UpArgs) -> Result<(), UpError> {
+    let bins = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()
+            .map_err(io("finding this binary"))?
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    };
+    let workdir = args.workdir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("outrigger-up-{}", std::process::id()))
+    });
+    let logs = workdir.join("logs");
+    std::fs::create_dir_all(&logs).map_err(io(format!("creating {}", logs.display())))?;
+    let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    let token_file = workdir.join("token");
+    write_secret(&token_file, &token)?;
+    let mesh = match &args.mesh {
+        Some(p) => std::fs::read_to_string(p).map_err(io(format!("reading {}", p.display())))?,
+        None => SHOP_MESH.to_string(),
+    };
+
+    let mut procs = Procs::new(&logs);
+    let result = run_mesh(
+        &args,
+        &bins,
+        &workdir,
+        &token,
+        &token_file,
+        &mesh,
+        &mut procs,
+    )
+    .await;
+    procs.stop(Duration::from_secs(10)).await;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_mesh(
+    args: &UpArgs,
+    bins: &Path,
+    workdir: &Path,
+    token: &str,
+    token_file: &Path,
+    mesh: &str,
+    procs: &mut Procs,
+) -> Result<(), UpError> {
+    let logs = workdir.join("logs");
+    let layout: [(&'static str, &'static str); 7] = [
+        ("user", "v1"),
+        ("catalog", "v1"),
+        ("inventory", "v1"),
+        ("payment", "v1"),
+        ("payment", "v1"),
+        ("payment", "v2"),
+        ("order", "v1"),
+    ];
+    // Every port is reserved before anything starts, then released all at once.
+    let mut ports = Ports::default();
+    let control = ports.take()?;
+    let mut instances = Vec::new();
+    for (service, version) in layout {
+        instances.push(Instance {
+            service,
+            version,
+            app: ports.take()?,
+            outbound: ports.take()?,
+            inbound: ports.take()?,
+            admin: ports.take()?,
+        });
+    }
+    let (edge, edge_admin, edge_inbound) = (ports.take()?, ports.take()?, ports.take()?);
+    drop(ports);
+
+    let control_url = format!("http://{control}");
+    procs.spawn(
+        "control",
+        &bins.join("outrigger-control"),
+        &[
+            "--listen".into(),
+            control.to_string(),
+            "--data-dir".into(),
+            workdir.join("data").display().to_string(),
+            "--token-file".into(),
+            token_file.display().to_string(),
+        ],
+    )?;
+    let probe = Collector::new(Vec::new());
+    wait_for(
+        procs,
+        &logs,
+        "the control plane",
+        Duration::from_secs(30),
+        || async { probe.get(control, "/readyz").await.is_some() },
+    )
+    .await?;
+    apply(&control_url, token, mesh).await?;
+
+    for (n, i) in instances.iter().enumerate() {
+        let mut app_args = vec![i.service.to_string(), "--listen".into(), i.app.to_string()];
+        if i.service == "payment" {
+            app_args.extend(["--version".into(), i.version.to_string()]);
+            if i.version == "v2" {
+                app_args.extend(["--error-rate".into(), args.canary_error_rate.to_string()]);
+            }
+        }
+        if i.service == "order" {
+            app_args.extend(["--mesh".into(), format!("http://{}", i.outbound)]);
+        }
+        procs.spawn(&i.id(n), &bins.join("shop"), &app_args)?;
+        let sidecar = sidecar_args(
+            &control_url,
+            token_file,
+            i.service,
+            i.version,
+            &i.id(n),
+            Some(i.app),
+            i.outbound,
+            i.inbound,
+            i.admin,
+        );
+        procs.spawn(
+            &format!("{}-sidecar", i.id(n)),
+            &bins.join("outrigger-proxy"),
+            &sidecar,
+        )?;
+    }
+    // The edge: the shoppers' own sidecar, with no app and nothing inbound.
+    let edge_args = sidecar_args(
+        &control_url,
+        token_file,
+        "storefront",
+        "v1",
+        "storefront",
+        None,
+        edge,
+        edge_inbound,
+        edge_admin,
+    );
+    procs.spawn(
+        "storefront-sidecar",
+        &bins.join("outrigger-proxy"),
+        &edge_args,
+    )?;
+
+    let order_admin = instances
+        .iter()
+        .find(|i| i.service == "order")
+        .map(|i| i.admin)
+        .unwrap_or(edge_admin);
+    let mut admins: Vec<SocketAddr> = instances.iter().map(|i| i.admin).collect();
+    admins.push(edge_admin);
+    wait_for(
+        procs,
+        &logs,
+        "every sidecar to be ready",
+        Duration::from_secs(60),
+        || async {
+            for a in &admins {
+                if probe.get(*a, "/ready").await.is_none() {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await?;
+    // Ready means a snapshot arrived; wait until it holds every instance's endpoint.
+    wait_for(
+        procs,
+        &logs,
+        "every endpoint to be registered",
+        Duration::from_secs(60),
+        || async {
+            endpoints(&probe, edge_admin, &["user", "catalog", "order"]).await >= 3
+                && endpoints(&probe, order_admin, &["catalog", "inventory", "payment"]).await >= 5
+        },
+    )
+    .await?;
+
+    let live = args.duration.is_none() && std::io::stdout().is_terminal();
+    println!(
+        "mesh up: control plane {control_url}, {} services + sidecars, edge sidecar {edge}; logs in {}",
+        instances.len(),
+        logs.display()
+    );
+    println!(
+        "shoppers: {} placing {:.0} orders/s; payment v2 canary fails {:.0}% of charges{}",
+        args.shoppers,
+        args.orders_per_sec,
+        args.canary_error_rate * 100.0,
+        if live { "; Ctrl-C to stop" } else { "" }
+    );
+
+    let started = Instant::now();
+    let until = started
+        + args
+            .duration
+            .unwrap_or(Duration::from_secs(365 * 24 * 3600));
+    let counters = Arc::new(load::Counters::default());
+    let mut shoppers = tokio::spawn(load::run(
+        edge,
+        args.shoppers,
+        args.orders_per_sec,
+        until,
+        counters.clone(),
+    ));
+    let mut collector = Collector::new(collector_probes(edge_admin, order_admin));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = &mut shoppers => break,
+            _ = tick.tick() => {
+                if live {
+                    let rows = collector.collect().await;
+                    let o = counters.orders();
+                    print!("\x1b[2J\x1b[H{}\norders: {} ok, {} failed ({:.2}% success)   elapsed {:.0}s\n",
+                        table::render(&rows), o.succeeded, o.failed, o.success_rate * 100.0, started.elapsed().as_secs_f64());
+                }
+            }
+        }
+    }
+    shoppers.abort();
+    let elapsed = started.elapsed();
+
+    // The summary: rates over the whole run, percentiles over the stats window.
+    let mut final_rows = Collector::new(collector_probes(edge_admin, order_admin))
+        .collect()
+        .await;
+    for r in final_rows.iter_mut() {
+        r.rps = r.requests as f64 / elapsed.as_secs_f64().max(1e-3);
+    }
+    let mut services = Vec::new();
+    for row in final_rows {
+        let mut healthy = true;
+        for i in instances.iter().filter(|i| i.service == row.service) {
+            healthy &= probe.get(i.app, "/healthz").await.is_some()
+                && probe.get(i.admin, "/ready").await.is_some();
+        }
+        services.push(ServiceSummary { row, healthy });
+    }
+    let summary = Summary {
+        duration_secs: elapsed.as_secs_f64(),
+        orders: counters.orders(),
+        browsing: counters.browsing(),
+        logins: counters.logins(),
+        services,
+        workdir: workdir.to_path_buf(),
+    };
+    print_summary(&summary);
+    if let Some(p) = &args.summary_json {
+        let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
+        std::fs::write(p, json).map_err(io(format!("writing {}", p.display())))?;
+    }
+    Ok(())
+}
+
+/// Each service as its callers see it: the edge calls user, catalog and order; order calls
+/// inventory and payment.
+fn collector_probes(edge_admin: SocketAddr, order_admin: SocketAddr) -> Vec<Probe> {
+    [
+        ("user", edge_admin),
+        ("catalog", edge_admin),
+        ("order", edge_admin),
+        ("inventory", order_admin),
+        ("payment", order_admin),
+    ]
+    .into_iter()
+    .map(|(s, a)| Probe {
+        service: s.to_string(),
+        caller_admin: a,
+    })
+    .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sidecar_args(
+    control: &str,
+    token_file: &Path,
+    service: &str,
+    version: &str,
+    id: &str,
+    app: Option<SocketAddr>,
+    outbound: SocketAddr,
+    inbound: SocketAddr,
+    admin: SocketAddr,
+) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "--control-plane".into(),
+        control.into(),
+        "--service".into(),
+        service.into(),
+        "--service-version".into(),
+        version.into(),
+        "--sidecar-id".into(),
+        id.into(),
+        "--token-file".into(),
+        token_file.display().to_string(),
+        "--outbound".into(),
+        outbound.to_string(),
+        "--inbound".into(),
+        inbound.to_string(),
+        "--admin".into(),
+        admin.to_string(),
+        "--threads".into(),
+        "1".into(),
+    ];
+    if let Some(app) = app {
+        a.extend(["--app".into(), app.to_string()]);
+    }
+    a
+}
+
+/// How many endpoints a sidecar's applied snapshot has for these destinations, in total;
+/// 0 for a destination that has none (so a caller can insist on each).
+async fn endpoints(probe: &Collector, admin: SocketAddr, dests: &[&str]) -> usize {
+    let Some(body) = probe.get(admin, "/config").await else {
+        return 0;
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return 0;
+    };
+    let Some(list) = v["snapshot"]["destinations"].as_array() else {
+        return 0;
+    };
+    let mut total = 0;
+    for d in dests {
+        let n = list
+            .iter()
+            .find(|x| x["name"] == *d)
+            .and_then(|x| x["endpoints"].as_array())
+            .map_or(0, Vec::len);
+        if n == 0 {
+            return 0;
+        }
+        total += n;
+    }
+    total
+}
+
+async fn wait_for<F, Fut>(
+    procs: &mut Procs,
+    logs: &Path,
+    what: &str,
+    within: Duration,
+    mut check: F,
+) -> Result<(), UpError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if let Some(name) = procs.exited().into_iter().next() {
+            return Err(UpError::Exited(name, logs.to_path_buf()));
+        }
+        if Instant::now() > deadline {
+            return Err(UpError::Timeout(what.to_string()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn apply(control: &str, token: &str, mesh: &str) -> Result<(), UpError> {
+    use http_body_util::{BodyExt, Full};
+    let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let req = http::Request::post(format!("{control}/v1/apply"))
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(http::header::CONTENT_TYPE, "application/yaml")
+        .body(Full::new(bytes::Bytes::from(mesh.to_string())))
+        .map_err(|e| UpError::Apply(e.to_string()))?;
+    let res = client
+        .request(req)
+        .await
+        .map_err(|e| UpError::Apply(e.to_string()))?;
+    let status = res.status();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if !status.is_success() {
+        return Err(UpError::Apply(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&body)
+        )));
+    }
+    Ok(())
+}
+
+fn write_secret(path: &Path, secret: &str) -> Result<(), UpError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(format!("writing {}", path.display())))?;
+    f.write_all(secret.as_bytes())
+        .map_err(io(format!("writing {}", path.display())))
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+fn print_summary(s: &Summary) {
+    let rows: Vec<Row> = s.services.iter().map(|x| x.row.clone()).collect();
+    println!(
+        "\nsummary after {:.1}s (rates over the run, percentiles over the last 60 s):",
+        s.duration_secs
+    );
+    print!("{}", table::render(&rows));
+    for x in &s.services {
+        if !x.healthy {
+            println!("UNHEALTHY: {}", x.row.service);
+        }
+    }
+    println!(
+        "orders: {} ok, {} failed ({:.2}% success); browsing {:.2}%, logins {:.2}%",
+        s.orders.succeeded,
+        s.orders.failed,
+        s.orders.success_rate * 100.0,
+        s.browsing.success_rate * 100.0,
+        s.logins.success_rate * 100.0
+    );
+    println!("logs: {}", s.workdir.join("logs").display());
+}
