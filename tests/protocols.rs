@@ -690,3 +690,60 @@ async fn grpc_status_and_trailers_pass_through() {
     )
     .await;
 }
+
+/// Issue 3's gRPC retry condition, with the real grpcio peers: UNAVAILABLE is retried whether
+/// it arrives in the response headers (a trailers-only reply) or in the trailers after a
+/// message (read ahead within the replay cap), and the client sees only the good attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_statuses_in_headers_or_trailers_are_retried() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = grpc_server(dir.path()).await;
+    let snapshot = format!(
+        "service: protocols\n\
+         destinations:\n\
+         \x20 - name: grpc-retry\n    protocol: http2\n    endpoints: [{{address: {a}}}]\n    routes:\n      - name: all\n        retries: {{attempts: 3, grpc_statuses: [unavailable], backoff: {{base: 5ms, max: 10ms}}}}\n\
+         \x20 - name: grpc-plain\n    protocol: http2\n    endpoints: [{{address: {a}}}]\n",
+        a = server.addr
+    );
+    let proxy = ProxyBuilder::file(&snapshot, "").spawn().ready().await;
+    let target = proxy.outbound().to_string();
+    for (authority, expect) in [("grpc-retry", "yes"), ("grpc-plain", "no")] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(90),
+            tokio::process::Command::new("python3")
+                .args([
+                    GRPC_PEER,
+                    "retry-client",
+                    "--target",
+                    &target,
+                    "--authority",
+                    authority,
+                    "--expect-retry",
+                    expect,
+                ])
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("the gRPC client finishes within 90s")
+        .unwrap_or_else(|e| panic!("run python3 ({e}); {PIP_HINT}"));
+        assert!(
+            out.status.success(),
+            "{authority}: {}\n{}\nproxy stderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            proxy.stderr()
+        );
+    }
+    assert_eq!(
+        proxy
+            .metric(
+                "outrigger_retries_total",
+                &[("dst_service", "grpc-retry"), ("outcome", "retried")]
+            )
+            .await,
+        Some(2.0),
+        "one retry for the unary call, one for the stream"
+    );
+}

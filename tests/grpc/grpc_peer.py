@@ -52,6 +52,39 @@ def handle_stream(request, context):
     context.set_trailing_metadata((("x-stream-trailer", "done"),))
 
 
+# Calls seen per key, so a flaky method fails only the first time it sees a key.
+SEEN = {}
+SEEN_LOCK = __import__("threading").Lock()
+
+
+def seen(key):
+    with SEEN_LOCK:
+        SEEN[key] = SEEN.get(key, 0) + 1
+        return SEEN[key]
+
+
+def handle_flaky(request, context):
+    # The first call for a key fails before any message: a trailers-only response, so the
+    # status travels in the response headers.
+    if seen(b"unary:" + request) == 1:
+        context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+    return request
+
+
+def handle_flaky_stream(request, context):
+    # The first call for a key sends a message, then fails: the status is in the trailers.
+    first = seen(b"stream:" + request) == 1
+    yield b"part-1"
+    if first:
+        context.abort(grpc.StatusCode.UNAVAILABLE, "lost my place")
+    yield b"part-2"
+
+
+def handle_count(request, context):
+    with SEEN_LOCK:
+        return str(SEEN.get(request, 0)).encode()
+
+
 def serve(port):
     handler = grpc.method_handlers_generic_handler(
         SERVICE,
@@ -59,6 +92,9 @@ def serve(port):
             "Call": grpc.unary_unary_rpc_method_handler(handle_call),
             "Fail": grpc.unary_unary_rpc_method_handler(handle_fail),
             "Stream": grpc.unary_stream_rpc_method_handler(handle_stream),
+            "Flaky": grpc.unary_unary_rpc_method_handler(handle_flaky),
+            "FlakyStream": grpc.unary_stream_rpc_method_handler(handle_flaky_stream),
+            "Count": grpc.unary_unary_rpc_method_handler(handle_count),
         },
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
@@ -152,6 +188,46 @@ def run_client(target, authority):
     return 0 if failed == 0 else 1
 
 
+def run_retry_client(target, authority, expect_retry):
+    """Calls the flaky methods once each with fresh keys. Through a route that retries
+    UNAVAILABLE, both succeed and the server saw two calls; otherwise the client sees the
+    failure and the server one call."""
+    import uuid
+
+    options = [("grpc.default_authority", authority)] if authority else []
+    problems = []
+    with grpc.insecure_channel(target, options=options) as channel:
+        flaky = channel.unary_unary("/%s/Flaky" % SERVICE, request_serializer=None, response_deserializer=None)
+        stream = channel.unary_stream("/%s/FlakyStream" % SERVICE, request_serializer=None, response_deserializer=None)
+        count = channel.unary_unary("/%s/Count" % SERVICE, request_serializer=None, response_deserializer=None)
+        key = uuid.uuid4().hex.encode()
+        try:
+            got = flaky(key, timeout=TIMEOUT)
+            outcome = "ok" if got == key else "wrong reply"
+        except grpc.RpcError as e:
+            outcome = e.code().name
+        want = "ok" if expect_retry else "UNAVAILABLE"
+        if outcome != want:
+            problems.append("unary (status in headers): got %s, want %s" % (outcome, want))
+        calls = int(count(b"unary:" + key, timeout=TIMEOUT))
+        if calls != (2 if expect_retry else 1):
+            problems.append("unary: the server saw %d calls" % calls)
+        try:
+            parts = list(stream(key, timeout=TIMEOUT))
+            outcome = "ok" if parts == [b"part-1", b"part-2"] else "messages %r" % parts
+        except grpc.RpcError as e:
+            outcome = e.code().name
+        if outcome != want:
+            problems.append("stream (status in trailers): got %s, want %s" % (outcome, want))
+        calls = int(count(b"stream:" + key, timeout=TIMEOUT))
+        if calls != (2 if expect_retry else 1):
+            problems.append("stream: the server saw %d calls" % calls)
+    for p in problems:
+        print("FAIL %s" % p, flush=True)
+    print("retry checks: %s" % ("all good" if not problems else "%d problems" % len(problems)), flush=True)
+    return 0 if not problems else 1
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -160,9 +236,15 @@ def main():
     c = sub.add_parser("client")
     c.add_argument("--target", required=True)
     c.add_argument("--authority", default=None)
+    r = sub.add_parser("retry-client")
+    r.add_argument("--target", required=True)
+    r.add_argument("--authority", default=None)
+    r.add_argument("--expect-retry", choices=["yes", "no"], required=True)
     args = parser.parse_args()
     if args.mode == "server":
         return serve(args.port)
+    if args.mode == "retry-client":
+        return run_retry_client(args.target, args.authority, args.expect_retry == "yes")
     return run_client(args.target, args.authority)
 
 

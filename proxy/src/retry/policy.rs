@@ -105,9 +105,14 @@ impl CompiledRetry {
         }
     }
 
-    /// Whether retrying this request after this failure cannot do harm.
+    /// Whether retrying this request after this failure cannot do harm. Every gRPC call is
+    /// a POST, so a listed gRPC status is the route owner saying "this one is safe to retry"
+    /// (as gRPC's own retry policies are), whatever the method.
     pub fn safe(&self, method: &http::Method, f: Failure) -> bool {
-        f.nothing_sent() || self.non_idempotent || is_idempotent(method)
+        f.nothing_sent()
+            || matches!(f, Failure::Grpc(_))
+            || self.non_idempotent
+            || is_idempotent(method)
     }
 }
 
@@ -185,6 +190,15 @@ mod tests {
         assert!(p.retryable(Failure::Grpc(14)) && p.retryable(Failure::Grpc(8)));
         assert!(!p.retryable(Failure::Grpc(5)));
         assert!(p.safe(&Method::POST, Failure::Status(StatusCode::BAD_GATEWAY)));
+        let strict = CompiledRetry::new(&RetryPolicy {
+            grpc_statuses: vec![GrpcStatus::Unavailable],
+            ..RetryPolicy::default()
+        });
+        assert!(
+            strict.safe(&Method::POST, Failure::Grpc(14)),
+            "listed gRPC statuses are retried for POST"
+        );
+        assert!(!strict.safe(&Method::POST, Failure::Reset));
         let all = CompiledRetry::new(&RetryPolicy {
             on: vec![RetryOn::ServerError],
             ..RetryPolicy::default()
