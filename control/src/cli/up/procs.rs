@@ -54,6 +54,9 @@ impl Procs {
             .stderr(Stdio::from(err))
             // The safety net: if this process dies without stopping them, they die with it.
             .kill_on_drop(true)
+            // Their own process group: Ctrl-C at the terminal reaches `up` alone, which takes
+            // the summary from the running mesh first and then stops the children itself.
+            .process_group(0)
             .spawn()
             .map_err(|source| ProcError::Spawn {
                 name: name.to_string(),
