@@ -23,7 +23,7 @@ pub use resilience::{
 };
 pub use sidecar::{ProxySettings, SidecarFile};
 pub use snapshot::{
-    Destination, Endpoint, HeaderMatch, Inbound, Protocol, Route, RouteMatch, Snapshot,
-    WeightedVersion,
+    identity, Destination, Endpoint, HeaderMatch, Inbound, Mtls, MtlsMode, Protocol, Route,
+    RouteMatch, Snapshot, WeightedVersion, DEFAULT_TRUST_DOMAIN,
 };
 pub use validate::{Validate, Validator};

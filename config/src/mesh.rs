@@ -166,6 +166,9 @@ pub struct PolicySpec {
     pub retry_budget: Option<RetryBudget>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound: Option<InboundPolicy>,
+    /// Services allowed to call this one (their mTLS identities); empty = any mesh caller.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -284,6 +287,9 @@ impl Validate for Resource {
             Resource::Policy(d) => {
                 let p = &d.spec;
                 v.name(&p.service, spec.key("service"));
+                for (i, a) in p.allow.iter().enumerate() {
+                    v.name(a, spec.key("allow").index(i));
+                }
                 if let Some(t) = p.connect_timeout {
                     v.ensure(
                         !t.is_zero(),

@@ -29,6 +29,50 @@ pub struct Snapshot {
     /// Services this sidecar's app may call.
     #[serde(default)]
     pub destinations: Vec<Destination>,
+    /// Mutual TLS between sidecars: mode, trust domain and the trusted roots.
+    #[serde(default)]
+    pub mtls: Mtls,
+}
+
+/// How inbound connections are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    /// Plaintext only (static files and quick starts, where there is no CA).
+    #[default]
+    Off,
+    /// mTLS and plaintext both accepted (for migrating); metrics say which was which.
+    Permissive,
+    /// Only mTLS with a client certificate from the mesh CA.
+    Strict,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mtls {
+    pub mode: MtlsMode,
+    /// Identities are `spiffe://<trust_domain>/service/<name>`.
+    pub trust_domain: String,
+    /// PEM root certificates to trust; more than one while a root rotates.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trust_bundle: Vec<String>,
+}
+
+impl Default for Mtls {
+    fn default() -> Self {
+        Self {
+            mode: MtlsMode::Off,
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
+            trust_bundle: Vec::new(),
+        }
+    }
+}
+
+pub const DEFAULT_TRUST_DOMAIN: &str = "outrigger.local";
+
+/// The SPIFFE identity of a service in a trust domain.
+pub fn identity(trust_domain: &str, service: &str) -> String {
+    format!("spiffe://{trust_domain}/service/{service}")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -60,6 +104,10 @@ pub struct Inbound {
     pub rate_limit: Option<RateLimit>,
     #[serde(default)]
     pub limits: Limits,
+    /// Caller identities (`spiffe://…`) allowed to call this service; empty = any caller the
+    /// mTLS mode admits. A caller not on a non-empty list gets 403.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +143,10 @@ pub struct Destination {
     /// Header whose value is hashed onto the split, so one user stays on one version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky_header: Option<String>,
+    /// The peer identity (`spiffe://…`) the endpoints must prove. When set, the sidecar talks
+    /// to them over mTLS (HTTP/2, ALPN h2), whatever the app's protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 /// One version's share of a split. Weights are relative (90/10, or 9/1).
@@ -122,6 +174,7 @@ impl Destination {
             retry_budget: RetryBudget::default(),
             split: Vec::new(),
             sticky_header: None,
+            identity: None,
         }
     }
 

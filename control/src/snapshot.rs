@@ -39,6 +39,8 @@ pub fn compile(
             resources.policy_for(service).map(|p| &p.spec),
         )),
         destinations,
+        // TODO(issue 5): mode, trust domain and bundle from the CA.
+        mtls: Default::default(),
     }
 }
 
@@ -55,6 +57,8 @@ fn inbound(spec: Option<&ServiceSpec>, policy: Option<&PolicySpec>) -> Inbound {
             .unwrap_or_else(|| Route::catch_all().timeout),
         rate_limit: inbound.and_then(|i| i.rate_limit.clone()),
         limits: inbound.and_then(|i| i.limits.clone()).unwrap_or_default(),
+        // TODO(issue 5): the Policy's `allow`, as identities.
+        allow: Vec::new(),
     }
 }
 

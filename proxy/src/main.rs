@@ -233,6 +233,7 @@ fn quick_start(cli: &Cli, listen: SocketAddr, upstream: SocketAddr) -> SidecarFi
                 }],
                 ..Destination::new("upstream")
             }],
+            mtls: Default::default(),
         },
     }
 }
