@@ -34,6 +34,10 @@ pub enum ProxyError {
     PerTryTimeout,
     /// Fault injection aborted the request with this status.
     FaultInjected(u16),
+    /// The upstream sidecar's certificate names another identity than the destination's.
+    PeerIdentityMismatch,
+    /// The caller's identity is not on this service's allow-list.
+    Forbidden,
 }
 
 impl ProxyError {
@@ -42,7 +46,10 @@ impl ProxyError {
             ProxyError::UnknownAuthority => StatusCode::NOT_FOUND,
             ProxyError::MissingAuthority | ProxyError::BadRequest => StatusCode::BAD_REQUEST,
             ProxyError::NoEndpoints | ProxyError::NoInbound => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::ConnectFailure | ProxyError::UpstreamReset => StatusCode::BAD_GATEWAY,
+            ProxyError::ConnectFailure
+            | ProxyError::UpstreamReset
+            | ProxyError::PeerIdentityMismatch => StatusCode::BAD_GATEWAY,
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
@@ -70,6 +77,8 @@ impl ProxyError {
             ProxyError::RateLimited => "rate-limited",
             ProxyError::PerTryTimeout => "per-try-timeout",
             ProxyError::FaultInjected(_) => "fault-injected",
+            ProxyError::PeerIdentityMismatch => "peer-identity-mismatch",
+            ProxyError::Forbidden => "forbidden",
         }
     }
 
@@ -88,6 +97,10 @@ impl ProxyError {
             ProxyError::RateLimited => "the local rate limit was exceeded",
             ProxyError::PerTryTimeout => "the attempt timed out and no retry was possible",
             ProxyError::FaultInjected(_) => "fault injection aborted the request",
+            ProxyError::PeerIdentityMismatch => {
+                "the upstream proved another identity than the destination's"
+            }
+            ProxyError::Forbidden => "the caller's identity is not allowed to call this service",
         }
     }
 

@@ -24,6 +24,7 @@ pub mod server;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod watch;
 
 /// Which listener a request arrived on.

@@ -11,7 +11,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -57,6 +57,98 @@ fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: std::net::SocketAddr,
+    /// The verified SPIFFE identity, for mTLS connections.
+    pub identity: Option<Arc<str>>,
+    pub mtls: bool,
+}
+
+enum Accepted {
+    Plain(TcpStream),
+    Tls(
+        Box<tokio_rustls::server::TlsStream<TcpStream>>,
+        Option<Arc<str>>,
+    ),
+}
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Inbound security by mode: strict takes only mTLS, permissive takes mTLS or plaintext
+/// (told apart by the first byte: a TLS record starts with 0x16), off takes plaintext.
+async fn secure(shared: &Shared, stream: TcpStream) -> Option<Accepted> {
+    use outrigger_config::MtlsMode;
+    let state = shared.current();
+    let mode = state.as_ref().map_or(MtlsMode::Off, |s| s.mtls);
+    if mode == MtlsMode::Off {
+        return Some(Accepted::Plain(stream));
+    }
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
+    let is_tls = matches!(peeked, Ok(Ok(1))) && first[0] == 0x16;
+    let ok = shared
+        .metrics
+        .tls_handshakes
+        .with_label_values(&["inbound", "ok"]);
+    let failed = shared
+        .metrics
+        .tls_handshakes
+        .with_label_values(&["inbound", "error"]);
+    match (is_tls, state.as_ref().and_then(|s| s.tls_server.clone())) {
+        (true, Some(cfg)) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    ok.inc();
+                    let identity = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(crate::tls::verify::spiffe_id)
+                        .map(Arc::from);
+                    Some(Accepted::Tls(Box::new(tls), identity))
+                }
+                Ok(Err(e)) => {
+                    failed.inc();
+                    tracing::debug!(error = %e, "inbound mTLS handshake refused");
+                    None
+                }
+                Err(_) => {
+                    failed.inc();
+                    None
+                }
+            }
+        }
+        (false, _) if mode == MtlsMode::Permissive => Some(Accepted::Plain(stream)),
+        _ => {
+            failed.inc();
+            tracing::debug!(tls = is_tls, "inbound connection refused: strict mTLS");
+            None
+        }
+    }
+}
+
+async fn serve<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    io: I,
+    shared: Arc<Shared>,
+    direction: Direction,
+    peer: Peer,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let addr = peer.addr;
+    let svc = service_fn(move |req| forward::handle(shared.clone(), direction, peer.clone(), req));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, peer = %addr, "connection ended with an error");
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     direction: Direction,
@@ -90,10 +182,28 @@ async fn accept_loop(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| forward::handle(shared.clone(), direction, peer, req));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            let accepted = match direction {
+                Direction::Outbound => Some(Accepted::Plain(stream)),
+                Direction::Inbound => secure(&shared, stream).await,
+            };
+            match accepted {
+                Some(Accepted::Plain(stream)) => {
+                    let from = Peer {
+                        addr: peer,
+                        identity: None,
+                        mtls: false,
+                    };
+                    serve(&builder, watcher, stream, shared, direction, from).await
+                }
+                Some(Accepted::Tls(stream, identity)) => {
+                    let from = Peer {
+                        addr: peer,
+                        identity,
+                        mtls: true,
+                    };
+                    serve(&builder, watcher, *stream, shared, direction, from).await
+                }
+                None => {}
             }
             open.dec();
         });

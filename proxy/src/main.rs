@@ -62,6 +62,16 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
 
+    /// Control plane mode: file holding this service's bootstrap token for the mesh CA (or
+    /// OUTRIGGER_BOOTSTRAP_TOKEN). With it the sidecar gets a certificate and speaks mTLS to
+    /// other sidecars; it is not ready until it holds one.
+    #[arg(long, value_name = "FILE")]
+    bootstrap_token_file: Option<PathBuf>,
+
+    /// Control plane mode: the mesh's trust domain (identities are spiffe://DOMAIN/service/NAME).
+    #[arg(long, value_name = "DOMAIN", default_value = outrigger_config::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+
     /// Quick start: the address to accept requests on (HTTP/1.1 and h2c).
     #[arg(long, value_name = "ADDR", requires = "upstream")]
     listen: Option<SocketAddr>,
@@ -184,6 +194,17 @@ fn control_plane_mode(cli: &Cli, url: http::Uri) -> anyhow::Result<(ProxySetting
             .ok()
             .filter(|t| !t.is_empty()),
     };
+    let bootstrap_token = match &cli.bootstrap_token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading --bootstrap-token-file {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("OUTRIGGER_BOOTSTRAP_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    };
     let advertise = cli.advertise.unwrap_or_else(|| {
         let mut a = cli.inbound;
         if a.ip().is_unspecified() {
@@ -202,13 +223,15 @@ fn control_plane_mode(cli: &Cli, url: http::Uri) -> anyhow::Result<(ProxySetting
         token,
         app: cli.app,
         advertise: (!cli.no_register && cli.app.is_some()).then_some(advertise),
+        bootstrap_token,
+        trust_domain: cli.trust_domain.clone(),
     };
     let settings = ProxySettings {
         outbound: Some(cli.outbound),
         inbound: cli.app.map(|_| cli.inbound),
         ..ProxySettings::default()
     };
-    Ok((settings, Source::ControlPlane(cp)))
+    Ok((settings, Source::ControlPlane(Box::new(cp))))
 }
 
 /// `--listen A --upstream B`: one catch-all destination, no inbound side.

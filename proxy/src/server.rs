@@ -11,6 +11,8 @@ use crate::shutdown;
 use crate::state::Shared;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
+use crate::tls;
+use crate::tls::identity::Identity;
 use crate::watch;
 use crate::Direction;
 use outrigger_config::{ProxySettings, Snapshot};
@@ -44,7 +46,7 @@ pub enum Source {
         watch: Option<(PathBuf, String)>,
     },
     /// Pushed by the control plane; not ready until the first one arrives.
-    ControlPlane(ControlPlane),
+    ControlPlane(Box<ControlPlane>),
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
@@ -59,7 +61,20 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     let access_log = settings
         .access_log
         .then(|| AccessLog::spawn(tokio::io::stdout(), metrics.access_log_dropped.clone()));
-    let shared = Arc::new(Shared::new(settings.clone(), access_log, metrics));
+    // With a bootstrap token the sidecar joins the mesh's mTLS and is not ready without a
+    // certificate.
+    let identity = match &source {
+        Source::ControlPlane(cp) if cp.bootstrap_token.is_some() => {
+            Some(Arc::new(Identity::default()))
+        }
+        _ => None,
+    };
+    let shared = Arc::new(Shared::with_identity(
+        settings.clone(),
+        access_log,
+        metrics,
+        identity.clone(),
+    ));
 
     let admin = bind("admin", settings.admin).await?;
     if !settings.admin.ip().is_loopback() {
@@ -75,6 +90,17 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
             (watch, None)
         }
         Source::ControlPlane(cp) => {
+            let cp = *cp;
+            if let (Some(id), Some(token)) = (&identity, &cp.bootstrap_token) {
+                let ca = Api::new(&cp.url, Some(token.clone()));
+                tls::identity::spawn(
+                    id.clone(),
+                    ca,
+                    cp.service.clone(),
+                    cp.trust_domain.clone(),
+                    shared.clone(),
+                );
+            }
             let api = Api::new(&cp.url, cp.token.clone());
             subscribe::spawn(cp.clone(), api.clone(), shared.clone());
             (None, Some((cp, api)))

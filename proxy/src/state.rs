@@ -29,10 +29,21 @@ pub struct Shared {
     versions: AtomicU64,
     /// Wakes the shutdown sequence (SIGTERM or `POST /shutdown`).
     pub shutdown: Notify,
+    /// The workload identity, when this sidecar joins a mesh with mTLS.
+    pub identity: Option<Arc<crate::tls::identity::Identity>>,
 }
 
 impl Shared {
     pub fn new(settings: ProxySettings, access_log: Option<AccessLog>, metrics: Metrics) -> Self {
+        Self::with_identity(settings, access_log, metrics, None)
+    }
+
+    pub fn with_identity(
+        settings: ProxySettings,
+        access_log: Option<AccessLog>,
+        metrics: Metrics,
+        identity: Option<Arc<crate::tls::identity::Identity>>,
+    ) -> Self {
         Self {
             current: ArcSwapOption::empty(),
             stats: StatsRegistry::new(settings.stats_window),
@@ -46,6 +57,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             versions: AtomicU64::new(0),
             shutdown: Notify::new(),
+            identity,
         }
     }
 
@@ -70,6 +82,7 @@ impl Shared {
             clients: &self.clients,
             endpoints: &self.endpoints,
             dests: &self.dests,
+            identity: self.identity.as_ref(),
         }
         .compile(snapshot);
         self.current.store(Some(Arc::new(compiled)));
@@ -79,6 +92,23 @@ impl Shared {
             .inc();
         self.metrics.config_version.set(version as i64);
         version
+    }
+
+    /// Compiles the snapshot in force again (after a new certificate, so TLS configurations
+    /// that could not be built without one are built now).
+    pub fn recompile(&self) {
+        if let Some(current) = self.current() {
+            let compiled = Compiler {
+                metrics: &self.metrics,
+                stats: &self.stats,
+                clients: &self.clients,
+                endpoints: &self.endpoints,
+                dests: &self.dests,
+                identity: self.identity.as_ref(),
+            }
+            .compile((*current.snapshot).clone());
+            self.current.store(Some(Arc::new(compiled)));
+        }
     }
 
     pub fn reject(&self, source: &str) {
@@ -100,10 +130,12 @@ impl Shared {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Ready: a snapshot applied, listeners bound, not shutting down.
+    /// Ready: a snapshot applied, a certificate held (with mTLS), listeners bound, not
+    /// shutting down.
     pub fn is_ready(&self) -> bool {
         self.listeners_bound.load(Ordering::Acquire)
             && !self.is_draining()
             && self.current.load().is_some()
+            && self.identity.as_ref().is_none_or(|i| i.is_ready())
     }
 }

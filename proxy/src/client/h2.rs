@@ -51,15 +51,44 @@ impl H2Slot {
     }
 }
 
+/// mTLS for a connection to a peer sidecar, and where to count its handshakes.
+pub struct Tls<'a> {
+    pub config: &'a std::sync::Arc<rustls::ClientConfig>,
+    pub handshakes: &'a prometheus::IntCounter,
+    pub failures: &'a prometheus::IntCounter,
+}
+
 async fn connect(
     connector: &LimitedConnector,
     endpoint: http::Uri,
+    tls: Option<&Tls<'_>>,
 ) -> Result<SendRequest<RequestBody>, H2Error> {
-    let io = connector
-        .clone()
-        .call(endpoint)
-        .await
-        .map_err(H2Error::Connect)?;
+    match tls {
+        None => {
+            let io = connector
+                .clone()
+                .call(endpoint)
+                .await
+                .map_err(H2Error::Connect)?;
+            handshake(io).await
+        }
+        Some(t) => match connector.connect_tls(endpoint, t.config.clone()).await {
+            Ok(io) => {
+                t.handshakes.inc();
+                handshake(io).await
+            }
+            Err(e) => {
+                t.failures.inc();
+                Err(H2Error::Connect(e))
+            }
+        },
+    }
+}
+
+async fn handshake<T>(io: T) -> Result<SendRequest<RequestBody>, H2Error>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .adaptive_window(true)
@@ -80,6 +109,7 @@ pub async fn send(
     slot: &H2Slot,
     connector: &LimitedConnector,
     endpoint: &http::Uri,
+    tls: Option<&Tls<'_>>,
     req: http::Request<RequestBody>,
 ) -> Result<http::Response<Incoming>, H2Error> {
     let mut req = req;
@@ -87,7 +117,7 @@ pub async fn send(
     for _ in 0..2 {
         let mut sender = match slot.current() {
             Some(s) => s,
-            None => slot.install(connect(connector, endpoint.clone()).await?),
+            None => slot.install(connect(connector, endpoint.clone(), tls).await?),
         };
         if sender.ready().await.is_err() {
             slot.clear();
@@ -105,7 +135,7 @@ pub async fn send(
             },
         }
     }
-    let sender = slot.install(connect(connector, endpoint.clone()).await?);
+    let sender = slot.install(connect(connector, endpoint.clone(), tls).await?);
     let mut sender = sender;
     sender.ready().await?;
     Ok(sender.send_request(req).await?)

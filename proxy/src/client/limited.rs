@@ -68,9 +68,32 @@ impl Drop for OpenGuard {
 }
 
 /// A connection that counts against the limit until it closes.
-pub struct Counted {
-    io: TokioIo<TcpStream>,
+pub struct Counted<T = TokioIo<TcpStream>> {
+    io: T,
     _guard: OpenGuard,
+}
+
+impl LimitedConnector {
+    /// A counted mTLS connection: TCP to `uri`'s address, then a TLS 1.3 handshake that
+    /// verifies the peer with `tls` (its verifier checks the peer's SPIFFE identity).
+    pub async fn connect_tls(
+        &self,
+        uri: http::Uri,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Counted<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>, BoxError> {
+        let Counted { io, _guard } =
+            tower_service::Service::call(&mut self.clone(), uri.clone()).await?;
+        let tcp = io.into_inner();
+        let ip = tcp.peer_addr()?.ip();
+        let name = rustls::pki_types::ServerName::IpAddress(ip.into());
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await?;
+        Ok(Counted {
+            io: TokioIo::new(stream),
+            _guard,
+        })
+    }
 }
 
 impl Connection for Counted {
@@ -79,7 +102,7 @@ impl Connection for Counted {
     }
 }
 
-impl Read for Counted {
+impl<T: Read + Unpin> Read for Counted<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -89,7 +112,7 @@ impl Read for Counted {
     }
 }
 
-impl Write for Counted {
+impl<T: Write + Unpin> Write for Counted<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

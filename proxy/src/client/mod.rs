@@ -52,12 +52,13 @@ impl Upstream {
     pub async fn send(
         &self,
         ep: &EndpointTarget,
+        tls: Option<&h2::Tls<'_>>,
         req: http::Request<RequestBody>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         match self {
             Upstream::Http1(c) => Ok(c.request(req).await?),
             Upstream::Http2(connector) => {
-                Ok(h2::send(&ep.state.h2, connector, &ep.uri, req).await?)
+                Ok(h2::send(&ep.state.h2, connector, &ep.uri, tls, req).await?)
             }
         }
     }

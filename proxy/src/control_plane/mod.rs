@@ -24,6 +24,10 @@ pub struct ControlPlane {
     pub app: Option<SocketAddr>,
     /// The address other sidecars reach this one on; `None` = do not register.
     pub advertise: Option<SocketAddr>,
+    /// Proves to the mesh CA which service this sidecar may get a certificate for; with it
+    /// the sidecar joins the mesh's mTLS. Never logged.
+    pub bootstrap_token: Option<String>,
+    pub trust_domain: String,
 }
 
 /// Exponential backoff with full jitter, capped: the pattern for every reconnect here.

@@ -197,6 +197,8 @@ mod tests {
             token: None,
             app: Some("127.0.0.1:8085".parse().unwrap()),
             advertise: None,
+            bootstrap_token: None,
+            trust_domain: "outrigger.local".into(),
         }
     }
 

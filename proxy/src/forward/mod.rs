@@ -12,6 +12,7 @@ use crate::endpoint::outlier::{ProbeSlot, Transition};
 use crate::error::ProxyError;
 use crate::fault;
 use crate::grpc;
+use crate::listener::Peer;
 use crate::retry::policy::{classify, is_gateway_status, CompiledRetry, Failure};
 use crate::retry::replay::ReplayBody;
 use crate::routing::{Compiled, Dest, EndpointTarget};
@@ -49,10 +50,23 @@ struct Ctx {
 pub async fn handle(
     shared: Arc<Shared>,
     direction: Direction,
-    client: SocketAddr,
+    peer: Peer,
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let start = Instant::now();
+    let client = peer.addr;
+    if direction == Direction::Inbound {
+        // The caller's identity comes only from its verified certificate, never from outside.
+        let h = req.headers_mut();
+        h.remove(&CLIENT_ID);
+        if let Some(id) = peer
+            .identity
+            .as_deref()
+            .and_then(|i| HeaderValue::from_str(i).ok())
+        {
+            h.insert(CLIENT_ID, id);
+        }
+    }
     let request_id = ensure_request_id(req.headers_mut());
     let mut ctx = Ctx {
         start,
@@ -275,7 +289,16 @@ async fn forward(
             _ => deadline,
         };
         let pending = ep.state.start();
-        let sent = tokio::time::timeout_at(try_deadline, dest.client.send(ep, upstream_req)).await;
+        let tls = dest.tls.as_ref().map(|config| crate::client::h2::Tls {
+            config,
+            handshakes: &dest.counters.tls_handshakes,
+            failures: &dest.counters.tls_failures,
+        });
+        let sent = tokio::time::timeout_at(
+            try_deadline,
+            dest.client.send(ep, tls.as_ref(), upstream_req),
+        )
+        .await;
         drop(pending);
         ep.state.ewma.observe(started.elapsed(), dest.ewma_decay);
 
@@ -363,6 +386,7 @@ async fn forward(
             (_, None) => {
                 let err = match failure {
                     Failure::ConnectFailure => ProxyError::ConnectFailure,
+                    Failure::PeerIdentityMismatch => ProxyError::PeerIdentityMismatch,
                     Failure::Overloaded => ProxyError::Overloaded,
                     Failure::PerTryTimeout => ProxyError::PerTryTimeout,
                     _ => ProxyError::UpstreamReset,
@@ -440,6 +464,9 @@ fn attempt_request(
 }
 
 pub const ATTEMPT: http::HeaderName = http::HeaderName::from_static("x-outrigger-attempt");
+
+/// The verified caller identity handed to the local app; always overwritten.
+pub const CLIENT_ID: http::HeaderName = http::HeaderName::from_static("x-outrigger-client-id");
 
 enum Checked {
     Done(Response<UpstreamBody>),

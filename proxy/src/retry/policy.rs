@@ -19,6 +19,9 @@ pub enum Failure {
     Grpc(u16),
     /// The destination's connection limit was reached (not retried: that would add load).
     Overloaded,
+    /// The peer sidecar proved another identity than the destination's (never retried on
+    /// the same terms; counted as a gateway failure so the impostor gets ejected).
+    PeerIdentityMismatch,
 }
 
 impl Failure {
@@ -28,7 +31,8 @@ impl Failure {
             Failure::ConnectFailure
             | Failure::Reset
             | Failure::PerTryTimeout
-            | Failure::RefusedStream => true,
+            | Failure::RefusedStream
+            | Failure::PeerIdentityMismatch => true,
             Failure::Status(s) => is_gateway_status(s),
             Failure::Grpc(_) | Failure::Overloaded => false,
         }
@@ -101,7 +105,7 @@ impl CompiledRetry {
             Failure::PerTryTimeout => self.gateway_error || self.server_error,
             Failure::Status(s) => self.retryable_status(s),
             Failure::Grpc(c) => self.retryable_grpc(c),
-            Failure::Overloaded => false,
+            Failure::Overloaded | Failure::PeerIdentityMismatch => false,
         }
     }
 
@@ -144,6 +148,8 @@ pub fn classify(e: &UpstreamError) -> Failure {
     }
     if limit {
         Failure::Overloaded
+    } else if crate::tls::verify::is_identity_mismatch(first) {
+        Failure::PeerIdentityMismatch
     } else if connect {
         Failure::ConnectFailure
     } else if refused {

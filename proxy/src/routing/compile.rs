@@ -32,6 +32,11 @@ pub const UNKNOWN: &str = "unknown";
 
 pub struct Compiled {
     pub version: u64,
+    pub mtls: outrigger_config::MtlsMode,
+    /// What inbound TLS accepts with, when mTLS is on and an identity is held.
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
+    /// Caller identities allowed inbound; empty = anyone the mode admits.
+    pub allow: Box<[Box<str>]>,
     pub snapshot: Arc<Snapshot>,
     pub service: Arc<str>,
     pub outbound: AuthorityTable,
@@ -55,12 +60,16 @@ pub struct Dest {
     pub outlier: OutlierDetection,
     pub breaker: Arc<Breaker>,
     pub budget: Arc<RetryBudget>,
+    /// mTLS to the endpoints (peer sidecars), verifying this identity.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub counters: DestCounters,
     /// Serialises ejection decisions (see `forward::observe`).
     pub eject_lock: Mutex<()>,
 }
 
 pub struct DestCounters {
+    pub tls_handshakes: IntCounter,
+    pub tls_failures: IntCounter,
     pub overload_pending: IntCounter,
     pub overload_deadline: IntCounter,
     pub overload_connections: IntCounter,
@@ -207,6 +216,7 @@ pub struct Compiler<'a> {
     pub clients: &'a Clients,
     pub endpoints: &'a EndpointRegistry,
     pub dests: &'a DestRegistry,
+    pub identity: Option<&'a Arc<crate::tls::identity::Identity>>,
 }
 
 struct DestSpec<'a> {
@@ -223,14 +233,40 @@ struct DestSpec<'a> {
     budget: outrigger_config::RetryBudget,
     split: Vec<outrigger_config::WeightedVersion>,
     sticky: Option<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Compiler<'_> {
     pub fn compile(&self, snapshot: Snapshot) -> Compiled {
         let service: Arc<str> = snapshot.service.as_str().into();
+        let mtls = snapshot.mtls.mode;
+        // With mTLS on and an identity to present: the trusted roots, once per snapshot.
+        let roots = match (mtls, self.identity) {
+            (outrigger_config::MtlsMode::Off, _) | (_, None) => None,
+            (_, Some(id)) => match crate::tls::config::roots(&snapshot.mtls.trust_bundle, id) {
+                Ok(r) => Some((r, id.clone())),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no trust bundle yet; mTLS waits for one");
+                    None
+                }
+            },
+        };
         let mut outbound = AuthorityTable::default();
         for d in &snapshot.destinations {
-            let dest = Arc::new(self.dest(&service, outbound_spec(d)));
+            let mut spec = outbound_spec(d);
+            if let (Some(expected), Some((roots, id))) = (&d.identity, &roots) {
+                match crate::tls::config::client(id.clone(), roots.clone(), expected) {
+                    Ok(cfg) => {
+                        spec.tls = Some(cfg);
+                        // Sidecars talk HTTP/2 to each other, whatever the app speaks.
+                        spec.protocol = Protocol::Http2;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, destination = %d.name, "cannot build the mTLS client")
+                    }
+                }
+            }
+            let dest = Arc::new(self.dest(&service, spec));
             for host in d.authorities() {
                 outbound.insert(&host, dest.clone());
             }
@@ -253,12 +289,28 @@ impl Compiler<'_> {
             Arc::new(self.dest(&service, spec))
         });
         self.endpoints.prune();
+        let tls_server =
+            roots.and_then(|(roots, id)| match crate::tls::config::server(id, roots) {
+                Ok(cfg) => Some(cfg),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot build the inbound mTLS config");
+                    None
+                }
+            });
+        let allow = snapshot
+            .inbound
+            .as_ref()
+            .map(|i| i.allow.iter().map(|a| a.as_str().into()).collect())
+            .unwrap_or_default();
         let unrouted = |d: Direction| {
             self.metrics
                 .status_metrics([d.as_str(), &service, UNKNOWN, "", ""])
         };
         Compiled {
             version: snapshot.version,
+            mtls,
+            tls_server,
+            allow,
             unrouted_outbound: unrouted(Direction::Outbound),
             unrouted_inbound: unrouted(Direction::Inbound),
             service: service.clone(),
@@ -370,8 +422,11 @@ impl Compiler<'_> {
             outlier: spec.outlier,
             breaker,
             budget,
+            tls: spec.tls,
             eject_lock: Mutex::new(()),
             counters: DestCounters {
+                tls_handshakes: m.tls_handshakes.with_label_values(&[dir, "ok"]),
+                tls_failures: m.tls_handshakes.with_label_values(&[dir, "error"]),
                 overload_pending: overload("pending"),
                 overload_deadline: overload("deadline"),
                 overload_connections: overload("connections"),
@@ -403,5 +458,6 @@ fn outbound_spec(d: &Destination) -> DestSpec<'_> {
         budget: d.retry_budget.clone(),
         split: d.split.clone(),
         sticky: d.sticky_header.clone(),
+        tls: None,
     }
 }

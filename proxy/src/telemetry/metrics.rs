@@ -47,6 +47,11 @@ pub struct Metrics {
     pub control_plane_reconnects: IntCounter,
     pub registered: IntGauge,
     pub split_decisions: IntCounterVec,
+    pub identity_expiry: IntGauge,
+    pub identity_renewals: IntCounterVec,
+    pub tls_handshakes: IntCounterVec,
+    pub inbound_security: IntCounterVec,
+    pub authz_denied: IntCounterVec,
 }
 
 const ROUTE_LABELS: &[&str] = &["direction", "service", "dst_service", "route"];
@@ -184,6 +189,38 @@ impl Metrics {
             ),
             &["direction", "service", "dst_service", "route", "version"],
         ));
+        let identity_expiry = must(IntGauge::new(
+            "outrigger_identity_cert_expiry_timestamp_seconds",
+            "When the workload certificate expires (Unix time).",
+        ));
+        let identity_renewals = must(IntCounterVec::new(
+            Opts::new(
+                "outrigger_identity_renewals_total",
+                "Certificate requests to the mesh CA, by result.",
+            ),
+            &["result"],
+        ));
+        let tls_handshakes = must(IntCounterVec::new(
+            Opts::new(
+                "outrigger_tls_handshakes_total",
+                "mTLS handshakes between sidecars, by direction and result; they scale with connections, not requests.",
+            ),
+            &["direction", "result"],
+        ));
+        let inbound_security = must(IntCounterVec::new(
+            Opts::new(
+                "outrigger_inbound_requests_by_security_total",
+                "Inbound requests, by whether they came over mTLS.",
+            ),
+            &["security"],
+        ));
+        let authz_denied = must(IntCounterVec::new(
+            Opts::new(
+                "outrigger_authz_denied_total",
+                "Inbound requests refused by the allow-list (403).",
+            ),
+            &["service"],
+        ));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -206,6 +243,11 @@ impl Metrics {
             Box::new(control_plane_reconnects.clone()),
             Box::new(registered.clone()),
             Box::new(split_decisions.clone()),
+            Box::new(identity_expiry.clone()),
+            Box::new(identity_renewals.clone()),
+            Box::new(tls_handshakes.clone()),
+            Box::new(inbound_security.clone()),
+            Box::new(authz_denied.clone()),
         ] {
             must(registry.register(c));
         }
@@ -232,6 +274,11 @@ impl Metrics {
             control_plane_reconnects,
             registered,
             split_decisions,
+            identity_expiry,
+            identity_renewals,
+            tls_handshakes,
+            inbound_security,
+            authz_denied,
         }
     }
 
