@@ -151,17 +151,43 @@ pub async fn handle(
                 }
             }
         }
-        Direction::Inbound => match &state.inbound {
-            Some(d) => d.clone(),
-            None => {
+        Direction::Inbound => {
+            let security = if peer.mtls { "mtls" } else { "plaintext" };
+            shared
+                .metrics
+                .inbound_security
+                .with_label_values(&[security])
+                .inc();
+            let allowed = state.allow.is_empty()
+                || peer
+                    .identity
+                    .as_deref()
+                    .is_some_and(|id| state.allow.iter().any(|a| &**a == id));
+            if !allowed {
+                shared
+                    .metrics
+                    .authz_denied
+                    .with_label_values(&[&state.service])
+                    .inc();
                 return Ok(local_error(
                     &shared,
                     &mut ctx,
                     Some(unrouted),
-                    ProxyError::NoInbound,
-                ))
+                    ProxyError::Forbidden,
+                ));
             }
-        },
+            match &state.inbound {
+                Some(d) => d.clone(),
+                None => {
+                    return Ok(local_error(
+                        &shared,
+                        &mut ctx,
+                        Some(unrouted),
+                        ProxyError::NoInbound,
+                    ))
+                }
+            }
+        }
     };
     Ok(forward(&shared, &state, &dest, ctx, req).await)
 }
