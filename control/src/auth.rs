@@ -31,15 +31,15 @@ impl Token {
 
     /// Whether `headers` carry `Authorization: Bearer <this token>`.
     pub fn authorizes(&self, headers: &HeaderMap) -> bool {
-        let Some(value) = headers.get(http::header::AUTHORIZATION) else {
-            return false;
-        };
-        let value = value.as_bytes();
-        let Some((scheme, given)) = value.split_first_chunk::<7>() else {
-            return false;
-        };
-        scheme.eq_ignore_ascii_case(b"bearer ") && constant_time_eq(given, &self.0)
+        bearer(headers).is_some_and(|given| constant_time_eq(given, &self.0))
     }
+}
+
+/// The credential of `Authorization: Bearer <credential>`, if the header is there.
+pub fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(http::header::AUTHORIZATION)?.as_bytes();
+    let (scheme, given) = value.split_first_chunk::<7>()?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then_some(given)
 }
 
 impl fmt::Debug for Token {

@@ -1,13 +1,15 @@
 //! `outrigger-control`: the control plane. It stores mesh resources ([`store`]), keeps the
-//! service registry ([`registry`]), compiles one snapshot per sidecar ([`snapshot`]) and pushes
-//! it on NDJSON streams ([`push`]), all behind a REST API ([`api`]). One task changes the
-//! state in order ([`state`]); everything else reads its published views.
+//! service registry ([`registry`]), is the mesh CA ([`ca`]), compiles one snapshot per sidecar
+//! ([`snapshot`]) and pushes it on NDJSON streams ([`push`]), all behind a REST API ([`api`]).
+//! One task changes the state in order ([`state`]); everything else reads its published views.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod apply;
 pub mod auth;
+pub mod ca;
 pub mod canary;
+pub mod clock;
 pub mod metrics;
 pub mod push;
 pub mod registry;

@@ -16,6 +16,10 @@ pub struct Metrics {
     pub nacks: IntCounter,
     pub api_requests: IntCounterVec,
     pub applies_rejected: IntCounter,
+    pub certificates_issued: IntCounter,
+    /// By reason: token, identity, malformed, signature.
+    pub csr_rejected: IntCounterVec,
+    ca_roots: IntGauge,
 }
 
 impl Metrics {
@@ -58,6 +62,18 @@ impl Metrics {
                 "outrigger_control_applies_rejected_total",
                 "Applies refused as invalid",
             )?,
+            certificates_issued: IntCounter::new(
+                "outrigger_control_certificates_issued_total",
+                "Leaf certificates signed",
+            )?,
+            csr_rejected: IntCounterVec::new(
+                Opts::new(
+                    "outrigger_control_csr_rejected_total",
+                    "CSRs refused, by reason (token, identity, malformed, signature)",
+                ),
+                &["reason"],
+            )?,
+            ca_roots: IntGauge::new("outrigger_control_ca_roots", "Roots in the trust bundle")?,
             registry,
         };
         m.registry.register(Box::new(m.resources.clone()))?;
@@ -70,6 +86,14 @@ impl Metrics {
         m.registry.register(Box::new(m.nacks.clone()))?;
         m.registry.register(Box::new(m.api_requests.clone()))?;
         m.registry.register(Box::new(m.applies_rejected.clone()))?;
+        m.registry
+            .register(Box::new(m.certificates_issued.clone()))?;
+        m.registry.register(Box::new(m.csr_rejected.clone()))?;
+        m.registry.register(Box::new(m.ca_roots.clone()))?;
+        // Every reason shows from the start, at 0, so a rate over it is defined.
+        for reason in ["token", "identity", "malformed", "signature"] {
+            m.csr_rejected.with_label_values(&[reason]);
+        }
         Ok(m)
     }
 
@@ -92,6 +116,7 @@ impl Metrics {
         }
         self.revision
             .set(i64::try_from(view.revision).unwrap_or(i64::MAX));
+        self.ca_roots.set(gauge(view.mtls.trust_bundle.len()));
     }
 
     /// The Prometheus text exposition.

@@ -207,7 +207,13 @@ async fn run(mut ctx: StreamContext, service: String, tx: mpsc::Sender<Bytes>, _
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let view = views.borrow_and_update().clone();
-        let snapshot = compile(&service, view.revision, &view.resources, &view.instances);
+        let snapshot = compile(
+            &service,
+            view.revision,
+            &view.resources,
+            &view.instances,
+            &view.mtls,
+        );
         // Compare content, not version: a revision elsewhere in the mesh is no news here.
         let content = Snapshot {
             version: 0,

@@ -1,18 +1,22 @@
-//! Compiling one sidecar's [`Snapshot`] from the mesh resources and the live registry: a pure
-//! function, so what a sidecar gets depends only on what is stored and registered.
+//! Compiling one sidecar's [`Snapshot`] from the mesh resources, the live registry and the
+//! CA's trust settings: a pure function, so what a sidecar gets depends only on what is stored
+//! and registered.
 
 use crate::registry::Instance;
 use crate::resources::Resources;
 use outrigger_config::mesh::{Document, PolicySpec, ServiceSpec};
-use outrigger_config::{Destination, Endpoint, Inbound, Route, Snapshot};
+use outrigger_config::{identity, Destination, Endpoint, Inbound, Mtls, MtlsMode, Route, Snapshot};
 
 /// The snapshot for the sidecars of `service` at `revision`. Only the services it calls
 /// become destinations, so a sidecar's config grows with its own calls, not with the mesh.
+/// With mTLS on, each destination names the identity its endpoints must prove, and the
+/// inbound side lists the identities its Policy allows to call.
 pub fn compile(
     service: &str,
     revision: u64,
     resources: &Resources,
     instances: &[Instance],
+    mtls: &Mtls,
 ) -> Snapshot {
     let spec = resources.services.get(service).map(|d| &d.spec);
     let destinations = spec
@@ -27,7 +31,7 @@ pub fn compile(
                     new
                 })
                 .filter_map(|callee| resources.services.get(callee.as_str()))
-                .map(|d| destination(d, resources, instances))
+                .map(|d| destination(d, resources, instances, mtls))
                 .collect()
         })
         .unwrap_or_default();
@@ -37,14 +41,14 @@ pub fn compile(
         inbound: Some(inbound(
             spec,
             resources.policy_for(service).map(|p| &p.spec),
+            &mtls.trust_domain,
         )),
         destinations,
-        // TODO(issue 5): mode, trust domain and bundle from the CA.
-        mtls: Default::default(),
+        mtls: mtls.clone(),
     }
 }
 
-fn inbound(spec: Option<&ServiceSpec>, policy: Option<&PolicySpec>) -> Inbound {
+fn inbound(spec: Option<&ServiceSpec>, policy: Option<&PolicySpec>, trust_domain: &str) -> Inbound {
     let inbound = policy.and_then(|p| p.inbound.as_ref());
     Inbound {
         // The sidecar knows its app's address and its own version; it fills both in.
@@ -57,8 +61,11 @@ fn inbound(spec: Option<&ServiceSpec>, policy: Option<&PolicySpec>) -> Inbound {
             .unwrap_or_else(|| Route::catch_all().timeout),
         rate_limit: inbound.and_then(|i| i.rate_limit.clone()),
         limits: inbound.and_then(|i| i.limits.clone()).unwrap_or_default(),
-        // TODO(issue 5): the Policy's `allow`, as identities.
-        allow: Vec::new(),
+        // Sent whatever the mode: the sidecar, not the control plane, decides what an
+        // allow-list means when it cannot see identities.
+        allow: policy
+            .map(|p| p.allow.iter().map(|s| identity(trust_domain, s)).collect())
+            .unwrap_or_default(),
     }
 }
 
@@ -66,6 +73,7 @@ fn destination(
     d: &Document<ServiceSpec>,
     resources: &Resources,
     instances: &[Instance],
+    mtls: &Mtls,
 ) -> Destination {
     let name = &d.metadata.name;
     let mut hosts = vec![name.clone()];
@@ -92,6 +100,7 @@ fn destination(
         routes,
         split: d.spec.split.clone(),
         sticky_header: d.spec.sticky_header.clone(),
+        identity: (mtls.mode != MtlsMode::Off).then(|| identity(&mtls.trust_domain, name)),
         ..Destination::new(name)
     };
     if let Some(p) = resources.policy_for(name).map(|p| &p.spec) {
@@ -170,7 +179,7 @@ mod tests {
             ("order", "v1", 15104),
         ])?;
         for name in res.services.keys().map(String::as_str).chain(["unknown"]) {
-            let s = compile(name, 42, &res, &inst);
+            let s = compile(name, 42, &res, &inst, &Mtls::default());
             assert_eq!(s.version, 42);
             assert_eq!(s.service, name);
             assert!(valid(&s).is_empty(), "{name}: {:?}", valid(&s));
@@ -189,15 +198,17 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(
-            names(&compile("order", 1, &res, &inst)),
+            names(&compile("order", 1, &res, &inst, &Mtls::default())),
             ["catalog", "inventory", "payment"]
         );
         assert_eq!(
-            names(&compile("storefront", 1, &res, &inst)),
+            names(&compile("storefront", 1, &res, &inst, &Mtls::default())),
             ["user", "catalog", "order"]
         );
-        assert!(compile("payment", 1, &res, &inst).destinations.is_empty());
-        let unknown = compile("nobody", 1, &res, &inst);
+        assert!(compile("payment", 1, &res, &inst, &Mtls::default())
+            .destinations
+            .is_empty());
+        let unknown = compile("nobody", 1, &res, &inst, &Mtls::default());
         assert!(unknown.destinations.is_empty());
         assert!(
             unknown.inbound.is_some(),
@@ -215,7 +226,7 @@ mod tests {
             ("payment", "v1", 15106),
             ("catalog", "v1", 15102),
         ])?;
-        let s = compile("order", 1, &res, &inst);
+        let s = compile("order", 1, &res, &inst, &Mtls::default());
         let pay = s
             .destinations
             .iter()
@@ -249,6 +260,69 @@ mod tests {
         assert_eq!(inbound.timeout, Duration::from_secs(10));
         assert_eq!(inbound.limits.max_requests, 1000);
         assert_eq!(inbound.app, None);
+        Ok(())
+    }
+
+    #[test]
+    fn mtls_settings_destination_identities_and_the_inbound_allow_list(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let mut res = shop()?;
+        // Whatever the example says: payment allows two callers, order anyone.
+        for r in parse_resources(
+            "kind: Policy\nmetadata: {name: payment-callers}\nspec: {service: payment, allow: [order, storefront]}\n---\nkind: Policy\nmetadata: {name: order-inbound}\nspec: {service: order}\n",
+        )? {
+            res.put(r);
+        }
+        let mtls = Mtls {
+            mode: MtlsMode::Strict,
+            trust_domain: "shop.example".into(),
+            trust_bundle: vec!["root-1".into(), "root-2".into()],
+        };
+        let inst = instances(&[("payment", "v1", 15106)])?;
+
+        let order = compile("order", 3, &res, &inst, &mtls);
+        assert_eq!(order.mtls, mtls);
+        let ids: Vec<_> = order
+            .destinations
+            .iter()
+            .map(|d| d.identity.as_deref())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                Some("spiffe://shop.example/service/catalog"),
+                Some("spiffe://shop.example/service/inventory"),
+                Some("spiffe://shop.example/service/payment")
+            ]
+        );
+        let pay = &order.destinations[2];
+        assert_eq!(
+            pay.endpoints[0].address.port(),
+            15106,
+            "endpoints stay the sidecars' inbound addresses"
+        );
+        assert!(
+            order.inbound.as_ref().is_some_and(|i| i.allow.is_empty()),
+            "no allow-list: any mesh caller"
+        );
+        assert!(valid(&order).is_empty(), "{:?}", valid(&order));
+
+        let payment = compile("payment", 3, &res, &inst, &mtls);
+        assert_eq!(
+            payment.inbound.ok_or("no inbound")?.allow,
+            [
+                "spiffe://shop.example/service/order",
+                "spiffe://shop.example/service/storefront"
+            ]
+        );
+
+        let off = Mtls {
+            mode: MtlsMode::Off,
+            ..mtls
+        };
+        let plain = compile("order", 3, &res, &inst, &off);
+        assert!(plain.destinations.iter().all(|d| d.identity.is_none()));
+        assert_eq!(plain.mtls.mode, MtlsMode::Off);
         Ok(())
     }
 }

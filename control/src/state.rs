@@ -1,9 +1,15 @@
 //! The mesh state and the one task that changes it. Every change (apply, delete, split,
 //! registry) goes through this task in order, so revisions are handed out strictly in order
 //! and each published [`View`] is complete; readers (the API, push streams) only ever look at
-//! the latest view and never take a lock.
+//! the latest view and never take a lock. The CA's operations go through the same task
+//! ([`authority`]), so a root is never dropped while a leaf it signs is being recorded.
+
+mod authority;
+
+pub use authority::{DropOutcome, MintedToken, RotateOutcome};
 
 use crate::apply::{Applied, Parsed};
+use crate::ca::{Authority, CaError, Issued, RootInfo, SignError};
 use crate::canary::reweigh;
 use crate::metrics::Metrics;
 use crate::registry::{Instance, Registration, Registry};
@@ -12,7 +18,7 @@ use crate::store::{Change, Loaded, Store, StoreError};
 use outrigger_config::error::FieldError;
 use outrigger_config::mesh::{Kind, Resource};
 use outrigger_config::path::FieldPath;
-use outrigger_config::{Validate, Validator, WeightedVersion};
+use outrigger_config::{Mtls, Validate, Validator, WeightedVersion};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,6 +36,8 @@ pub struct View {
     pub resources: Arc<Resources>,
     /// Live instances, ordered by service, then endpoint.
     pub instances: Arc<Vec<Instance>>,
+    /// Mode, trust domain and the roots to trust, as every snapshot carries them.
+    pub mtls: Arc<Mtls>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,12 +46,17 @@ pub enum ChangeError {
     Invalid(Vec<FieldError>),
     #[error("{} {name:?} not found", kind.as_str())]
     NotFound { kind: Kind, name: String },
+    /// Something other than a mesh resource is not there (a CA root).
+    #[error("{0}")]
+    Missing(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
     BadRequest(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Ca(#[from] CaError),
     #[error("the control plane is shutting down")]
     Stopped,
 }
@@ -71,6 +84,11 @@ enum Request {
     Register(Registration, Reply<Instance>),
     Heartbeat(String, oneshot::Sender<bool>),
     Deregister(String, oneshot::Sender<bool>),
+    MintToken(String, Duration, Reply<MintedToken>),
+    Sign(String, String, oneshot::Sender<Result<Issued, SignError>>),
+    Roots(oneshot::Sender<Vec<RootInfo>>),
+    Rotate(Reply<RotateOutcome>),
+    DropRoot(String, bool, Reply<DropOutcome>),
 }
 
 /// The API's and streams' way to the state: send changes, read views.
@@ -144,6 +162,8 @@ impl Handle {
 
 struct Actor {
     store: Arc<Store>,
+    ca: Authority,
+    mtls: Arc<Mtls>,
     resources: Arc<Resources>,
     registry: Registry,
     instances: Arc<Vec<Instance>>,
@@ -153,22 +173,27 @@ struct Actor {
     metrics: Metrics,
 }
 
-/// Starts the state task from what the store loaded. It runs until every [`Handle`] is gone.
-pub fn start(store: Store, loaded: Loaded, metrics: Metrics) -> Handle {
+/// Starts the state task from what the store loaded and the CA opened from it. It runs until
+/// every [`Handle`] is gone.
+pub fn start(store: Store, loaded: Loaded, ca: Authority, metrics: Metrics) -> Handle {
     let resources = Arc::new(Resources::from_list(loaded.resources));
     let mut registry = Registry::default();
     registry.restore(loaded.instances, Instant::now());
     let instances = Arc::new(registry.instances());
+    let mtls = Arc::new(ca.mtls());
     let view = Arc::new(View {
         revision: loaded.high_water,
         resources: resources.clone(),
         instances: instances.clone(),
+        mtls: mtls.clone(),
     });
     metrics.observe(&view);
     let (view_tx, view_rx) = watch::channel(view);
     let (tx, rx) = mpsc::channel(256);
     let actor = Actor {
         store: Arc::new(store),
+        ca,
+        mtls,
         resources,
         registry,
         instances,
@@ -233,6 +258,21 @@ impl Actor {
                         .await;
                 }
                 let _ = reply.send(found);
+            }
+            Request::MintToken(service, ttl, reply) => {
+                let _ = reply.send(self.mint_token(&service, ttl).await);
+            }
+            Request::Sign(token, csr, reply) => {
+                let _ = reply.send(self.sign(&token, &csr).await);
+            }
+            Request::Roots(reply) => {
+                let _ = reply.send(self.ca.roots(crate::clock::now()));
+            }
+            Request::Rotate(reply) => {
+                let _ = reply.send(self.rotate().await);
+            }
+            Request::DropRoot(id, force, reply) => {
+                let _ = reply.send(self.drop_root(&id, force).await);
             }
         }
     }
@@ -322,8 +362,8 @@ impl Actor {
                 Change::Delete(kind, name) => {
                     next.remove(*kind, name);
                 }
-                // Registry changes go through `registry_changed`.
-                Change::PutInstance(_) | Change::DeleteInstance(_) => {}
+                // Registry and CA changes have their own paths.
+                Change::PutInstance(_) | Change::DeleteInstance(_) | Change::Ca(_) => {}
             }
         }
         self.write(changes, high_water).await?;
@@ -375,6 +415,7 @@ impl Actor {
             revision: self.revision,
             resources: self.resources.clone(),
             instances: self.instances.clone(),
+            mtls: self.mtls.clone(),
         });
         self.metrics.observe(&view);
         self.view.send_replace(view);
@@ -386,9 +427,16 @@ mod tests {
     use super::*;
     use std::net::IpAddr;
 
-    fn start_in(dir: &std::path::Path) -> Result<Handle, Box<dyn std::error::Error>> {
-        let (store, loaded) = Store::open(dir)?;
-        Ok(start(store, loaded, Metrics::new()?))
+    pub(super) fn start_in(dir: &std::path::Path) -> Result<Handle, Box<dyn std::error::Error>> {
+        let options = crate::ca::CaOptions {
+            dir: dir.join("ca"),
+            trust_domain: outrigger_config::DEFAULT_TRUST_DOMAIN.into(),
+            cert_lifetime: Duration::from_secs(60),
+            mode: outrigger_config::MtlsMode::Strict,
+            operator_root: None,
+        };
+        let (store, loaded, ca) = crate::server::open(dir, options)?;
+        Ok(start(store, loaded, ca, Metrics::new()?))
     }
 
     fn registration(ttl: u64) -> Registration {

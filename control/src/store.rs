@@ -1,8 +1,11 @@
-//! Durable storage of the mesh resources, the registry's instances and the revision
-//! high-water mark, in one redb file under `--data-dir`. Every apply is one write transaction:
-//! it is stored whole or not at all.
+//! Durable storage of the mesh resources, the registry's instances, the revision high-water
+//! mark and the CA's state ([`ca`]), in one redb file under `--data-dir`. Every apply is one
+//! write transaction: it is stored whole or not at all.
+
+pub mod ca;
 
 use crate::registry::Instance;
+use ca::{CaChange, StoredCa};
 use outrigger_config::mesh::{Kind, Resource};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
@@ -39,6 +42,11 @@ pub enum StoreError {
         name: String,
         source: serde_json::Error,
     },
+    #[error("stored CA {what} is not valid JSON: {source}")]
+    CorruptCa {
+        what: String,
+        source: serde_json::Error,
+    },
     #[error("cannot encode resource: {0}")]
     Encode(#[from] serde_json::Error),
     #[error("store task failed: {0}")]
@@ -63,13 +71,14 @@ db_err!(
     redb::CommitError
 );
 
-/// One change of an apply, delete, split or the registry.
+/// One change of an apply, delete, split, the registry or the CA.
 #[derive(Debug, Clone)]
 pub enum Change {
     Put(Box<Resource>),
     Delete(Kind, String),
     PutInstance(Box<Instance>),
     DeleteInstance(String),
+    Ca(CaChange),
 }
 
 /// What was stored when the process last stopped.
@@ -78,6 +87,7 @@ pub struct Loaded {
     pub resources: Vec<Resource>,
     pub instances: Vec<Instance>,
     pub high_water: u64,
+    pub ca: StoredCa,
 }
 
 #[derive(Debug)]
@@ -99,6 +109,7 @@ impl Store {
             txn.open_table(RESOURCES)?;
             txn.open_table(INSTANCES)?;
             txn.open_table(META)?;
+            ca::create_tables(&txn)?;
         }
         txn.commit()?;
         let store = Store { db };
@@ -138,6 +149,7 @@ impl Store {
             resources,
             instances,
             high_water,
+            ca: ca::load(&txn)?,
         })
     }
 
@@ -154,9 +166,17 @@ impl Store {
                 Change::PutInstance(i) => {
                     instance_puts.push((i.id.as_str(), serde_json::to_string(&**i)?))
                 }
-                Change::Delete(..) | Change::DeleteInstance(_) => {}
+                Change::Delete(..) | Change::DeleteInstance(_) | Change::Ca(_) => {}
             }
         }
+        let ca_changes: Vec<&CaChange> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Ca(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        let ca_encoded = ca::encode(&ca_changes)?;
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(RESOURCES)?;
@@ -175,11 +195,14 @@ impl Store {
                     Change::DeleteInstance(id) => {
                         instances.remove(id.as_str())?;
                     }
-                    Change::Put(_) | Change::PutInstance(_) => {}
+                    Change::Put(_) | Change::PutInstance(_) | Change::Ca(_) => {}
                 }
             }
             let mut meta = txn.open_table(META)?;
             meta.insert(HIGH_WATER, high_water)?;
+        }
+        if !ca_changes.is_empty() {
+            ca::write(&txn, &ca_changes, &ca_encoded)?;
         }
         txn.commit()?;
         Ok(())

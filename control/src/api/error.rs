@@ -17,6 +17,9 @@ pub enum ApiError {
     BadRequest(String),
     Invalid(Vec<FieldError>),
     Unauthorized,
+    /// A bootstrap token that is unknown or expired: 401 with the reason.
+    TokenRejected(String),
+    Forbidden(String),
     NotFound(String),
     Conflict(String),
     Internal(String),
@@ -34,18 +37,14 @@ impl IntoResponse for ApiError {
                 StatusCode::BAD_REQUEST,
                 json!({"error": "invalid", "details": details}),
             ),
-            ApiError::Unauthorized => {
-                let mut r = (
-                    StatusCode::UNAUTHORIZED,
-                    Json(json!({"error": "unauthorized"})),
-                )
-                    .into_response();
-                r.headers_mut().insert(
-                    http::header::WWW_AUTHENTICATE,
-                    http::HeaderValue::from_static("Bearer"),
-                );
-                return r;
+            ApiError::Unauthorized => return unauthorized(json!({"error": "unauthorized"})),
+            ApiError::TokenRejected(r) => {
+                return unauthorized(json!({"error": "unauthorized", "reason": r}))
             }
+            ApiError::Forbidden(r) => (
+                StatusCode::FORBIDDEN,
+                json!({"error": "forbidden", "reason": r}),
+            ),
             ApiError::NotFound(r) => (
                 StatusCode::NOT_FOUND,
                 json!({"error": "not-found", "reason": r}),
@@ -70,12 +69,23 @@ impl IntoResponse for ApiError {
     }
 }
 
+fn unauthorized(body: serde_json::Value) -> Response {
+    let mut r = (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer"),
+    );
+    r
+}
+
 impl From<ChangeError> for ApiError {
     fn from(e: ChangeError) -> Self {
         match e {
             ChangeError::Invalid(details) => ApiError::Invalid(details),
             e @ ChangeError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            ChangeError::Missing(r) => ApiError::NotFound(r),
             ChangeError::Conflict(r) => ApiError::Conflict(r),
+            ChangeError::Ca(e) => ApiError::Internal(e.to_string()),
             ChangeError::BadRequest(r) => ApiError::BadRequest(r),
             ChangeError::Store(e) => ApiError::Internal(e.to_string()),
             e @ ChangeError::Stopped => ApiError::Unavailable(e.to_string()),

@@ -2,9 +2,11 @@
 //! router built from it, and what every route shares (auth and request metrics). Handlers
 //! live in one module per resource.
 
+mod ca;
 mod canary;
 mod error;
 mod health;
+mod identity;
 mod registry;
 mod resources;
 mod sidecars;
@@ -50,7 +52,15 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/stream"),
     ("POST", "/v1/sidecars/{id}/ack"),
     ("GET", "/v1/sidecars"),
+    ("POST", "/v1/identity/tokens"),
+    ("POST", "/v1/identity/certificates"),
+    ("GET", "/v1/ca/roots"),
+    ("POST", "/v1/ca/roots"),
+    ("DELETE", "/v1/ca/roots/{id}"),
 ];
+
+/// Writes that a bootstrap token authorizes instead of the API token: their handlers check it.
+const BOOTSTRAP_AUTH: &[(&str, &str)] = &[("POST", "/v1/identity/certificates")];
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -89,6 +99,11 @@ fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
         ("GET", "/v1/stream") => get(sidecars::stream),
         ("POST", "/v1/sidecars/{id}/ack") => post(sidecars::ack),
         ("GET", "/v1/sidecars") => get(sidecars::list),
+        ("POST", "/v1/identity/tokens") => post(identity::create_token),
+        ("POST", "/v1/identity/certificates") => post(identity::sign),
+        ("GET", "/v1/ca/roots") => get(ca::list_roots),
+        ("POST", "/v1/ca/roots") => post(ca::rotate),
+        ("DELETE", "/v1/ca/roots/{id}") => delete(ca::drop_root),
         _ => return None,
     })
 }
@@ -108,7 +123,8 @@ pub fn router(app: AppState) -> Router {
         .with_state(app)
 }
 
-/// Writes need the bearer token; every request is counted by route template and status.
+/// Writes need the API token (but see [`BOOTSTRAP_AUTH`]); every request is counted by route
+/// template and status.
 async fn guard(
     State(app): State<AppState>,
     matched: Option<MatchedPath>,
@@ -117,7 +133,10 @@ async fn guard(
 ) -> Response {
     let route = matched.map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     let read = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let resp = if read || app.token.authorizes(req.headers()) {
+    let bootstrap = BOOTSTRAP_AUTH
+        .iter()
+        .any(|(m, p)| req.method().as_str() == *m && route == *p);
+    let resp = if read || bootstrap || app.token.authorizes(req.headers()) {
         next.run(req).await
     } else {
         ApiError::Unauthorized.into_response()

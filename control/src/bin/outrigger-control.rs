@@ -4,7 +4,9 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use outrigger_config::{MtlsMode, DEFAULT_TRUST_DOMAIN};
 use outrigger_control::auth::Token;
+use outrigger_control::ca::check_trust_domain;
 use outrigger_control::server::{self, Options};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +29,28 @@ struct Cli {
     /// File holding the bearer token that writes must carry.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+
+    /// SPIFFE trust domain: sidecars' identities are spiffe://<TRUST_DOMAIN>/service/<name>.
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_TRUST_DOMAIN, value_parser = trust_domain)]
+    trust_domain: String,
+
+    /// Lifetime of the sidecars' certificates (sidecars renew at about 70 %).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = lifetime)]
+    cert_lifetime: Duration,
+
+    /// mTLS mode pushed to the sidecars: strict (mTLS only), permissive (mTLS or plaintext
+    /// inbound), off.
+    #[arg(long, value_name = "MODE", default_value = "strict", value_parser = mode)]
+    mtls: MtlsMode,
+
+    /// The root CA's certificate (PEM), instead of one the control plane makes under
+    /// <DATA_DIR>/ca on first start. Needs --ca-key.
+    #[arg(long, value_name = "FILE", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+
+    /// The root CA's private key (PEM, mode 0600). Needs --ca-cert.
+    #[arg(long, value_name = "FILE", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
 
     /// Time between keepalive lines on push streams.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration, hide = true)]
@@ -68,8 +92,34 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let mut options = Options::new(cli.listen, cli.data_dir.clone(), token(&cli)?);
     options.keepalive = cli.keepalive;
+    options.trust_domain = cli.trust_domain.clone();
+    options.cert_lifetime = cli.cert_lifetime;
+    options.mtls = cli.mtls;
+    options.ca_root = cli.ca_cert.clone().zip(cli.ca_key.clone());
     server::run(options, signal()).await?;
     Ok(())
+}
+
+fn trust_domain(s: &str) -> Result<String, String> {
+    check_trust_domain(s).map(|()| s.to_string())
+}
+
+/// At least a second: leaf validity is counted in whole seconds.
+fn lifetime(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) {
+        return Err("at least 1s".into());
+    }
+    Ok(d)
+}
+
+fn mode(s: &str) -> Result<MtlsMode, String> {
+    match s {
+        "strict" => Ok(MtlsMode::Strict),
+        "permissive" => Ok(MtlsMode::Permissive),
+        "off" => Ok(MtlsMode::Off),
+        _ => Err("strict, permissive or off".into()),
+    }
 }
 
 /// SIGTERM or SIGINT.
