@@ -2,11 +2,13 @@
 //! with its `Args` and `run`; adding one is those two things.
 
 mod apply;
+mod ca;
 mod canary;
 mod client;
 mod delete;
 mod get;
 mod table;
+mod token;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +48,11 @@ pub enum Command {
     Delete(delete::Args),
     /// Shift traffic between a service's versions, e.g. `outrigger canary payment v2=25`.
     Canary(canary::Args),
+    /// The mesh CA's roots: `roots`, `rotate`, `drop ID [--force]`.
+    #[command(subcommand)]
+    Ca(ca::Command),
+    /// Mint a bootstrap token for a service's sidecars (printed on stdout).
+    Token(token::Args),
     /// Run the whole shop mesh on this machine: control plane, every service with its sidecar,
     /// storefront load and a live table. `--duration 30s` runs unattended and prints a summary.
     Up(up::UpArgs),
@@ -62,6 +69,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(a) => get::run(&client, a).await,
         Command::Delete(a) => delete::run(&client, a).await,
         Command::Canary(a) => canary::run(&client, a).await,
+        Command::Ca(c) => ca::run(&client, c).await,
+        Command::Token(a) => token::run(&client, a).await,
         Command::Up(_) => Ok(ExitCode::SUCCESS),
     }
 }

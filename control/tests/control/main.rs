@@ -2,7 +2,10 @@
 //! binary keeps linking cheap on small machines.
 
 mod api;
+mod ca;
 mod cli;
 mod durability;
 mod harness;
+mod identity;
+mod pki;
 mod push;
