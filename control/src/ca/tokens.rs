@@ -196,7 +196,10 @@ mod tests {
             matches!(&expired, Err(TokenError::Expired(at)) if at.ends_with('Z')),
             "{expired:?}"
         );
-        assert_eq!(tokens.expired(clock::now()), std::slice::from_ref(&minted.hash));
+        assert_eq!(
+            tokens.expired(clock::now()),
+            std::slice::from_ref(&minted.hash)
+        );
         tokens.remove(&minted.hash);
         assert!(tokens.is_empty());
         Ok(())
