@@ -478,7 +478,8 @@ mod tests {
             Err(SignError::Token(TokenError::Unknown))
         ));
 
-        let (signer, changes) = ca.new_root(now)?;
+        // A second later: roots are listed oldest first.
+        let (signer, changes) = ca.new_root(now + Duration::from_secs(1))?;
         ca.apply(&changes);
         ca.activate(signer);
         assert_ne!(ca.active_id(), first);
