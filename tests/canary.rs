@@ -75,7 +75,7 @@ async fn v2_share(proxy: &Proxy, n: usize) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_header_override_stickiness_and_live_changes() {
-    let control = Control::start().await;
+    let control = Control::start_with(&["--mtls", "off"]).await;
     let (status, body) = control.apply(MESH).await;
     assert_eq!(status, 200, "{body}");
     let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);

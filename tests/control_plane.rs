@@ -51,7 +51,7 @@ async fn only(proxy: &Proxy, who: &str) -> Option<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_is_ready_only_with_a_snapshot_and_follows_endpoint_changes() {
-    let control = Control::start().await;
+    let control = Control::start_with(&["--mtls", "off"]).await;
     assert_eq!(control.apply(MESH).await.0, 200);
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
 
@@ -289,7 +289,7 @@ async fn a_snapshot_the_sidecar_cannot_apply_is_nacked_and_the_last_good_one_ser
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_control_plane_outage_costs_no_request_and_instances_come_back() {
-    let mut control = Control::start().await;
+    let mut control = Control::start_with(&["--mtls", "off"]).await;
     assert_eq!(control.apply(MESH).await.0, 200);
     let app = Upstream::start("payment-app").await;
     // payment's own sidecar registers itself (with heartbeats); checkout's sidecar calls it.

@@ -95,6 +95,22 @@ fn outrigger_up_runs_the_shop_and_absorbs_a_flaky_canary() {
         "the flaky canary caused no retries?"
     );
 
+    // mTLS is on and strict by default: every inbound request between sidecars came over
+    // mTLS, none in plaintext, over a handful of connections.
+    let mtls = &s["mtls"];
+    assert_eq!(mtls["mode"], "strict", "{mtls}");
+    assert!(
+        mtls["mtls_requests"].as_u64().unwrap_or(0) > attempted,
+        "{mtls}"
+    );
+    assert_eq!(mtls["plaintext_requests"], 0, "{mtls}");
+    let handshakes = mtls["handshakes"].as_u64().unwrap_or(0);
+    assert!(
+        (1..=60).contains(&handshakes),
+        "handshakes should scale with connections: {mtls}"
+    );
+    assert!(stdout.contains("mTLS: strict"), "{stdout}");
+
     // Nothing left running.
     let leftovers = Command::new("pgrep")
         .args(["-f", &dir.path().display().to_string()])

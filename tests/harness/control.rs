@@ -18,21 +18,29 @@ pub struct Control {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub token_file: PathBuf,
+    extra: Vec<String>,
 }
 
 impl Control {
     /// Starts a control plane with a fresh data directory, and waits until it is ready.
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Like [`Control::start`], with extra flags (e.g. `--cert-lifetime 5s`).
+    pub async fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, TOKEN).expect("token file");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let child = spawn(addr, dir.path(), &token_file);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = spawn(addr, dir.path(), &token_file, &extra);
         let me = Self {
             child,
             addr,
             dir,
             token_file,
+            extra,
         };
         me.ready().await;
         me
@@ -58,7 +66,7 @@ impl Control {
 
     /// Starts it again on the same port and data directory.
     pub async fn restart(&mut self) {
-        self.child = spawn(self.addr, self.dir.path(), &self.token_file);
+        self.child = spawn(self.addr, self.dir.path(), &self.token_file, &self.extra);
         self.ready().await;
     }
 
@@ -102,8 +110,9 @@ impl Drop for Control {
     }
 }
 
-fn spawn(addr: SocketAddr, data: &Path, token_file: &Path) -> Child {
+fn spawn(addr: SocketAddr, data: &Path, token_file: &Path, extra: &[String]) -> Child {
     Command::new(bin("outrigger-control"))
+        .args(extra)
         .arg("--listen")
         .arg(addr.to_string())
         .arg("--data-dir")

@@ -158,7 +158,9 @@ pub async fn handle(
                 .inbound_security
                 .with_label_values(&[security])
                 .inc();
+            // With mTLS off there are no identities to check: the allow-list cannot apply.
             let allowed = state.allow.is_empty()
+                || state.mtls == outrigger_config::MtlsMode::Off
                 || peer
                     .identity
                     .as_deref()

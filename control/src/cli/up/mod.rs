@@ -48,6 +48,9 @@ pub struct UpArgs {
     /// Directory with outrigger-control, outrigger-proxy and shop (default: beside this binary).
     #[arg(long, value_name = "DIR")]
     pub bin_dir: Option<PathBuf>,
+    /// mTLS between sidecars: strict (only mTLS), permissive (mTLS or plaintext) or off.
+    #[arg(long, value_name = "MODE", default_value = "strict", value_parser = ["strict", "permissive", "off"])]
+    pub mtls: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,8 +114,19 @@ struct ServiceSummary {
 }
 
 #[derive(Serialize)]
+struct Mtls {
+    mode: String,
+    /// Handshakes between sidecars, all sidecars together: they scale with connections.
+    handshakes: u64,
+    /// Inbound requests that arrived over mTLS and in plaintext, all sidecars together.
+    mtls_requests: u64,
+    plaintext_requests: u64,
+}
+
+#[derive(Serialize)]
 struct Summary {
     duration_secs: f64,
+    mtls: Mtls,
     orders: load::Outcome,
     browsing: load::Outcome,
     logins: load::Outcome,
@@ -205,6 +219,8 @@ async fn run_mesh(
             workdir.join("data").display().to_string(),
             "--token-file".into(),
             token_file.display().to_string(),
+            "--mtls".into(),
+            args.mtls.clone(),
         ],
     )?;
     let probe = Collector::new(Vec::new());
@@ -217,6 +233,23 @@ async fn run_mesh(
     )
     .await?;
     apply(&control_url, token, mesh).await?;
+    // Each service's sidecars prove who they are to the mesh CA with a bootstrap token.
+    let mut bootstrap = std::collections::HashMap::new();
+    if args.mtls != "off" {
+        for service in [
+            "user",
+            "catalog",
+            "inventory",
+            "payment",
+            "order",
+            "storefront",
+        ] {
+            let t = bootstrap_token(&control_url, token, service).await?;
+            let path = workdir.join(format!("{service}.bootstrap"));
+            write_secret(&path, &t)?;
+            bootstrap.insert(service, path);
+        }
+    }
 
     for (n, i) in instances.iter().enumerate() {
         let mut app_args = vec![i.service.to_string(), "--listen".into(), i.app.to_string()];
@@ -230,7 +263,7 @@ async fn run_mesh(
             app_args.extend(["--mesh".into(), format!("http://{}", i.outbound)]);
         }
         procs.spawn(&i.id(n), &bins.join("shop"), &app_args)?;
-        let sidecar = sidecar_args(
+        let mut sidecar = sidecar_args(
             &control_url,
             token_file,
             i.service,
@@ -241,6 +274,9 @@ async fn run_mesh(
             i.inbound,
             i.admin,
         );
+        if let Some(b) = bootstrap.get(i.service) {
+            sidecar.extend(["--bootstrap-token-file".into(), b.display().to_string()]);
+        }
         procs.spawn(
             &format!("{}-sidecar", i.id(n)),
             &bins.join("outrigger-proxy"),
@@ -248,7 +284,7 @@ async fn run_mesh(
         )?;
     }
     // The edge: the shoppers' own sidecar, with no app and nothing inbound.
-    let edge_args = sidecar_args(
+    let mut edge_args = sidecar_args(
         &control_url,
         token_file,
         "storefront",
@@ -259,6 +295,9 @@ async fn run_mesh(
         edge_inbound,
         edge_admin,
     );
+    if let Some(b) = bootstrap.get("storefront") {
+        edge_args.extend(["--bootstrap-token-file".into(), b.display().to_string()]);
+    }
     procs.spawn(
         "storefront-sidecar",
         &bins.join("outrigger-proxy"),
@@ -305,6 +344,10 @@ async fn run_mesh(
         "mesh up: control plane {control_url}, {} services + sidecars, edge sidecar {edge}; logs in {}",
         instances.len(),
         logs.display()
+    );
+    println!(
+        "mTLS: {} between sidecars (identities from the control plane's CA)",
+        args.mtls
     );
     println!(
         "shoppers: {} placing {:.0} orders/s; payment v2 canary fails {:.0}% of charges{}",
@@ -364,8 +407,35 @@ async fn run_mesh(
         }
         services.push(ServiceSummary { row, healthy });
     }
+    let mut m = Mtls {
+        mode: args.mtls.clone(),
+        handshakes: 0,
+        mtls_requests: 0,
+        plaintext_requests: 0,
+    };
+    for a in &admins {
+        if let Some(text) = probe.get(*a, "/metrics").await {
+            let text = String::from_utf8_lossy(&text);
+            m.handshakes += metrics_text::sum(
+                &text,
+                "outrigger_tls_handshakes_total",
+                &[("direction", "outbound"), ("result", "ok")],
+            ) as u64;
+            m.mtls_requests += metrics_text::sum(
+                &text,
+                "outrigger_inbound_requests_by_security_total",
+                &[("security", "mtls")],
+            ) as u64;
+            m.plaintext_requests += metrics_text::sum(
+                &text,
+                "outrigger_inbound_requests_by_security_total",
+                &[("security", "plaintext")],
+            ) as u64;
+        }
+    }
     let summary = Summary {
         duration_secs: elapsed.as_secs_f64(),
+        mtls: m,
         orders: counters.orders(),
         browsing: counters.browsing(),
         logins: counters.logins(),
@@ -489,15 +559,50 @@ where
     }
 }
 
+async fn bootstrap_token(control: &str, token: &str, service: &str) -> Result<String, UpError> {
+    let body = serde_json::json!({"service": service, "ttl_secs": 86_400});
+    let answer = post_json(
+        control,
+        token,
+        "/v1/identity/tokens",
+        body.to_string(),
+        "application/json",
+    )
+    .await?;
+    answer
+        .get("token")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| UpError::Apply(format!("no bootstrap token for {service}: {answer}")))
+}
+
 async fn apply(control: &str, token: &str, mesh: &str) -> Result<(), UpError> {
+    post_json(
+        control,
+        token,
+        "/v1/apply",
+        mesh.to_string(),
+        "application/yaml",
+    )
+    .await
+    .map(|_| ())
+}
+
+async fn post_json(
+    control: &str,
+    token: &str,
+    path: &str,
+    body: String,
+    content_type: &str,
+) -> Result<serde_json::Value, UpError> {
     use http_body_util::{BodyExt, Full};
     let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let req = http::Request::post(format!("{control}/v1/apply"))
+    let req = http::Request::post(format!("{control}{path}"))
         .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-        .header(http::header::CONTENT_TYPE, "application/yaml")
-        .body(Full::new(bytes::Bytes::from(mesh.to_string())))
+        .header(http::header::CONTENT_TYPE, content_type)
+        .body(Full::new(bytes::Bytes::from(body)))
         .map_err(|e| UpError::Apply(e.to_string()))?;
     let res = client
         .request(req)
@@ -512,11 +617,11 @@ async fn apply(control: &str, token: &str, mesh: &str) -> Result<(), UpError> {
         .unwrap_or_default();
     if !status.is_success() {
         return Err(UpError::Apply(format!(
-            "{status}: {}",
+            "{path}: {status}: {}",
             String::from_utf8_lossy(&body)
         )));
     }
-    Ok(())
+    Ok(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
 }
 
 fn write_secret(path: &Path, secret: &str) -> Result<(), UpError> {
@@ -568,6 +673,10 @@ fn print_summary(s: &Summary) {
         s.orders.success_rate * 100.0,
         s.browsing.success_rate * 100.0,
         s.logins.success_rate * 100.0
+    );
+    println!(
+        "mTLS: {}; {} inbound requests over mTLS, {} in plaintext; {} handshakes between sidecars",
+        s.mtls.mode, s.mtls.mtls_requests, s.mtls.plaintext_requests, s.mtls.handshakes
     );
     println!("logs: {}", s.workdir.join("logs").display());
 }

@@ -1,0 +1,547 @@
+//! mTLS between real sidecars with the real control plane as the mesh CA: traffic between
+//! sidecars is TLS 1.3 with no plaintext HTTP on the wire, handshakes scale with connections,
+//! the app learns the verified caller (never a forged one), allow-lists refuse other callers,
+//! strict mode refuses plaintext, a wrong peer identity is a 502, and certificates renew.
+
+use http::Method;
+use outrigger_tests::client::{self, raw_exchange, send};
+use outrigger_tests::control::Control;
+use outrigger_tests::eventually;
+use outrigger_tests::proxy::{Proxy, ProxyBuilder};
+use outrigger_tests::upstream::Upstream;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const MESH: &str = "\
+kind: Service
+metadata: {name: checkout}
+spec: {calls: [payment]}
+---
+kind: Service
+metadata: {name: intruder}
+spec: {calls: [payment]}
+---
+kind: Service
+metadata: {name: payment}
+spec: {}
+---
+kind: Policy
+metadata: {name: payment}
+spec: {service: payment, allow: [checkout]}
+";
+
+async fn bootstrap(control: &Control, service: &str) -> PathBuf {
+    let (status, body) = control
+        .send(
+            Method::POST,
+            "/v1/identity/tokens",
+            serde_json::json!({"service": service, "ttl_secs": 600}),
+        )
+        .await;
+    assert_eq!(status, 201, "token for {service}: {body}");
+    let path = control.dir.path().join(format!("{service}.bootstrap"));
+    std::fs::write(&path, body["token"].as_str().expect("token")).expect("write token");
+    path
+}
+
+async fn sidecar(control: &Control, service: &str, app: Option<SocketAddr>) -> Proxy {
+    let token = bootstrap(control, service).await;
+    ProxyBuilder::control_plane(&control.url(), &control.token_file, service, "v1", app)
+        .arg("--bootstrap-token-file")
+        .arg(token.to_str().expect("utf-8 path"))
+        .spawn()
+        .ready()
+        .await
+}
+
+async fn call(proxy: &Proxy, path: &str, forged: bool) -> http::Response<bytes::Bytes> {
+    let mut req = client::request("GET", &format!("http://{}{path}", proxy.outbound()))
+        .header("host", "payment");
+    if forged {
+        req = req.header(
+            "x-outrigger-client-id",
+            "spiffe://outrigger.local/service/admin",
+        );
+    }
+    send(&client::h1(), req.body(client::empty()).expect("request")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_speak_mtls_and_the_app_learns_the_verified_caller() {
+    let control = Control::start_with(&["--cert-lifetime", "6s"]).await;
+    let (status, body) = control.apply(MESH).await;
+    assert_eq!(status, 200, "{body}");
+    let app = Upstream::start("payment-app").await;
+    let payment = sidecar(&control, "payment", Some(app.addr)).await;
+    let checkout = sidecar(&control, "checkout", None).await;
+    eventually(
+        Duration::from_secs(10),
+        "checkout to reach payment over mTLS",
+        || async { (call(&checkout, "/", false).await.status() == 200).then_some(()) },
+    )
+    .await;
+
+    // The app sees who called, verified, whatever the caller claimed.
+    let res = call(&checkout, "/echo", true).await;
+    assert_eq!(res.status(), 200);
+    let echo: serde_json::Value = serde_json::from_slice(res.body()).expect("echo");
+    assert_eq!(
+        echo["headers"]["x-outrigger-client-id"],
+        "spiffe://outrigger.local/service/checkout"
+    );
+    assert_eq!(
+        echo["version"], "HTTP/1.1",
+        "the app keeps its own protocol"
+    );
+
+    // 10 000 requests, a few handshakes: HTTP/2 multiplexed on one connection per endpoint.
+    let out = checkout.outbound();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            let c = client::h1();
+            for _ in 0..1250 {
+                let req = client::request("GET", &format!("http://{out}/"))
+                    .header("host", "payment")
+                    .body(client::empty())
+                    .expect("r");
+                assert_eq!(send(&c, req).await.status(), 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let handshakes = checkout
+        .metric(
+            "outrigger_tls_handshakes_total",
+            &[("direction", "outbound"), ("result", "ok")],
+        )
+        .await
+        .unwrap_or(0.0);
+    assert!(
+        (1.0..=3.0).contains(&handshakes),
+        "{handshakes} handshakes for 300 requests"
+    );
+    assert_eq!(
+        payment
+            .metric(
+                "outrigger_inbound_requests_by_security_total",
+                &[("security", "plaintext")]
+            )
+            .await,
+        None,
+        "strict mode served plaintext"
+    );
+
+    // Strict: plaintext straight to payment's inbound listener gets no HTTP answer at all.
+    let raw = raw_exchange(
+        payment.inbound(),
+        b"GET / HTTP/1.1\r\nhost: payment\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap_or_default();
+    assert!(
+        !raw.starts_with(b"HTTP/"),
+        "plaintext was served: {}",
+        String::from_utf8_lossy(&raw)
+    );
+
+    // A mesh member that payment does not allow gets 403.
+    let intruder = sidecar(&control, "intruder", None).await;
+    let denied = eventually(
+        Duration::from_secs(10),
+        "the intruder to reach payment",
+        || async {
+            let r = call(&intruder, "/", false).await;
+            (r.status() != 503).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(denied.status(), 403);
+    assert_eq!(denied.headers()["x-outrigger-error"], "forbidden");
+    assert!(
+        payment
+            .metric("outrigger_authz_denied_total", &[])
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+
+    // Certificates renew at 70 % of a 6 s lifetime, and traffic never notices.
+    let first = checkout
+        .metric("outrigger_identity_cert_expiry_timestamp_seconds", &[])
+        .await;
+    eventually(Duration::from_secs(15), "a renewed certificate", || async {
+        assert_eq!(call(&checkout, "/", false).await.status(), 200);
+        let now = checkout
+            .metric("outrigger_identity_cert_expiry_timestamp_seconds", &[])
+            .await;
+        (now > first).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_proving_another_identity_is_refused() {
+    let control = Control::start().await;
+    assert_eq!(control.apply(MESH).await.0, 200);
+    // An intruder's sidecar registered as if it were payment: it holds a real mesh certificate,
+    // but for the wrong service.
+    let app = Upstream::start("impostor-app").await;
+    let impostor = sidecar(&control, "intruder", Some(app.addr)).await;
+    let (status, body) = control
+        .send(
+            Method::POST,
+            "/v1/registry/instances",
+            serde_json::json!({"service": "payment", "version": "v1", "address": "127.0.0.1",
+                "ports": {"inbound": impostor.inbound().port()}, "labels": {}, "ttl_secs": 600}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let checkout = sidecar(&control, "checkout", None).await;
+    let res = eventually(
+        Duration::from_secs(10),
+        "a verdict on the impostor",
+        || async {
+            let r = call(&checkout, "/", false).await;
+            (r.status() != 503).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(res.status(), 502);
+    assert_eq!(res.headers()["x-outrigger-error"], "peer-identity-mismatch");
+    assert_eq!(app.requests(), 0, "nothing reached the impostor's app");
+}
+
+/// Captures loopback traffic with tcpdump on a port while `traffic` runs; returns the bytes.
+async fn capture<F, Fut>(dir: &std::path::Path, name: &str, port: u16, traffic: F) -> Vec<u8>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use tokio::io::AsyncBufReadExt;
+    let file = dir.join(format!("{name}.pcap"));
+    let mut dump = tokio::process::Command::new("tcpdump")
+        .args(["-i", "lo", "--immediate-mode", "-n", "-s", "0", "-w"])
+        .arg(&file)
+        .args(["tcp", "port", &port.to_string()])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tcpdump (apt-get install tcpdump; .ci/run installs it) must run, as root");
+    let mut lines = tokio::io::BufReader::new(dump.stderr.take().expect("stderr")).lines();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if l.contains("listening on") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("tcpdump started capturing");
+    traffic().await;
+    let pid = dump.id().expect("tcpdump pid").to_string();
+    let _ = tokio::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), dump.wait()).await;
+    std::fs::read(&file).expect("capture file")
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_plaintext_http_crosses_the_wire_between_sidecars() {
+    let control = Control::start().await;
+    assert_eq!(control.apply(MESH).await.0, 200);
+    let app = Upstream::start("payment-app").await;
+    let payment = sidecar(&control, "payment", Some(app.addr)).await;
+    let checkout = sidecar(&control, "checkout", None).await;
+    eventually(
+        Duration::from_secs(10),
+        "checkout to reach payment",
+        || async { (call(&checkout, "/", false).await.status() == 200).then_some(()) },
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marked = || async {
+        for _ in 0..20 {
+            let req = client::request(
+                "GET",
+                &format!("http://{}/echo?marker=CANARY-7f3a", checkout.outbound()),
+            )
+            .header("host", "payment")
+            .header("x-marker", "CANARY-7f3a")
+            .body(client::empty())
+            .expect("request");
+            assert_eq!(send(&client::h1(), req).await.status(), 200);
+        }
+    };
+    // The hop from payment's sidecar to its app is plaintext by design: it shows the capture
+    // sees what crosses it.
+    let app_hop = capture(dir.path(), "app", app.addr.port(), marked).await;
+    assert!(
+        contains(&app_hop, b"CANARY-7f3a"),
+        "the capture saw nothing on the app hop"
+    );
+    let mesh_hop = capture(dir.path(), "mesh", payment.inbound().port(), marked).await;
+    assert!(
+        mesh_hop.len() > 2_000,
+        "the capture of the sidecar hop is empty ({} bytes)",
+        mesh_hop.len()
+    );
+    for plain in [
+        &b"CANARY-7f3a"[..],
+        b"HTTP/1.1",
+        b"x-marker",
+        b"payment-app",
+        b"PRI * HTTP/2.0",
+    ] {
+        assert!(
+            !contains(&mesh_hop, plain),
+            "{:?} crossed the wire in plaintext",
+            String::from_utf8_lossy(plain)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_rotates_under_load_without_a_failed_request() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let control = Control::start_with(&["--cert-lifetime", "3s"]).await;
+    assert_eq!(control.apply(MESH).await.0, 200);
+    let app = Upstream::start("payment-app").await;
+    let _payment = sidecar(&control, "payment", Some(app.addr)).await;
+    let checkout = sidecar(&control, "checkout", None).await;
+    eventually(
+        Duration::from_secs(10),
+        "checkout to reach payment",
+        || async { (call(&checkout, "/", false).await.status() == 200).then_some(()) },
+    )
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, ok, failed, out) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            checkout.outbound(),
+        );
+        tokio::spawn(async move {
+            let c = client::h1();
+            while !stop.load(Ordering::SeqCst) {
+                let req = client::request("GET", &format!("http://{out}/"))
+                    .header("host", "payment")
+                    .body(client::empty())
+                    .expect("r");
+                match tokio::time::timeout(Duration::from_secs(10), c.request(req)).await {
+                    Ok(Ok(r)) if r.status() == 200 => ok.fetch_add(1, Ordering::SeqCst),
+                    _ => failed.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        })
+    };
+
+    let roots = |v: serde_json::Value| v.as_array().cloned().unwrap_or_default();
+    let (_, before) = control.get("/v1/ca/roots").await;
+    let old = roots(before)[0]["id"]
+        .as_str()
+        .expect("root id")
+        .to_string();
+    let (status, body) = control
+        .send(Method::POST, "/v1/ca/roots", serde_json::json!({}))
+        .await;
+    assert!(status == 200 || status == 201, "rotate: {status} {body}");
+    // Leaves from the old root are still out there: dropping it now is refused.
+    let (status, _) = control
+        .send(
+            Method::DELETE,
+            &format!("/v1/ca/roots/{old}"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 409, "the old root still has unexpired leaves");
+    // Renewals (at 70 % of 3 s) move every sidecar to the new root; then the old one can go.
+    eventually(
+        Duration::from_secs(20),
+        "no unexpired leaf of the old root",
+        || async {
+            let (_, list) = control.get("/v1/ca/roots").await;
+            let gone = roots(list)
+                .iter()
+                .any(|r| r["id"] == old.as_str() && r["unexpired_leaves"] == 0);
+            gone.then_some(())
+        },
+    )
+    .await;
+    let (status, body) = control
+        .send(
+            Method::DELETE,
+            &format!("/v1/ca/roots/{old}"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert!(
+        status == 200 || status == 204,
+        "drop the old root: {status} {body}"
+    );
+    let seen = ok.load(Ordering::SeqCst);
+    eventually(
+        Duration::from_secs(10),
+        "traffic after the rotation",
+        || async { (ok.load(Ordering::SeqCst) > seen + 50).then_some(()) },
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    load.await.expect("load");
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "failed requests during the rotation ({} ok)",
+        ok.load(Ordering::SeqCst)
+    );
+    assert!(ok.load(Ordering::SeqCst) > 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permissive_mode_takes_plaintext_and_counts_it() {
+    // Permissive: a plain client reaches payment's app through its inbound listener, and the
+    // metrics tell plaintext from mTLS.
+    let control = Control::start_with(&["--mtls", "permissive"]).await;
+    assert_eq!(
+        control
+            .apply(MESH.replace("allow: [checkout]", "allow: []").as_str())
+            .await
+            .0,
+        200
+    );
+    let app = Upstream::start("payment-app").await;
+    let payment = sidecar(&control, "payment", Some(app.addr)).await;
+    let checkout = sidecar(&control, "checkout", None).await;
+    eventually(
+        Duration::from_secs(10),
+        "checkout to reach payment",
+        || async { (call(&checkout, "/", false).await.status() == 200).then_some(()) },
+    )
+    .await;
+    let raw = raw_exchange(
+        payment.inbound(),
+        b"GET / HTTP/1.1\r\nhost: payment\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("plaintext exchange");
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert_eq!(
+        payment
+            .metric(
+                "outrigger_inbound_requests_by_security_total",
+                &[("security", "plaintext")]
+            )
+            .await,
+        Some(1.0)
+    );
+    assert!(
+        payment
+            .metric(
+                "outrigger_inbound_requests_by_security_total",
+                &[("security", "mtls")]
+            )
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mode_refuses_a_client_certificate_from_another_ca() {
+    let control = Control::start().await;
+    assert_eq!(control.apply(MESH).await.0, 200);
+    let app = Upstream::start("payment-app").await;
+    let payment = sidecar(&control, "payment", Some(app.addr)).await;
+    // A real TLS client with a certificate claiming checkout's identity, signed by nobody the
+    // mesh trusts.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=impostor",
+        ])
+        .args([
+            "-addext",
+            "subjectAltName=URI:spiffe://outrigger.local/service/checkout",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let url = format!("https://127.0.0.1:{}/", payment.inbound().port());
+    let failed = || async {
+        payment
+            .metric(
+                "outrigger_tls_handshakes_total",
+                &[("direction", "inbound"), ("result", "error")],
+            )
+            .await
+            .unwrap_or(0.0)
+    };
+    for with_cert in [true, false] {
+        let before = failed().await;
+        let mut curl = tokio::process::Command::new("curl");
+        // -k: this client does not check the server; the question is what the server accepts.
+        curl.args([
+            "-sk",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ]);
+        if with_cert {
+            curl.arg("--cert").arg(&cert).arg("--key").arg(&key);
+        }
+        let out = curl.arg(&url).output().await.expect("curl");
+        let code = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(
+            code, "000",
+            "with_cert={with_cert}: the server answered HTTP {code}"
+        );
+        assert!(
+            failed().await > before,
+            "with_cert={with_cert}: no refused handshake counted"
+        );
+    }
+    assert_eq!(app.requests(), 0, "nothing reached the app");
+}
