@@ -93,8 +93,7 @@ pub fn spawn(
                     tracing::info!(identity = %issued.id, lifetime_s = lifetime.as_secs(), "workload certificate issued");
                     identity.current.store(Some(Arc::new(issued)));
                     shared.recompile();
-                    // Renew at 70 % of the lifetime.
-                    tokio::time::sleep(lifetime.mul_f64(0.7)).await;
+                    tokio::time::sleep(renew_after(lifetime)).await;
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
@@ -109,6 +108,12 @@ pub fn spawn(
             }
         }
     });
+}
+
+/// When to renew a certificate that has `lifetime` left: at 70 % of it, leaving the other
+/// 30 % for retries if the CA is away.
+pub fn renew_after(lifetime: Duration) -> Duration {
+    lifetime.mul_f64(0.7)
 }
 
 async fn request(ca: &Api, id: &str) -> Result<Issued, IdentityError> {
@@ -150,4 +155,25 @@ async fn request(ca: &Api, id: &str) -> Result<Issued, IdentityError> {
         not_after: UNIX_EPOCH + Duration::from_secs(signed.not_after_unix),
         bundle,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn renewal_comes_at_seventy_percent_of_the_lifetime() {
+        let day = Duration::from_secs(24 * 3600);
+        assert_eq!(renew_after(day), Duration::from_secs(60_480));
+        assert_eq!(renew_after(Duration::from_secs(10)), Duration::from_secs(7));
+        // Under paused time the schedule is exact: nothing before 70 %, renewal right at it.
+        let start = tokio::time::Instant::now();
+        let renewal = tokio::time::sleep(renew_after(Duration::from_secs(100)));
+        tokio::pin!(renewal);
+        assert!(tokio::time::timeout(Duration::from_secs(69), &mut renewal)
+            .await
+            .is_err());
+        renewal.await;
+        assert_eq!(start.elapsed(), Duration::from_secs(70));
+    }
 }

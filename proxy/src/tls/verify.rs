@@ -132,3 +132,87 @@ pub fn is_identity_mismatch(e: &(dyn std::error::Error + 'static)) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+
+    struct Ca {
+        params: CertificateParams,
+        key: KeyPair,
+        der: CertificateDer<'static>,
+    }
+
+    fn ca() -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let der = params.self_signed(&key).unwrap().der().clone();
+        Ca { params, key, der }
+    }
+
+    fn leaf(ca: &Ca, uris: &[&str]) -> CertificateDer<'static> {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| SanType::URI((*u).try_into().unwrap()))
+            .collect();
+        let issuer = Issuer::new(ca.params.clone(), &ca.key);
+        params.signed_by(&key, &issuer).unwrap().der().clone()
+    }
+
+    fn verifier(ca: &Ca, expected: &str) -> SpiffeServerVerifier {
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.der.clone()).unwrap();
+        let algs = crate::tls::provider().signature_verification_algorithms;
+        SpiffeServerVerifier::new(Arc::new(roots), expected.to_string(), algs)
+    }
+
+    fn verify(
+        v: &SpiffeServerVerifier,
+        cert: &CertificateDer<'_>,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let name = ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+        v.verify_server_cert(cert, &[], &name, &[], UnixTime::now())
+    }
+
+    const PAYMENT: &str = "spiffe://outrigger.local/service/payment";
+
+    #[test]
+    fn the_spiffe_id_is_the_single_spiffe_uri() {
+        let ca = ca();
+        assert_eq!(spiffe_id(&leaf(&ca, &[PAYMENT])).as_deref(), Some(PAYMENT));
+        assert_eq!(
+            spiffe_id(&leaf(
+                &ca,
+                &[PAYMENT, "spiffe://outrigger.local/service/order"]
+            )),
+            None
+        );
+        assert_eq!(spiffe_id(&leaf(&ca, &["https://example.com/"])), None);
+        assert_eq!(spiffe_id(&CertificateDer::from(vec![1, 2, 3])), None);
+    }
+
+    #[test]
+    fn a_peer_must_chain_to_the_bundle_and_name_the_expected_identity() {
+        let mesh = ca();
+        assert!(verify(&verifier(&mesh, PAYMENT), &leaf(&mesh, &[PAYMENT])).is_ok());
+
+        let wrong = verify(
+            &verifier(&mesh, PAYMENT),
+            &leaf(&mesh, &["spiffe://outrigger.local/service/order"]),
+        )
+        .expect_err("another identity");
+        assert!(is_identity_mismatch(&wrong), "{wrong}");
+
+        let other = ca();
+        let foreign =
+            verify(&verifier(&mesh, PAYMENT), &leaf(&other, &[PAYMENT])).expect_err("another CA");
+        assert!(
+            !is_identity_mismatch(&foreign),
+            "an unknown CA is not an identity mismatch: {foreign}"
+        );
+    }
+}
