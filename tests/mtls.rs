@@ -545,3 +545,117 @@ async fn strict_mode_refuses_a_client_certificate_from_another_ca() {
     }
     assert_eq!(app.requests(), 0, "nothing reached the app");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mode_refuses_an_expired_client_certificate() {
+    // Certificates from the mesh CA itself, for checkout: one fresh, one left to expire.
+    let control = Control::start_with(&["--cert-lifetime", "2s"]).await;
+    assert_eq!(control.apply(MESH).await.0, 200);
+    let app = Upstream::start("payment-app").await;
+    let payment = sidecar(&control, "payment", Some(app.addr)).await;
+    let token = std::fs::read_to_string(bootstrap(&control, "checkout").await).expect("token");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let issue = |name: &'static str| {
+        let (dir, token, addr) = (dir.path().to_path_buf(), token.clone(), control.addr);
+        async move {
+            let (key, csr) = (
+                dir.join(format!("{name}.key")),
+                dir.join(format!("{name}.csr")),
+            );
+            let made = std::process::Command::new("openssl")
+                .args([
+                    "req",
+                    "-new",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-subj",
+                    "/",
+                ])
+                .args([
+                    "-addext",
+                    "subjectAltName=critical,URI:spiffe://outrigger.local/service/checkout",
+                    "-keyout",
+                ])
+                .arg(&key)
+                .arg("-out")
+                .arg(&csr)
+                .output()
+                .expect("openssl");
+            assert!(
+                made.status.success(),
+                "{}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+            let body =
+                serde_json::json!({"csr": std::fs::read_to_string(&csr).expect("csr")}).to_string();
+            let (status, signed) = outrigger_tests::control::call_with(
+                addr,
+                Method::POST,
+                "/v1/identity/certificates",
+                Some(body),
+                token.trim(),
+            )
+            .await;
+            assert_eq!(status, 200, "{signed}");
+            let cert = dir.join(format!("{name}.pem"));
+            std::fs::write(&cert, signed["certificate_chain"].as_str().expect("chain"))
+                .expect("write cert");
+            (
+                cert,
+                key,
+                signed["not_after_unix"].as_u64().expect("not_after"),
+            )
+        }
+    };
+    let curl = |cert: PathBuf, key: PathBuf| {
+        let url = format!("https://127.0.0.1:{}/", payment.inbound().port());
+        async move {
+            let out = tokio::process::Command::new("curl")
+                .args([
+                    "-sk",
+                    "--http2",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "5",
+                    "--cert",
+                ])
+                .arg(&cert)
+                .arg("--key")
+                .arg(&key)
+                .arg(&url)
+                .output()
+                .await
+                .expect("curl");
+            String::from_utf8_lossy(&out.stdout).to_string()
+        }
+    };
+    let (old_cert, old_key, not_after) = issue("old").await;
+    // Wait (polling the clock, no fixed sleep) until that certificate has expired.
+    eventually(
+        Duration::from_secs(10),
+        "the certificate to expire",
+        || async move {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_secs();
+            (now > not_after + 1).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        curl(old_cert, old_key).await,
+        "000",
+        "an expired client certificate was accepted"
+    );
+    // The same client with a fresh certificate from the same CA gets through: expiry was the
+    // reason, nothing else.
+    let (cert, key, _) = issue("fresh").await;
+    assert_eq!(curl(cert, key).await, "200");
+}

@@ -133,12 +133,23 @@ pub async fn call(
     path: &str,
     body: Option<String>,
 ) -> (u16, serde_json::Value) {
+    call_with(addr, method, path, body, TOKEN).await
+}
+
+/// One API call with another bearer token (a bootstrap token, say).
+pub async fn call_with(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+    token: &str,
+) -> (u16, serde_json::Value) {
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let req = Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"))
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .expect("request");
