@@ -659,3 +659,73 @@ async fn strict_mode_refuses_an_expired_client_certificate() {
     let (cert, key, _) = issue("fresh").await;
     assert_eq!(curl(cert, key).await, "200");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_certificate_no_readiness_and_a_failed_renewal_keeps_the_current_one() {
+    let mut control = Control::start_with(&["--cert-lifetime", "4s"]).await;
+    assert_eq!(control.apply(MESH).await.0, 200);
+
+    // A bootstrap token the CA does not know: alive, never ready.
+    let bogus = control.dir.path().join("bogus.bootstrap");
+    std::fs::write(&bogus, "otb_0000").expect("token");
+    let lost =
+        ProxyBuilder::control_plane(&control.url(), &control.token_file, "checkout", "v1", None)
+            .arg("--bootstrap-token-file")
+            .arg(bogus.to_str().expect("path"))
+            .spawn();
+    eventually(Duration::from_secs(10), "the CA to refuse it", || async {
+        (lost
+            .metric("outrigger_identity_renewals_total", &[("result", "error")])
+            .await
+            >= Some(1.0))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(lost.admin_get("/live").await.0, 200);
+    assert_eq!(
+        lost.admin_get("/ready").await.0,
+        503,
+        "ready without a certificate"
+    );
+    assert_eq!(
+        lost.metric("outrigger_identity_cert_expiry_timestamp_seconds", &[])
+            .await,
+        Some(0.0)
+    );
+
+    // With the CA gone, renewals fail: the current certificate keeps serving, the metric rises.
+    let app = Upstream::start("payment-app").await;
+    let _payment = sidecar(&control, "payment", Some(app.addr)).await;
+    let checkout = sidecar(&control, "checkout", None).await;
+    eventually(
+        Duration::from_secs(10),
+        "checkout to reach payment",
+        || async { (call(&checkout, "/", false).await.status() == 200).then_some(()) },
+    )
+    .await;
+    let expiry = checkout
+        .metric("outrigger_identity_cert_expiry_timestamp_seconds", &[])
+        .await;
+    control.kill();
+    eventually(Duration::from_secs(15), "a failed renewal", || async {
+        (checkout
+            .metric("outrigger_identity_renewals_total", &[("result", "error")])
+            .await
+            >= Some(1.0))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(
+        checkout
+            .metric("outrigger_identity_cert_expiry_timestamp_seconds", &[])
+            .await,
+        expiry,
+        "the certificate was kept"
+    );
+    assert_eq!(
+        checkout.admin_get("/ready").await.0,
+        200,
+        "still ready on the certificate it holds"
+    );
+    assert_eq!(call(&checkout, "/", false).await.status(), 200);
+}
