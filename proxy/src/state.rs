@@ -76,16 +76,7 @@ impl Shared {
             self.versions.fetch_max(snapshot.version, Ordering::Relaxed);
         }
         let version = snapshot.version;
-        let compiled = Compiler {
-            metrics: &self.metrics,
-            stats: &self.stats,
-            clients: &self.clients,
-            endpoints: &self.endpoints,
-            dests: &self.dests,
-            identity: self.identity.as_ref(),
-        }
-        .compile(snapshot);
-        self.current.store(Some(Arc::new(compiled)));
+        self.swap_in(snapshot);
         self.metrics
             .config_applied
             .with_label_values(&[source])
@@ -98,17 +89,21 @@ impl Shared {
     /// that could not be built without one are built now).
     pub fn recompile(&self) {
         if let Some(current) = self.current() {
-            let compiled = Compiler {
-                metrics: &self.metrics,
-                stats: &self.stats,
-                clients: &self.clients,
-                endpoints: &self.endpoints,
-                dests: &self.dests,
-                identity: self.identity.as_ref(),
-            }
-            .compile((*current.snapshot).clone());
-            self.current.store(Some(Arc::new(compiled)));
+            self.swap_in((*current.snapshot).clone());
         }
+    }
+
+    fn swap_in(&self, snapshot: Snapshot) {
+        let compiled = Compiler {
+            metrics: &self.metrics,
+            stats: &self.stats,
+            clients: &self.clients,
+            endpoints: &self.endpoints,
+            dests: &self.dests,
+            identity: self.identity.as_ref(),
+        }
+        .compile(snapshot);
+        self.current.store(Some(Arc::new(compiled)));
     }
 
     pub fn reject(&self, source: &str) {
