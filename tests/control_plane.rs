@@ -7,9 +7,9 @@ use http::Method;
 use outrigger_tests::client::{self, send};
 use outrigger_tests::control::Control;
 use outrigger_tests::eventually;
+use outrigger_tests::load::SteadyLoad;
 use outrigger_tests::proxy::{Proxy, ProxyBuilder};
 use outrigger_tests::upstream::Upstream;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -319,32 +319,9 @@ async fn a_control_plane_outage_costs_no_request_and_instances_come_back() {
     .await;
 
     // Steady traffic for the whole outage; every request must succeed.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let out = checkout.outbound();
-    let traffic = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        tokio::spawn(async move {
-            let c = client::h1();
-            while !stop.load(Ordering::SeqCst) {
-                let req = client::request("GET", &format!("http://{out}/"))
-                    .header("host", "payment")
-                    .body(client::empty())
-                    .expect("r");
-                match tokio::time::timeout(Duration::from_secs(10), c.request(req)).await {
-                    Ok(Ok(r)) if r.status() == 200 => ok.fetch_add(1, Ordering::SeqCst),
-                    _ => failed.fetch_add(1, Ordering::SeqCst),
-                };
-            }
-        })
-    };
-    let seen = ok.load(Ordering::SeqCst);
-    eventually(
-        Duration::from_secs(5),
-        "traffic before the outage",
-        || async { (ok.load(Ordering::SeqCst) > seen + 20).then_some(()) },
-    )
-    .await;
+    let load = SteadyLoad::start(checkout.outbound(), "payment");
+    load.progress(20, Duration::from_secs(5), "traffic before the outage")
+        .await;
     control.kill();
     eventually(
         Duration::from_secs(10),
@@ -358,13 +335,8 @@ async fn a_control_plane_outage_costs_no_request_and_instances_come_back() {
         },
     )
     .await;
-    let during = ok.load(Ordering::SeqCst);
-    eventually(
-        Duration::from_secs(5),
-        "traffic during the outage",
-        || async { (ok.load(Ordering::SeqCst) > during + 50).then_some(()) },
-    )
-    .await;
+    load.progress(50, Duration::from_secs(5), "traffic during the outage")
+        .await;
     assert_eq!(
         checkout.admin_get("/ready").await.0,
         200,
@@ -398,19 +370,8 @@ async fn a_control_plane_outage_costs_no_request_and_instances_come_back() {
         },
     )
     .await;
-    let after = ok.load(Ordering::SeqCst);
-    eventually(
-        Duration::from_secs(5),
-        "traffic after the outage",
-        || async { (ok.load(Ordering::SeqCst) > after + 20).then_some(()) },
-    )
-    .await;
-    stop.store(true, Ordering::SeqCst);
-    traffic.await.expect("traffic task");
-    assert_eq!(
-        failed.load(Ordering::SeqCst),
-        0,
-        "requests failed during the outage ({} ok)",
-        ok.load(Ordering::SeqCst)
-    );
+    load.progress(20, Duration::from_secs(5), "traffic after the outage")
+        .await;
+    let (ok, failed) = load.stop().await;
+    assert_eq!(failed, 0, "requests failed during the outage ({ok} ok)");
 }

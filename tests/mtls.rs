@@ -7,6 +7,7 @@ use http::Method;
 use outrigger_tests::client::{self, raw_exchange, send};
 use outrigger_tests::control::Control;
 use outrigger_tests::eventually;
+use outrigger_tests::load::SteadyLoad;
 use outrigger_tests::proxy::{Proxy, ProxyBuilder};
 use outrigger_tests::upstream::Upstream;
 use std::net::SocketAddr;
@@ -313,8 +314,6 @@ async fn no_plaintext_http_crosses_the_wire_between_sidecars() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_root_rotates_under_load_without_a_failed_request() {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::Arc;
     let control = Control::start_with(&["--cert-lifetime", "3s"]).await;
     assert_eq!(control.apply(MESH).await.0, 200);
     let app = Upstream::start("payment-app").await;
@@ -327,29 +326,9 @@ async fn the_root_rotates_under_load_without_a_failed_request() {
     )
     .await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load = {
-        let (stop, ok, failed, out) = (
-            stop.clone(),
-            ok.clone(),
-            failed.clone(),
-            checkout.outbound(),
-        );
-        tokio::spawn(async move {
-            let c = client::h1();
-            while !stop.load(Ordering::SeqCst) {
-                let req = client::request("GET", &format!("http://{out}/"))
-                    .header("host", "payment")
-                    .body(client::empty())
-                    .expect("r");
-                match tokio::time::timeout(Duration::from_secs(10), c.request(req)).await {
-                    Ok(Ok(r)) if r.status() == 200 => ok.fetch_add(1, Ordering::SeqCst),
-                    _ => failed.fetch_add(1, Ordering::SeqCst),
-                };
-            }
-        })
-    };
+    let load = SteadyLoad::start(checkout.outbound(), "payment");
+    load.progress(20, Duration::from_secs(10), "traffic before the rotation")
+        .await;
 
     let roots = |v: serde_json::Value| v.as_array().cloned().unwrap_or_default();
     let (_, before) = control.get("/v1/ca/roots").await;
@@ -394,22 +373,11 @@ async fn the_root_rotates_under_load_without_a_failed_request() {
         status == 200 || status == 204,
         "drop the old root: {status} {body}"
     );
-    let seen = ok.load(Ordering::SeqCst);
-    eventually(
-        Duration::from_secs(10),
-        "traffic after the rotation",
-        || async { (ok.load(Ordering::SeqCst) > seen + 50).then_some(()) },
-    )
-    .await;
-    stop.store(true, Ordering::SeqCst);
-    load.await.expect("load");
-    assert_eq!(
-        failed.load(Ordering::SeqCst),
-        0,
-        "failed requests during the rotation ({} ok)",
-        ok.load(Ordering::SeqCst)
-    );
-    assert!(ok.load(Ordering::SeqCst) > 100);
+    load.progress(50, Duration::from_secs(10), "traffic after the rotation")
+        .await;
+    let (ok, failed) = load.stop().await;
+    assert_eq!(failed, 0, "failed requests during the rotation ({ok} ok)");
+    assert!(ok > 100);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

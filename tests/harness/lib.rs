@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod control;
+pub mod load;
 pub mod proxy;
 pub mod upstream;
 
