@@ -56,6 +56,25 @@ async fn sidecar(control: &Control, service: &str, app: Option<SocketAddr>) -> P
         .await
 }
 
+/// Waits until `caller` gets a 200 from payment: routes, certificates and endpoints are in.
+async fn reaches_payment(caller: &Proxy) {
+    eventually(
+        Duration::from_secs(10),
+        "the caller to reach payment",
+        || async { (call(caller, "/", false).await.status() == 200).then_some(()) },
+    )
+    .await;
+}
+
+/// The first answer to `caller` that is not "no endpoint yet" (503): the verdict on the peer.
+async fn first_answer(caller: &Proxy, what: &str) -> http::Response<bytes::Bytes> {
+    eventually(Duration::from_secs(10), what, || async {
+        let r = call(caller, "/", false).await;
+        (r.status() != 503).then_some(r)
+    })
+    .await
+}
+
 async fn call(proxy: &Proxy, path: &str, forged: bool) -> http::Response<bytes::Bytes> {
     let mut req = client::request("GET", &format!("http://{}{path}", proxy.outbound()))
         .header("host", "payment");
@@ -76,12 +95,7 @@ async fn sidecars_speak_mtls_and_the_app_learns_the_verified_caller() {
     let app = Upstream::start("payment-app").await;
     let payment = sidecar(&control, "payment", Some(app.addr)).await;
     let checkout = sidecar(&control, "checkout", None).await;
-    eventually(
-        Duration::from_secs(10),
-        "checkout to reach payment over mTLS",
-        || async { (call(&checkout, "/", false).await.status() == 200).then_some(()) },
-    )
-    .await;
+    reaches_payment(&checkout).await;
 
     // The app sees who called, verified, whatever the caller claimed.
     let res = call(&checkout, "/echo", true).await;
@@ -152,15 +166,7 @@ async fn sidecars_speak_mtls_and_the_app_learns_the_verified_caller() {
 
     // A mesh member that payment does not allow gets 403.
     let intruder = sidecar(&control, "intruder", None).await;
-    let denied = eventually(
-        Duration::from_secs(10),
-        "the intruder to reach payment",
-        || async {
-            let r = call(&intruder, "/", false).await;
-            (r.status() != 503).then_some(r)
-        },
-    )
-    .await;
+    let denied = first_answer(&intruder, "the intruder to reach payment").await;
     assert_eq!(denied.status(), 403);
     assert_eq!(denied.headers()["x-outrigger-error"], "forbidden");
     assert!(
@@ -203,15 +209,7 @@ async fn a_peer_proving_another_identity_is_refused() {
         .await;
     assert_eq!(status, 201, "{body}");
     let checkout = sidecar(&control, "checkout", None).await;
-    let res = eventually(
-        Duration::from_secs(10),
-        "a verdict on the impostor",
-        || async {
-            let r = call(&checkout, "/", false).await;
-            (r.status() != 503).then_some(r)
-        },
-    )
-    .await;
+    let res = first_answer(&checkout, "a verdict on the impostor").await;
     assert_eq!(res.status(), 502);
     assert_eq!(res.headers()["x-outrigger-error"], "peer-identity-mismatch");
     assert_eq!(app.requests(), 0, "nothing reached the impostor's app");
@@ -264,12 +262,7 @@ async fn no_plaintext_http_crosses_the_wire_between_sidecars() {
     let app = Upstream::start("payment-app").await;
     let payment = sidecar(&control, "payment", Some(app.addr)).await;
     let checkout = sidecar(&control, "checkout", None).await;
-    eventually(
-        Duration::from_secs(10),
-        "checkout to reach payment",
-        || async { (call(&checkout, "/", false).await.status() == 200).then_some(()) },
-    )
-    .await;
+    reaches_payment(&checkout).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let marked = || async {
         for _ in 0..20 {
@@ -319,12 +312,7 @@ async fn the_root_rotates_under_load_without_a_failed_request() {
     let app = Upstream::start("payment-app").await;
     let _payment = sidecar(&control, "payment", Some(app.addr)).await;
     let checkout = sidecar(&control, "checkout", None).await;
-    eventually(
-        Duration::from_secs(10),
-        "checkout to reach payment",
-        || async { (call(&checkout, "/", false).await.status() == 200).then_some(()) },
-    )
-    .await;
+    reaches_payment(&checkout).await;
 
     let load = SteadyLoad::start(checkout.outbound(), "payment");
     load.progress(20, Duration::from_secs(10), "traffic before the rotation")
@@ -395,12 +383,7 @@ async fn permissive_mode_takes_plaintext_and_counts_it() {
     let app = Upstream::start("payment-app").await;
     let payment = sidecar(&control, "payment", Some(app.addr)).await;
     let checkout = sidecar(&control, "checkout", None).await;
-    eventually(
-        Duration::from_secs(10),
-        "checkout to reach payment",
-        || async { (call(&checkout, "/", false).await.status() == 200).then_some(()) },
-    )
-    .await;
+    reaches_payment(&checkout).await;
     let raw = raw_exchange(
         payment.inbound(),
         b"GET / HTTP/1.1\r\nhost: payment\r\nconnection: close\r\n\r\n",
@@ -665,12 +648,7 @@ async fn no_certificate_no_readiness_and_a_failed_renewal_keeps_the_current_one(
     let app = Upstream::start("payment-app").await;
     let _payment = sidecar(&control, "payment", Some(app.addr)).await;
     let checkout = sidecar(&control, "checkout", None).await;
-    eventually(
-        Duration::from_secs(10),
-        "checkout to reach payment",
-        || async { (call(&checkout, "/", false).await.status() == 200).then_some(()) },
-    )
-    .await;
+    reaches_payment(&checkout).await;
     let expiry = checkout
         .metric("outrigger_identity_cert_expiry_timestamp_seconds", &[])
         .await;

@@ -88,14 +88,10 @@ async fn secure(shared: &Shared, stream: TcpStream) -> Option<Accepted> {
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
     let is_tls = matches!(peeked, Ok(Ok(1))) && first[0] == 0x16;
-    let ok = shared
-        .metrics
-        .tls_handshakes
-        .with_label_values(&["inbound", "ok"]);
-    let failed = shared
-        .metrics
-        .tls_handshakes
-        .with_label_values(&["inbound", "error"]);
+    let (ok, failed) = (
+        &shared.metrics.inbound.handshakes_ok,
+        &shared.metrics.inbound.handshakes_failed,
+    );
     match (is_tls, state.as_ref().and_then(|s| s.tls_server.clone())) {
         (true, Some(cfg)) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);

@@ -177,34 +177,31 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A secret from the file a flag names, else from an environment variable; never logged.
+fn secret(file: Option<&std::path::Path>, flag: &str, env: &str) -> anyhow::Result<Option<String>> {
+    Ok(match file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading {flag} {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var(env).ok().filter(|t| !t.is_empty()),
+    })
+}
+
 /// `--control-plane URL`: listeners from flags, snapshots from the control plane.
 fn control_plane_mode(cli: &Cli, url: http::Uri) -> anyhow::Result<(ProxySettings, Source)> {
     let service = cli
         .service
         .clone()
         .context("--control-plane needs --service")?;
-    let token = match &cli.token_file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading --token-file {}", f.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => std::env::var("OUTRIGGER_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty()),
-    };
-    let bootstrap_token = match &cli.bootstrap_token_file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading --bootstrap-token-file {}", f.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => std::env::var("OUTRIGGER_BOOTSTRAP_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty()),
-    };
+    let token = secret(cli.token_file.as_deref(), "--token-file", "OUTRIGGER_TOKEN")?;
+    let bootstrap_token = secret(
+        cli.bootstrap_token_file.as_deref(),
+        "--bootstrap-token-file",
+        "OUTRIGGER_BOOTSTRAP_TOKEN",
+    )?;
     let advertise = cli.advertise.unwrap_or_else(|| {
         let mut a = cli.inbound;
         if a.ip().is_unspecified() {

@@ -152,12 +152,13 @@ pub async fn handle(
             }
         }
         Direction::Inbound => {
-            let security = if peer.mtls { "mtls" } else { "plaintext" };
-            shared
-                .metrics
-                .inbound_security
-                .with_label_values(&[security])
-                .inc();
+            let inbound = &shared.metrics.inbound;
+            if peer.mtls {
+                &inbound.mtls
+            } else {
+                &inbound.plaintext
+            }
+            .inc();
             // With mTLS off there are no identities to check: the allow-list cannot apply.
             let allowed = state.allow.is_empty()
                 || state.mtls == outrigger_config::MtlsMode::Off

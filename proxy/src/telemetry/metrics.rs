@@ -51,6 +51,8 @@ pub struct Metrics {
     pub identity_renewals: IntCounterVec,
     pub tls_handshakes: IntCounterVec,
     pub inbound_security: IntCounterVec,
+    /// The inbound handles resolved once, for the request and accept paths.
+    pub inbound: InboundCounters,
     pub authz_denied: IntCounterVec,
 }
 
@@ -251,7 +253,14 @@ impl Metrics {
         ] {
             must(registry.register(c));
         }
+        let inbound = InboundCounters {
+            mtls: LazyCounter::new(&inbound_security, &["mtls"]),
+            plaintext: LazyCounter::new(&inbound_security, &["plaintext"]),
+            handshakes_ok: LazyCounter::new(&tls_handshakes, &["inbound", "ok"]),
+            handshakes_failed: LazyCounter::new(&tls_handshakes, &["inbound", "error"]),
+        };
         Self {
+            inbound,
             registry,
             requests,
             latency,
@@ -304,6 +313,37 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+pub struct InboundCounters {
+    pub mtls: LazyCounter,
+    pub plaintext: LazyCounter,
+    pub handshakes_ok: LazyCounter,
+    pub handshakes_failed: LazyCounter,
+}
+
+/// A counter whose labels are fixed in advance but whose series appears only when first
+/// counted (a sidecar that never saw plaintext shows no plaintext series), looked up once.
+pub struct LazyCounter {
+    vec: IntCounterVec,
+    labels: &'static [&'static str],
+    cell: OnceLock<IntCounter>,
+}
+
+impl LazyCounter {
+    fn new(vec: &IntCounterVec, labels: &'static [&'static str]) -> Self {
+        Self {
+            vec: vec.clone(),
+            labels,
+            cell: OnceLock::new(),
+        }
+    }
+
+    pub fn inc(&self) {
+        self.cell
+            .get_or_init(|| self.vec.with_label_values(self.labels))
+            .inc();
     }
 }
 
