@@ -21,7 +21,7 @@ pub use resilience::{
     Backoff, Ewma, Fault, FaultAbort, FaultDelay, GrpcStatus, Limits, LoadBalancer,
     OutlierDetection, RateLimit, RetryBudget, RetryOn, RetryPolicy,
 };
-pub use sidecar::{ProxySettings, SidecarFile};
+pub use sidecar::{ProxySettings, SidecarFile, TracingSettings};
 pub use snapshot::{
     identity, Destination, Endpoint, HeaderMatch, Inbound, Mtls, MtlsMode, Protocol, Route,
     RouteMatch, Snapshot, WeightedVersion, DEFAULT_TRUST_DOMAIN,

@@ -35,6 +35,36 @@ pub struct ProxySettings {
     /// Window of the exact percentiles at `/stats`.
     #[serde(with = "crate::duration")]
     pub stats_window: Duration,
+    /// Trace propagation and span export.
+    pub tracing: TracingSettings,
+}
+
+/// Spans for proxied requests. Trace headers are always propagated; spans are recorded for
+/// sampled traces and exported when `otlp_endpoint` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingSettings {
+    /// OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`. Unset: no spans are exported.
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces (no sampling decision arrived) that are sampled, 0.0 to 1.0. A
+    /// decision that arrives with the request is always respected.
+    pub sampling: f64,
+    /// Also send B3 multi-headers (`x-b3-traceid` ...) upstream, for apps that only read B3.
+    /// B3 headers that arrive are always rewritten so they never name a stale parent.
+    pub b3: bool,
+    /// Spans waiting for export; beyond this they are dropped and counted.
+    pub queue: usize,
+}
+
+impl Default for TracingSettings {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sampling: 0.01,
+            b3: false,
+            queue: 4096,
+        }
+    }
 }
 
 impl Default for ProxySettings {
@@ -47,6 +77,7 @@ impl Default for ProxySettings {
             access_log: true,
             max_header_bytes: 64 * 1024,
             stats_window: Duration::from_secs(60),
+            tracing: TracingSettings::default(),
         }
     }
 }
@@ -82,6 +113,25 @@ impl Validate for ProxySettings {
             || at.key("outbound"),
             "at least one of outbound and inbound must be set",
         );
+        v.ensure(
+            (0.0..=1.0).contains(&self.tracing.sampling),
+            || at.key("tracing").key("sampling"),
+            "must be between 0.0 and 1.0",
+        );
+        v.ensure(
+            (1..=1_000_000).contains(&self.tracing.queue),
+            || at.key("tracing").key("queue"),
+            "must be between 1 and 1000000",
+        );
+        if let Some(e) = &self.tracing.otlp_endpoint {
+            v.ensure(
+                ["http://", "https://"]
+                    .iter()
+                    .any(|p| e.strip_prefix(p).is_some_and(|rest| !rest.is_empty())),
+                || at.key("tracing").key("otlp_endpoint"),
+                "must be an absolute URL such as http://127.0.0.1:4317",
+            );
+        }
         let addrs = [self.outbound, self.inbound, Some(self.admin)];
         let mut seen = Vec::new();
         for (key, a) in ["outbound", "inbound", "admin"].into_iter().zip(addrs) {

@@ -104,6 +104,19 @@ struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     drain_timeout: Option<Duration>,
 
+    /// Export spans over OTLP/gRPC to this collector (e.g. http://127.0.0.1:4317).
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+
+    /// Share of new traces to sample, 0.0 to 1.0 (default 0.01). A sampling decision that
+    /// arrives with a request is always respected.
+    #[arg(long, value_name = "RATIO")]
+    trace_sampling: Option<f64>,
+
+    /// Also send B3 multi-headers upstream, for apps that only read B3.
+    #[arg(long)]
+    trace_b3: bool,
+
     /// Log filter for the proxy's own JSON logs on stderr (e.g. info, debug).
     #[arg(
         long,
@@ -158,6 +171,18 @@ fn main() -> anyhow::Result<()> {
     }
     if cli.no_access_log {
         settings.access_log = false;
+    }
+    if let Some(e) = &cli.otlp_endpoint {
+        settings.tracing.otlp_endpoint = Some(e.clone());
+    }
+    if let Some(r) = cli.trace_sampling {
+        if !(0.0..=1.0).contains(&r) {
+            bail!("--trace-sampling must be between 0.0 and 1.0");
+        }
+        settings.tracing.sampling = r;
+    }
+    if cli.trace_b3 {
+        settings.tracing.b3 = true;
     }
 
     let threads = cli.threads.max(1);
