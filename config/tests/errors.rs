@@ -106,3 +106,24 @@ fn a_syntax_error_is_reported_once_and_parsing_ends() {
     assert_eq!(e.errors[0].document, Some(1));
     assert!(e.errors[0].line >= 5, "{e}");
 }
+
+#[test]
+fn tracing_settings_are_checked() {
+    let e = sidecar_err(
+        "proxy:\n  tracing:\n    sampling: 1.5\nsnapshot:\n  service: order\n  destinations: []\n",
+    );
+    assert_eq!(e.path, "proxy.tracing.sampling");
+    assert_eq!(e.line, 3);
+    assert!(e.reason.contains("between 0.0 and 1.0"), "{}", e.reason);
+    let e = sidecar_err(
+        "proxy:\n  tracing:\n    otlp_endpoint: collector:4317\nsnapshot:\n  service: order\n  destinations: []\n",
+    );
+    assert_eq!(e.path, "proxy.tracing.otlp_endpoint");
+    assert_eq!(e.line, 3);
+    let ok = from_yaml_validated::<SidecarFile>(
+        "proxy:\n  tracing: { otlp_endpoint: 'http://127.0.0.1:4317', sampling: 1, b3: true }\nsnapshot:\n  service: order\n  destinations: []\n",
+    )
+    .expect("valid");
+    assert!(ok.proxy.tracing.b3);
+    assert_eq!(ok.proxy.tracing.sampling, 1.0);
+}

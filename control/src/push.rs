@@ -11,6 +11,7 @@ use outrigger_config::Snapshot;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -40,14 +41,30 @@ pub struct Nack {
     pub reason: String,
 }
 
+/// Who opened a push stream, as its query says.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    pub id: String,
+    pub service: String,
+    /// The instance's version label (`v1`, `v2`), when the sidecar says.
+    pub version: Option<String>,
+    /// The sidecar's admin listener, so operators' tools (`outrigger top`) can find its
+    /// `/metrics` and `/stats` without being told every address.
+    pub admin: Option<SocketAddr>,
+}
+
 /// A sidecar's sync status, as `GET /v1/sidecars` lists it.
 #[derive(Debug, Clone, Serialize)]
 pub struct SidecarStatus {
     pub id: String,
     pub service: String,
+    pub version: Option<String>,
+    pub admin: Option<SocketAddr>,
     /// A push stream is open.
     pub connected: bool,
     pub acked_version: Option<u64>,
+    /// The last snapshot version sent on its stream: in sync when it equals `acked_version`.
+    pub pushed_version: Option<u64>,
     pub last_nack: Option<Nack>,
     /// RFC 3339.
     pub last_seen: String,
@@ -56,8 +73,11 @@ pub struct SidecarStatus {
 #[derive(Debug)]
 struct Sidecar {
     service: String,
+    version: Option<String>,
+    admin: Option<SocketAddr>,
     streams: usize,
     acked_version: Option<u64>,
+    pushed_version: Option<u64>,
     last_nack: Option<Nack>,
     last_seen: SystemTime,
 }
@@ -82,7 +102,7 @@ impl Sidecars {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn connect(&self, id: &str, service: &str) {
+    fn connect(&self, who: &Subscriber) {
         let mut map = self.lock();
         let now = SystemTime::now();
         map.retain(|_, s| {
@@ -91,14 +111,20 @@ impl Sidecars {
                     .duration_since(s.last_seen)
                     .map_or(true, |gone| gone < FORGET_AFTER)
         });
-        let s = map.entry(id.to_string()).or_insert_with(|| Sidecar {
-            service: service.to_string(),
+        let s = map.entry(who.id.clone()).or_insert_with(|| Sidecar {
+            service: who.service.clone(),
+            version: None,
+            admin: None,
             streams: 0,
             acked_version: None,
+            pushed_version: None,
             last_nack: None,
             last_seen: SystemTime::now(),
         });
-        s.service = service.to_string();
+        // The newest stream speaks for the sidecar: a restart may move its admin port.
+        s.service = who.service.clone();
+        s.version = who.version.clone();
+        s.admin = who.admin;
         s.streams += 1;
         s.last_seen = SystemTime::now();
         self.update_connected(&map);
@@ -111,6 +137,12 @@ impl Sidecars {
             s.last_seen = SystemTime::now();
         }
         self.update_connected(&map);
+    }
+
+    fn pushed(&self, id: &str, version: u64) {
+        if let Some(s) = self.lock().get_mut(id) {
+            s.pushed_version = Some(version);
+        }
     }
 
     fn update_connected(&self, map: &BTreeMap<String, Sidecar>) {
@@ -153,8 +185,11 @@ impl Sidecars {
             .map(|(id, s)| SidecarStatus {
                 id: id.clone(),
                 service: s.service.clone(),
+                version: s.version.clone(),
+                admin: s.admin,
                 connected: s.streams > 0,
                 acked_version: s.acked_version,
+                pushed_version: s.pushed_version,
                 last_nack: s.last_nack.clone(),
                 last_seen: humantime::format_rfc3339_millis(s.last_seen).to_string(),
             })
@@ -184,22 +219,27 @@ pub struct StreamContext {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// Opens a push stream for sidecar `id` of `service`: the returned body never ends on its
-/// own; it ends when the client goes away or the process shuts down.
-pub fn open(ctx: StreamContext, service: String, id: String) -> NdjsonBody {
+/// Opens a push stream for a sidecar: the returned body never ends on its own; it ends when
+/// the client goes away or the process shuts down.
+pub fn open(ctx: StreamContext, who: Subscriber) -> NdjsonBody {
     // One line in flight: a slow reader makes the task wait, and what it sends next is the
     // latest state, so changes coalesce instead of queueing.
     let (tx, rx) = mpsc::channel(1);
-    ctx.sidecars.connect(&id, &service);
+    ctx.sidecars.connect(&who);
     let connected = Connected {
         sidecars: ctx.sidecars.clone(),
-        id,
+        id: who.id,
     };
-    tokio::spawn(run(ctx, service, tx, connected));
+    tokio::spawn(run(ctx, who.service, tx, connected));
     NdjsonBody { rx }
 }
 
-async fn run(mut ctx: StreamContext, service: String, tx: mpsc::Sender<Bytes>, _c: Connected) {
+async fn run(
+    mut ctx: StreamContext,
+    service: String,
+    tx: mpsc::Sender<Bytes>,
+    connected: Connected,
+) {
     let mut views = ctx.state.subscribe();
     let mut last: Option<Snapshot> = None;
     let mut keepalive =
@@ -228,6 +268,7 @@ async fn run(mut ctx: StreamContext, service: String, tx: mpsc::Sender<Bytes>, _
                 return;
             }
             ctx.metrics.snapshots_pushed.inc();
+            ctx.sidecars.pushed(&connected.id, snapshot.version);
             last = Some(content);
         }
         tokio::select! {
@@ -283,14 +324,24 @@ mod tests {
         let metrics = Metrics::new()?;
         let s = Sidecars::new(metrics.clone());
         assert!(!s.ack("a", 1, None), "unknown sidecars are not recorded");
-        s.connect("a", "order");
+        s.connect(&Subscriber {
+            id: "a".into(),
+            service: "order".into(),
+            version: Some("v2".into()),
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 15000))),
+        });
         assert_eq!(metrics.sidecars_connected.get(), 1);
+        s.pushed("a", 4);
         assert!(s.ack("a", 3, None));
         assert!(s.ack("a", 2, None), "a late ACK of an older version");
         assert!(s.ack("a", 4, Some("x".repeat(10_000))));
         let list = s.list();
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].acked_version, Some(3));
+        assert_eq!(list[0].pushed_version, Some(4));
+        assert_eq!(list[0].version.as_deref(), Some("v2"));
+        let json = serde_json::to_value(&list[0]).unwrap_or_default();
+        assert_eq!(json["admin"], "127.0.0.1:15000");
         let nack = list[0]
             .last_nack
             .as_ref()

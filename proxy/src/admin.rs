@@ -1,5 +1,5 @@
 //! The admin server (loopback by default): liveness, readiness, Prometheus metrics, the applied
-//! snapshot, exact percentiles, and a loopback-only shutdown trigger.
+//! snapshot, exact percentiles, the runtime log filter, and a loopback-only shutdown trigger.
 
 use crate::state::Shared;
 use bytes::Bytes;
@@ -90,10 +90,50 @@ fn route(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Response<
             shared.shutdown.notify_one();
             text(StatusCode::OK, "shutting down\n")
         }
+        (_, "/logging") => logging(peer, req.method(), req.uri().query()),
         (_, "/live" | "/ready" | "/metrics" | "/config" | "/stats" | "/shutdown") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `GET /logging` shows the log filter; `PUT /logging?level=FILTER` (loopback only) replaces it.
+fn logging(peer: SocketAddr, method: &Method, query: Option<&str>) -> Response<Full<Bytes>> {
+    use crate::logging::{current_filter, set_filter, LoggingError};
+    let failed = |status: StatusCode, error: String| {
+        json_response(
+            status,
+            &json!({ "error": error, "level": current_filter().ok() }),
+        )
+    };
+    let reply = |r: Result<String, LoggingError>| match r {
+        Ok(level) => json_response(StatusCode::OK, &json!({ "level": level })),
+        Err(e @ (LoggingError::NotInitialised | LoggingError::Reload(_))) => {
+            failed(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        Err(e) => failed(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match *method {
+        Method::GET => reply(current_filter()),
+        Method::PUT => {
+            if !peer.ip().is_loopback() {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "changing the log level is only accepted from loopback\n",
+                );
+            }
+            let level = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+                .find_map(|(k, v)| (k == "level").then_some(v));
+            match level {
+                Some(level) => reply(set_filter(&level)),
+                None => failed(
+                    StatusCode::BAD_REQUEST,
+                    "give the new filter as ?level=FILTER, e.g. ?level=debug".into(),
+                ),
+            }
+        }
+        _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
     }
 }
 

@@ -17,6 +17,7 @@ pub mod fault;
 pub mod forward;
 pub mod grpc;
 pub mod listener;
+pub mod logging;
 pub mod ratelimit;
 pub mod retry;
 pub mod routing;
@@ -25,6 +26,7 @@ pub mod shutdown;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
 pub mod watch;
 
 /// Which listener a request arrived on.

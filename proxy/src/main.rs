@@ -141,12 +141,8 @@ fn parse_protocol(s: &str) -> Result<Protocol, String> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .json()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log")?)
-        .with_current_span(false)
-        .init();
+    // Held to the end of main: dropping it flushes the queued log lines.
+    let _log = outrigger_proxy::logging::init(&cli.log).context("--log")?;
 
     let (mut settings, source) = match (&cli.config, &cli.control_plane, cli.listen, cli.upstream) {
         (Some(path), _, _, _) => {
@@ -245,6 +241,8 @@ fn control_plane_mode(cli: &Cli, url: http::Uri) -> anyhow::Result<(ProxySetting
         token,
         app: cli.app,
         advertise: (!cli.no_register && cli.app.is_some()).then_some(advertise),
+        // Known once the admin listener is bound.
+        admin: None,
         bootstrap_token,
         trust_domain: cli.trust_domain.clone(),
     };

@@ -5,7 +5,7 @@
 
 use crate::admin;
 use crate::control_plane::api::Api;
-use crate::control_plane::{register, subscribe, ControlPlane};
+use crate::control_plane::{self, register, subscribe, ControlPlane};
 use crate::listener::Listener;
 use crate::shutdown;
 use crate::state::Shared;
@@ -13,6 +13,7 @@ use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
 use crate::tls;
 use crate::tls::identity::Identity;
+use crate::trace::export::{ResourceInfo, SpanExport};
 use crate::watch;
 use crate::Direction;
 use outrigger_config::{ProxySettings, Snapshot};
@@ -24,6 +25,8 @@ use tokio::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error(transparent)]
+    Tracing(#[from] crate::trace::export::ExportError),
     #[error("cannot bind the {what} listener on {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -49,6 +52,22 @@ pub enum Source {
     ControlPlane(Box<ControlPlane>),
 }
 
+/// Who this sidecar is, for the spans it exports.
+fn resource_info(source: &Source) -> ResourceInfo {
+    match source {
+        Source::Static { snapshot, .. } => ResourceInfo {
+            service: snapshot.service.clone(),
+            version: None,
+            instance: format!("{}-{}", snapshot.service, std::process::id()),
+        },
+        Source::ControlPlane(cp) => ResourceInfo {
+            service: cp.service.clone(),
+            version: Some(cp.version.clone()),
+            instance: cp.sidecar_id.clone(),
+        },
+    }
+}
+
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
         .await
@@ -69,18 +88,24 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         }
         _ => None,
     };
-    let shared = Arc::new(Shared::with_identity(
-        settings.clone(),
-        access_log,
-        metrics,
-        identity.clone(),
-    ));
+    let mut shared = Shared::with_identity(settings.clone(), access_log, metrics, identity.clone());
+    if let Some(endpoint) = &settings.tracing.otlp_endpoint {
+        shared.tracer.export = Some(SpanExport::otlp(
+            endpoint,
+            resource_info(&source),
+            settings.tracing.queue,
+            shared.metrics.spans.clone(),
+        )?);
+        tracing::info!(%endpoint, sampling = settings.tracing.sampling, "exporting spans over OTLP");
+    }
+    let shared = Arc::new(shared);
 
     let admin = bind("admin", settings.admin).await?;
     if !settings.admin.ip().is_loopback() {
         tracing::warn!(addr = %settings.admin, "the admin listener is not on loopback");
     }
-    tracing::info!(addr = %admin.local_addr().unwrap_or(settings.admin), "admin listening");
+    let admin_addr = admin.local_addr().unwrap_or(settings.admin);
+    tracing::info!(addr = %admin_addr, "admin listening");
     admin::spawn(admin, shared.clone());
 
     let (watch_file, control_plane) = match source {
@@ -90,7 +115,8 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
             (watch, None)
         }
         Source::ControlPlane(cp) => {
-            let cp = *cp;
+            let mut cp = *cp;
+            cp.admin = Some(control_plane::reported_admin(admin_addr, cp.advertise));
             if let (Some(id), Some(token)) = (&identity, &cp.bootstrap_token) {
                 let ca = Api::new(&cp.url, Some(token.clone()));
                 tls::identity::spawn(
@@ -141,6 +167,10 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     let mut clean = true;
     for l in listeners {
         clean &= l.drain(deadline).await;
+    }
+    if let Some(export) = &shared.tracer.export {
+        // The last requests' spans, if the collector answers quickly.
+        export.flush(std::time::Duration::from_secs(2)).await;
     }
     if clean {
         tracing::info!("drained; exiting");

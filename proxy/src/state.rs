@@ -31,6 +31,8 @@ pub struct Shared {
     pub shutdown: Notify,
     /// The workload identity, when this sidecar joins a mesh with mTLS.
     pub identity: Option<Arc<crate::tls::identity::Identity>>,
+    /// Trace propagation, sampling and (when configured) the span exporter.
+    pub tracer: crate::trace::Tracer,
 }
 
 impl Shared {
@@ -44,6 +46,7 @@ impl Shared {
         metrics: Metrics,
         identity: Option<Arc<crate::tls::identity::Identity>>,
     ) -> Self {
+        let settings_tracing = settings.tracing.clone();
         Self {
             current: ArcSwapOption::empty(),
             stats: StatsRegistry::new(settings.stats_window),
@@ -58,6 +61,7 @@ impl Shared {
             versions: AtomicU64::new(0),
             shutdown: Notify::new(),
             identity,
+            tracer: crate::trace::Tracer::new(&settings_tracing),
         }
     }
 
@@ -81,6 +85,9 @@ impl Shared {
             .config_applied
             .with_label_values(&[source])
             .inc();
+        // The rejection series exists at 0 from the first snapshot, so a dashboard's rate over
+        // it answers 0 rather than nothing.
+        self.metrics.config_rejected.with_label_values(&[source]);
         self.metrics.config_version.set(version as i64);
         version
     }

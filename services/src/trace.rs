@@ -12,11 +12,13 @@ use axum::http::request::Parts;
 /// The correlation id header: also the `correlationId` of every log line.
 pub const REQUEST_ID: &str = "x-request-id";
 
-/// Headers copied from an inbound request to its outbound calls: W3C trace context, the
-/// correlation id, and B3 (single and multi header) because the mesh accepts B3 as well.
-pub const PROPAGATED: [&str; 9] = [
+/// Headers copied from an inbound request to its outbound calls: W3C trace context and
+/// baggage, the correlation id, and B3 (single and multi header) because the mesh accepts
+/// B3 as well.
+pub const PROPAGATED: [&str; 10] = [
     "traceparent",
     "tracestate",
+    "baggage",
     REQUEST_ID,
     "b3",
     "x-b3-traceid",

@@ -5,6 +5,8 @@
 pub mod client;
 pub mod control;
 pub mod load;
+pub mod otlp;
+pub mod prometheus;
 pub mod proxy;
 pub mod upstream;
 

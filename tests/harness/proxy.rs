@@ -20,6 +20,10 @@ pub struct ProxyBuilder {
     config: Option<String>,
     outbound: Option<SocketAddr>,
     inbound: Option<SocketAddr>,
+    /// Where the admin listener binds (loopback unless a test needs it reachable from outside).
+    admin_ip: std::net::IpAddr,
+    /// stdout and stderr go to pipes nobody reads, which fill and then block every write.
+    unread_output: bool,
 }
 
 fn addr() -> SocketAddr {
@@ -58,6 +62,8 @@ impl ProxyBuilder {
             config: None,
             outbound: Some(outbound),
             inbound: app.map(|_| inbound),
+            admin_ip: [127, 0, 0, 1].into(),
+            unread_output: false,
         }
     }
 
@@ -74,6 +80,8 @@ impl ProxyBuilder {
             config: None,
             outbound: Some(listen),
             inbound: None,
+            admin_ip: [127, 0, 0, 1].into(),
+            unread_output: false,
         }
     }
 
@@ -87,11 +95,27 @@ impl ProxyBuilder {
             config: Some(config),
             outbound: Some(outbound),
             inbound: Some(inbound),
+            admin_ip: [127, 0, 0, 1].into(),
+            unread_output: false,
         }
     }
 
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_string());
+        self
+    }
+
+    /// Binds the admin listener to `ip` (e.g. 0.0.0.0); the test still reaches it on loopback.
+    pub fn admin_ip(mut self, ip: std::net::IpAddr) -> Self {
+        self.admin_ip = ip;
+        self
+    }
+
+    /// Sends stdout and stderr to pipes that are never read, as a stuck log shipper would:
+    /// once the pipe buffer (64 KiB) is full, every write to them blocks.
+    /// [`Proxy::stdout`] and [`Proxy::stderr`] are empty then.
+    pub fn unread_output(mut self) -> Self {
+        self.unread_output = true;
         self
     }
 
@@ -101,7 +125,7 @@ impl ProxyBuilder {
         let mut cmd = Command::new(bin("outrigger-proxy"));
         cmd.args(&self.args)
             .arg("--admin")
-            .arg(admin.to_string())
+            .arg(SocketAddr::new(self.admin_ip, admin.port()).to_string())
             .arg("--threads")
             .arg("2");
         let mut config_path = None;
@@ -111,11 +135,16 @@ impl ProxyBuilder {
             cmd.arg("--config").arg(&p);
             config_path = Some(p);
         }
-        let out = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout file");
-        let err = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
-        cmd.stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .stdin(Stdio::null());
+        if self.unread_output {
+            // The Child keeps the read ends open (so writes block rather than fail) until the
+            // Proxy is dropped.
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        } else {
+            let out = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout file");
+            let err = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
+            cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err));
+        }
+        cmd.stdin(Stdio::null());
         let child = cmd.spawn().expect("start outrigger-proxy");
         Proxy {
             child,

@@ -50,6 +50,9 @@ struct Behavior {
     attempts: Mutex<Vec<String>>,
     /// When each request arrived, in the same order.
     arrivals: Mutex<Vec<std::time::Instant>>,
+    /// The request headers of each request, in the same order: what an attempt that was
+    /// answered with a failure (and so never echoed) carried.
+    headers: Mutex<Vec<http::HeaderMap>>,
 }
 
 impl Upstream {
@@ -155,6 +158,15 @@ impl Upstream {
             .clone()
     }
 
+    /// The request headers of every request so far, in arrival order.
+    pub fn headers_seen(&self) -> Vec<http::HeaderMap> {
+        self.behavior
+            .headers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// When each request so far arrived (its head was read), in order.
     pub fn arrivals(&self) -> Vec<std::time::Instant> {
         self.behavior
@@ -206,6 +218,10 @@ async fn misbehave(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(std::time::Instant::now());
+    b.headers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(req.headers().clone());
     let delay = b.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;

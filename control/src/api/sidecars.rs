@@ -2,7 +2,7 @@
 
 use super::error::{JsonBody, QueryArgs};
 use super::{ApiError, AppState};
-use crate::push::{self, SidecarStatus, StreamContext};
+use crate::push::{self, SidecarStatus, StreamContext, Subscriber};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -11,11 +11,18 @@ use http::{header, StatusCode};
 use outrigger_config::path::FieldPath;
 use outrigger_config::Validator;
 use serde::Deserialize;
+use std::net::SocketAddr;
 
 #[derive(Deserialize)]
 pub struct StreamQuery {
     service: String,
     sidecar: String,
+    /// The instance's version label; older sidecars do not send it.
+    #[serde(default)]
+    version: Option<String>,
+    /// The sidecar's admin listener (`ip:port`); older sidecars do not send it.
+    #[serde(default)]
+    admin: Option<String>,
 }
 
 /// Ids are shown to operators and used as map keys; keep them short and printable.
@@ -34,10 +41,20 @@ pub async fn stream(
 ) -> Result<Response, ApiError> {
     let mut v = Validator::default();
     v.name(&q.service, FieldPath::root().key("service"));
+    if let Some(version) = &q.version {
+        v.name(version, FieldPath::root().key("version"));
+    }
     if let Some((path, reason)) = v.problems.into_iter().next() {
         return Err(ApiError::BadRequest(format!("{path}: {reason}")));
     }
     check_id(&q.sidecar)?;
+    // Operators' tools connect to this address, so it must be one, not any text.
+    let admin = match &q.admin {
+        None => None,
+        Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+            ApiError::BadRequest(format!("admin: {a:?} is not an ip:port address"))
+        })?),
+    };
     tracing::info!(sidecar = %q.sidecar, service = %q.service, "stream opened");
     let body = push::open(
         StreamContext {
@@ -47,8 +64,12 @@ pub async fn stream(
             keepalive: app.keepalive,
             shutdown: app.shutdown.clone(),
         },
-        q.service,
-        q.sidecar,
+        Subscriber {
+            id: q.sidecar,
+            service: q.service,
+            version: q.version,
+            admin,
+        },
     );
     Ok((
         [

@@ -9,6 +9,7 @@ mod delete;
 mod get;
 mod table;
 mod token;
+mod top;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -56,6 +57,10 @@ pub enum Command {
     /// Run the whole shop mesh on this machine: control plane, every service with its sidecar,
     /// storefront load and a live table. `--duration 30s` runs unattended and prints a summary.
     Up(up::UpArgs),
+    /// A live view of a running mesh: per service what its callers' sidecars see (the columns
+    /// of `up`), and each sidecar's sync state. Keys only (`q` quits, `s` sorts); plain text
+    /// when stdout is not a terminal, or with `--plain`; `--once` prints one snapshot.
+    Top(top::Args),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -71,6 +76,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Canary(a) => canary::run(&client, a).await,
         Command::Ca(c) => ca::run(&client, c).await,
         Command::Token(a) => token::run(&client, a).await,
+        Command::Top(a) => top::run(&client, &cli.control_plane, a).await,
         Command::Up(_) => Ok(ExitCode::SUCCESS),
     }
 }

@@ -24,10 +24,27 @@ pub struct ControlPlane {
     pub app: Option<SocketAddr>,
     /// The address other sidecars reach this one on; `None` = do not register.
     pub advertise: Option<SocketAddr>,
+    /// The admin listener as told to the control plane (see [`reported_admin`]).
+    pub admin: Option<SocketAddr>,
     /// Proves to the mesh CA which service this sidecar may get a certificate for; with it
     /// the sidecar joins the mesh's mTLS. Never logged.
     pub bootstrap_token: Option<String>,
     pub trust_domain: String,
+}
+
+/// The admin address to tell the control plane: the bound one, except that an unspecified IP
+/// (`0.0.0.0`) is no place to connect to, so the advertised IP (or loopback) stands in.
+pub fn reported_admin(bound: SocketAddr, advertise: Option<SocketAddr>) -> SocketAddr {
+    let mut a = bound;
+    if a.ip().is_unspecified() {
+        a.set_ip(
+            advertise
+                .map(|x| x.ip())
+                .filter(|ip| !ip.is_unspecified())
+                .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+        );
+    }
+    a
 }
 
 /// Exponential backoff with full jitter, capped: the pattern for every reconnect here.
@@ -42,6 +59,27 @@ pub(crate) fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reported_admin_address_is_one_to_connect_to() {
+        let a = |s: &str| s.parse::<SocketAddr>().expect("address");
+        assert_eq!(
+            reported_admin(a("127.0.0.1:15000"), None),
+            a("127.0.0.1:15000")
+        );
+        assert_eq!(
+            reported_admin(a("0.0.0.0:15000"), None),
+            a("127.0.0.1:15000")
+        );
+        assert_eq!(
+            reported_admin(a("0.0.0.0:15000"), Some(a("10.1.2.3:15006"))),
+            a("10.1.2.3:15000")
+        );
+        assert_eq!(
+            reported_admin(a("10.9.9.9:15000"), Some(a("10.1.2.3:15006"))),
+            a("10.9.9.9:15000")
+        );
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

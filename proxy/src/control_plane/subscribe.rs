@@ -70,11 +70,16 @@ async fn session(
     shared: &Shared,
     applied: &mut bool,
 ) -> Result<(), SessionError> {
-    let path = format!(
-        "/v1/stream?service={}&sidecar={}",
+    let mut path = format!(
+        "/v1/stream?service={}&sidecar={}&version={}",
         encode(&cp.service),
-        encode(&cp.sidecar_id)
+        encode(&cp.sidecar_id),
+        encode(&cp.version)
     );
+    // So operators' tools (`outrigger top`) can find this sidecar's /metrics and /stats.
+    if let Some(admin) = cp.admin {
+        path.push_str(&format!("&admin={}", encode(&admin.to_string())));
+    }
     let mut body = api.stream(&path).await?;
     shared.metrics.control_plane_connected.set(1);
     tracing::info!(service = %cp.service, sidecar = %cp.sidecar_id, "subscribed to the control plane");
@@ -197,6 +202,7 @@ mod tests {
             token: None,
             app: Some("127.0.0.1:8085".parse().unwrap()),
             advertise: None,
+            admin: None,
             bootstrap_token: None,
             trust_domain: "outrigger.local".into(),
         }

@@ -20,6 +20,8 @@ use crate::state::Shared;
 use crate::telemetry::access_log::Entry;
 use crate::telemetry::metrics::StatusMetrics;
 use crate::telemetry::record::{LogContext, Record};
+use crate::trace::span::{ErrorType, Pending, SpanRecord};
+use crate::trace::{new_span_id, propagate, TraceCtx};
 use crate::Direction;
 use headers::{
     append_forwarded_for, ensure_request_id, header_block_size, strip_hop_by_hop, wants_upgrade,
@@ -45,6 +47,11 @@ struct Ctx {
     direction: Direction,
     client: SocketAddr,
     log: Option<Box<LogContext>>,
+    trace: TraceCtx,
+    /// The current attempt's span id: the parent the upstream sees.
+    span_id: u64,
+    /// The current attempt's span, when this trace is sampled and spans are exported.
+    span: Option<Box<Pending>>,
 }
 
 pub async fn handle(
@@ -68,11 +75,47 @@ pub async fn handle(
         }
     }
     let request_id = ensure_request_id(req.headers_mut());
+    let trace = shared.tracer.incoming(req.headers());
+    let span_id = new_span_id();
+    let span = shared.tracer.sink(&trace).map(|sink| {
+        Box::new(Pending::new(
+            sink.clone(),
+            SpanRecord {
+                trace_id: trace.trace_id,
+                span_id,
+                parent: trace.parent,
+                direction,
+                start: SystemTime::now(),
+                duration: Default::default(),
+                method: req.method().clone(),
+                route: None,
+                // Outbound: the destination, once known. Inbound: the verified caller.
+                peer_service: peer
+                    .identity
+                    .as_deref()
+                    .filter(|_| direction == Direction::Inbound)
+                    .and_then(|id| id.rsplit_once("/service/"))
+                    .map(|(_, s)| Arc::from(s)),
+                path: req.uri().path_and_query().cloned(),
+                host: authority(&req).and_then(|a| a.parse().ok()),
+                protocol: req.version(),
+                attempt: 1,
+                endpoint: None,
+                endpoint_version: None,
+                client,
+                status: None,
+                error: None,
+            },
+        ))
+    });
     let mut ctx = Ctx {
         start,
         direction,
         client,
         log: None,
+        trace,
+        span_id,
+        span,
     };
     let Some(state) = shared.current() else {
         // Not ready yet: nothing to route with.
@@ -207,6 +250,12 @@ async fn forward(
         log.entry.dst_service = Some(dest.name.clone());
         log.entry.route = Some(route.name.clone());
     }
+    if let Some(span) = ctx.span.as_mut() {
+        span.rec.route = Some(route.name.clone());
+        if ctx.direction == Direction::Outbound {
+            span.rec.peer_service = Some(dest.name.clone());
+        }
+    }
     let unpicked = route.metrics_for(None);
     if let Some(bucket) = &route.rate_limit {
         if !bucket.try_acquire() {
@@ -257,6 +306,7 @@ async fn forward(
     if let Err(e) = prepare(&mut head, dest.protocol, ctx.client, upgrade) {
         return local_error(shared, &mut ctx, Some(unpicked), e);
     }
+    propagate::clear_stale(&mut head.headers, &ctx.trace);
     let received = ctx.log.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
     if let Some(log) = ctx.log.as_mut() {
         log.bytes_received = received.clone();
@@ -304,13 +354,23 @@ async fn forward(
         if let Some(log) = ctx.log.as_mut() {
             log.entry.upstream = Some(ep.addr);
         }
+        if let Some(span) = ctx.span.as_mut() {
+            span.rec.endpoint = Some(ep.addr);
+            span.rec.endpoint_version = dest.versions.get(ep.version).cloned();
+        }
         let Some(body) = next_body.take().or_else(|| source.next_attempt(attempt)) else {
             // The body outgrew the replay cap while the previous attempt was still sending it.
             route.counters.body_too_large.inc();
             return local_error(shared, &mut ctx, Some(metrics), ProxyError::UpstreamReset);
         };
         let target = app_authority.as_ref().unwrap_or(&ep.authority);
-        let upstream_req = attempt_request(&head, target, attempt, may_retry, body);
+        let mut upstream_req = attempt_request(&head, target, attempt, may_retry, body);
+        propagate::inject(
+            upstream_req.headers_mut(),
+            &ctx.trace,
+            ctx.span_id,
+            shared.tracer.b3,
+        );
 
         let started = Instant::now();
         let try_deadline = match route.per_try_timeout {
@@ -351,7 +411,14 @@ async fn forward(
             }
             Ok(Err(e)) => {
                 let failure = classify(&e);
-                tracing::debug!(upstream = %ep.addr, error = ?e, ?failure, attempt, "upstream attempt failed");
+                tracing::debug!(
+                    request_id = head.headers.get(&headers::REQUEST_ID).and_then(|v| v.to_str().ok()),
+                    upstream = %ep.addr,
+                    error = ?e,
+                    ?failure,
+                    attempt,
+                    "upstream attempt failed"
+                );
                 (failure, None)
             }
             Err(_) if try_deadline < deadline => {
@@ -397,11 +464,22 @@ async fn forward(
             _ => None,
         };
         match (delay, kept) {
-            (Some(d), _) => {
+            (Some(d), kept) => {
                 route.counters.retried.inc();
+                // This attempt's span ends here; the next one is its sibling.
+                let failed = ctx.span.take();
+                let failed_at = Instant::now();
+                let status = kept.as_ref().map(|r| r.status().as_u16());
+                drop(kept);
                 tokio::time::sleep(d).await;
                 avoid = Some(pick.index);
                 attempt += 1;
+                ctx.span_id = new_span_id();
+                ctx.span = failed.map(|f| {
+                    let next = f.next_attempt(ctx.span_id, attempt);
+                    f.finish_at(failed_at, status, Some(failure_error(failure)));
+                    next
+                });
             }
             (_, Some(res)) => {
                 let finish = Finish {
@@ -413,16 +491,29 @@ async fn forward(
                 return finish.response(shared, res, None);
             }
             (_, None) => {
-                let err = match failure {
-                    Failure::ConnectFailure => ProxyError::ConnectFailure,
-                    Failure::PeerIdentityMismatch => ProxyError::PeerIdentityMismatch,
-                    Failure::Overloaded => ProxyError::Overloaded,
-                    Failure::PerTryTimeout => ProxyError::PerTryTimeout,
-                    _ => ProxyError::UpstreamReset,
-                };
-                return local_error(shared, &mut ctx, Some(metrics), err);
+                return local_error(shared, &mut ctx, Some(metrics), give_up_error(failure));
             }
         }
+    }
+}
+
+/// The proxy's answer when the last attempt failed without a response to pass on.
+fn give_up_error(failure: Failure) -> ProxyError {
+    match failure {
+        Failure::ConnectFailure => ProxyError::ConnectFailure,
+        Failure::PeerIdentityMismatch => ProxyError::PeerIdentityMismatch,
+        Failure::Overloaded => ProxyError::Overloaded,
+        Failure::PerTryTimeout => ProxyError::PerTryTimeout,
+        _ => ProxyError::UpstreamReset,
+    }
+}
+
+/// How a retried attempt's span names its failure.
+fn failure_error(failure: Failure) -> ErrorType {
+    match failure {
+        Failure::Status(s) => ErrorType::Status(s.as_u16()),
+        Failure::Grpc(_) => ErrorType::Proxy("grpc_status"),
+        f => ErrorType::Proxy(give_up_error(f).reason()),
     }
 }
 
@@ -624,6 +715,7 @@ impl Finish<'_> {
             metrics: self.metrics.clone(),
             stats: Some(self.stats.clone()),
             log: self.ctx.log.take(),
+            span: self.ctx.span.take(),
             bytes_sent: 0,
             permit: Some(self.permit),
         };
@@ -686,15 +778,28 @@ fn local_error(
     if let Some(l) = log.as_mut() {
         l.entry.error = Some(err.reason());
     }
+    let mut span = ctx.span.take();
+    if let Some(s) = span.as_mut() {
+        s.rec.error = Some(ErrorType::Proxy(err.reason()));
+    }
     let res = err.response();
-    let record = metrics.map(|m| Record {
-        start: ctx.start,
-        status: res.status(),
-        metrics: m.clone(),
-        stats: None,
-        log,
-        bytes_sent: 0,
-        permit: None,
-    });
+    let record = match metrics {
+        Some(m) => Some(Record {
+            start: ctx.start,
+            status: res.status(),
+            metrics: m.clone(),
+            stats: None,
+            log,
+            span,
+            bytes_sent: 0,
+            permit: None,
+        }),
+        None => {
+            if let Some(s) = span {
+                s.finish(Some(res.status().as_u16()), None);
+            }
+            None
+        }
+    };
     res.map(|b| ResponseBody::local(b, record))
 }

@@ -52,6 +52,8 @@ pub struct Dest {
     pub protocol: Protocol,
     pub client: Upstream,
     pub endpoints: Box<[EndpointTarget]>,
+    /// Version names, indexed by `EndpointTarget::version`.
+    pub versions: Box<[Arc<str>]>,
     pub routes: Box<[RouteEntry]>,
     pub stats: Arc<SlidingHistogram>,
     pub lb: LoadBalancer,
@@ -414,6 +416,7 @@ impl Compiler<'_> {
                 max_connections: spec.limits.max_connections,
             }),
             endpoints,
+            versions: versions.iter().map(|v| Arc::from(*v)).collect(),
             routes,
             stats: self.stats.get(spec.direction, spec.name),
             lb: spec.lb,

@@ -54,6 +54,8 @@ pub struct Metrics {
     /// The inbound handles resolved once, for the request and accept paths.
     pub inbound: InboundCounters,
     pub authz_denied: IntCounterVec,
+    /// The span pipeline's counters (exported, dropped by reason).
+    pub spans: crate::trace::export::SpanCounters,
 }
 
 const ROUTE_LABELS: &[&str] = &["direction", "service", "dst_service", "route"];
@@ -223,8 +225,26 @@ impl Metrics {
             ),
             &["service"],
         ));
+        let spans_exported = must(IntCounter::new(
+            "outrigger_spans_exported_total",
+            "Spans the OTLP collector accepted.",
+        ));
+        let spans_dropped = must(IntCounterVec::new(
+            Opts::new(
+                "outrigger_spans_dropped_total",
+                "Spans dropped: queue_full (the export queue was full) or export_failed (the collector refused or did not answer in time).",
+            ),
+            &["reason"],
+        ));
+        let spans = crate::trace::export::SpanCounters {
+            exported: spans_exported.clone(),
+            dropped_queue_full: spans_dropped.with_label_values(&["queue_full"]),
+            dropped_export_failed: spans_dropped.with_label_values(&["export_failed"]),
+        };
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(spans_exported),
+            Box::new(spans_dropped),
             Box::new(latency.clone()),
             Box::new(proxy_errors.clone()),
             Box::new(config_applied.clone()),
@@ -253,6 +273,7 @@ impl Metrics {
         ] {
             must(registry.register(c));
         }
+        must(registry.register(Box::new(must(crate::logging::DroppedLinesCollector::new()))));
         let inbound = InboundCounters {
             mtls: LazyCounter::new(&inbound_security, &["mtls"]),
             plaintext: LazyCounter::new(&inbound_security, &["plaintext"]),
@@ -288,6 +309,7 @@ impl Metrics {
             tls_handshakes,
             inbound_security,
             authz_denied,
+            spans,
         }
     }
 

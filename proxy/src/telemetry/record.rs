@@ -15,6 +15,8 @@ pub struct Record {
     pub metrics: Arc<StatusMetrics>,
     pub stats: Option<Arc<SlidingHistogram>>,
     pub log: Option<Box<LogContext>>,
+    /// The final attempt's span, ended with the response.
+    pub span: Option<Box<crate::trace::span::Pending>>,
     pub bytes_sent: u64,
     /// The destination's in-flight slot, released when the response ends.
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -33,6 +35,9 @@ impl Record {
         self.metrics.record(self.status, elapsed.as_secs_f64());
         if let Some(s) = &self.stats {
             s.record(elapsed);
+        }
+        if let Some(span) = self.span {
+            span.finish(Some(self.status.as_u16()), None);
         }
         if let Some(log) = self.log {
             let LogContext {

@@ -7,7 +7,8 @@
 mod load;
 mod metrics_text;
 mod procs;
-mod table;
+mod prometheus;
+pub(super) mod table;
 
 use procs::Procs;
 use serde::Serialize;
@@ -51,6 +52,24 @@ pub struct UpArgs {
     /// mTLS between sidecars: strict (only mTLS), permissive (mTLS or plaintext) or off.
     #[arg(long, value_name = "MODE", default_value = "strict", value_parser = ["strict", "permissive", "off"])]
     pub mtls: String,
+    /// Every sidecar exports its spans over OTLP/gRPC to this collector, e.g.
+    /// http://127.0.0.1:4317.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces the sidecars sample, 0.0 to 1.0 (a demo mesh wants every trace).
+    #[arg(long, value_name = "RATIO", default_value_t = 1.0, value_parser = sampling_ratio)]
+    pub trace_sampling: f64,
+    /// Write Prometheus file_sd target files for the sidecars and the control plane here
+    /// (what deploy/prometheus/prometheus.yml reads as targets/*.json); removed on exit.
+    #[arg(long, value_name = "DIR")]
+    pub prometheus_targets: Option<PathBuf>,
+}
+
+fn sampling_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a ratio between 0.0 and 1.0")),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +226,11 @@ async fn run_mesh(
     }
     let (edge, edge_admin, edge_inbound) = (ports.take()?, ports.take()?, ports.take()?);
     drop(ports);
+    let _targets = args
+        .prometheus_targets
+        .as_deref()
+        .map(|d| prometheus::Targets::write(d, control, &instances, edge_admin))
+        .transpose()?;
 
     let control_url = format!("http://{control}");
     procs.spawn(
@@ -264,6 +288,7 @@ async fn run_mesh(
         }
         procs.spawn(&i.id(n), &bins.join("shop"), &app_args)?;
         let mut sidecar = sidecar_args(
+            args,
             &control_url,
             token_file,
             i.service,
@@ -285,6 +310,7 @@ async fn run_mesh(
     }
     // The edge: the shoppers' own sidecar, with no app and nothing inbound.
     let mut edge_args = sidecar_args(
+        args,
         &control_url,
         token_file,
         "storefront",
@@ -470,6 +496,7 @@ fn collector_probes(edge_admin: SocketAddr, order_admin: SocketAddr) -> Vec<Prob
 
 #[allow(clippy::too_many_arguments)]
 fn sidecar_args(
+    up: &UpArgs,
     control: &str,
     token_file: &Path,
     service: &str,
@@ -502,6 +529,11 @@ fn sidecar_args(
     ];
     if let Some(app) = app {
         a.extend(["--app".into(), app.to_string()]);
+    }
+    // Sampling applies without an exporter too: it decides the flags sent downstream.
+    a.extend(["--trace-sampling".into(), up.trace_sampling.to_string()]);
+    if let Some(endpoint) = &up.otlp_endpoint {
+        a.extend(["--otlp-endpoint".into(), endpoint.clone()]);
     }
     a
 }
@@ -639,7 +671,7 @@ fn write_secret(path: &Path, secret: &str) -> Result<(), UpError> {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-async fn stop_signal() {
+pub(super) async fn stop_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
