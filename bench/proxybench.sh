@@ -6,9 +6,12 @@
 #   ROUNDS=5 bench/proxybench.sh                       # steadier medians (see the kit's README)
 #   TARGETS="direct" ROUNDS=1 bench/proxybench.sh      # quick look: baseline + outrigger only
 #   OUT=bench/proxybench-results.md bench/proxybench.sh
+#   OUTRIGGER_NAME=outrigger-traced OUTRIGGER_ARGS="--otlp-endpoint http://127.0.0.1:9 --trace-sampling 1" \
+#     TARGETS=direct bench/proxybench.sh               # a variant: extra proxy flags, own row name
 #
 # Environment: PROXYBENCH_KIT (default: <repo>/../shared/bench/proxybench), ROUNDS, TARGETS,
-# OUT and every other setting of the kit (they pass through); OUTRIGGER_PORT (18090) and
+# OUT and every other setting of the kit (they pass through); OUTRIGGER_ARGS (extra proxy flags)
+# and OUTRIGGER_NAME (the row name, default outrigger); OUTRIGGER_PORT (18090) and
 # OUTRIGGER_ADMIN_PORT (18099) if those ports are taken. Needs a quiet machine: the kit waits
 # for other processes to go quiet and flags rows measured while they were not.
 set -euo pipefail
@@ -46,8 +49,8 @@ git diff --quiet HEAD -- proxy config Cargo.toml Cargo.lock || REV="$REV+dirty"
 # One worker thread, no access log, quiet logs: what the kit asks of every proxy. The listener
 # speaks HTTP/1.1 and h2c (prior knowledge) on the same port. `$UPSTREAM_PORT` stays literal
 # here; the kit expands it when it starts the target.
-TARGET_CMD="$(printf '%q' "$BIN") --listen 127.0.0.1:$PORT --upstream 127.0.0.1:\$UPSTREAM_PORT --threads 1 --no-access-log --admin 127.0.0.1:$ADMIN_PORT --log warn"
-export TARGET_NAME=outrigger TARGET_CMD
+TARGET_CMD="$(printf '%q' "$BIN") --listen 127.0.0.1:$PORT --upstream 127.0.0.1:\$UPSTREAM_PORT --threads 1 --no-access-log --admin 127.0.0.1:$ADMIN_PORT --log warn ${OUTRIGGER_ARGS:-}"
+export TARGET_NAME=${OUTRIGGER_NAME:-outrigger} TARGET_CMD
 export TARGET_PORT=$PORT
 export TARGET_H2_PORT=$PORT
 

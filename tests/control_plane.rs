@@ -14,15 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-const MESH: &str = "\
-kind: Service
-metadata: {name: checkout}
-spec: {calls: [payment]}
----
-kind: Service
-metadata: {name: payment}
-spec: {}
-";
+const MESH: &str = outrigger_tests::control::CHECKOUT_CALLS_PAYMENT;
 
 async fn served_by(proxy: &Proxy, host: &str) -> (u16, String) {
     let req = client::request("GET", &format!("http://{}/", proxy.outbound()))

@@ -277,15 +277,7 @@ fn top_once_fails_clearly_without_a_control_plane() {
     assert!(out.stdout.is_empty());
 }
 
-const MESH: &str = "\
-kind: Service
-metadata: {name: checkout}
-spec: {calls: [payment]}
----
-kind: Service
-metadata: {name: payment}
-spec: {}
-";
+const MESH: &str = outrigger_tests::control::CHECKOUT_CALLS_PAYMENT;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_lists_each_sidecar_s_admin_address() {

@@ -11,6 +11,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// The smallest mesh: `checkout` may call `payment`.
+pub const CHECKOUT_CALLS_PAYMENT: &str = "\
+kind: Service
+metadata: {name: checkout}
+spec: {calls: [payment]}
+---
+kind: Service
+metadata: {name: payment}
+spec: {}
+";
+
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 
 pub struct Control {

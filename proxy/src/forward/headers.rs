@@ -90,13 +90,8 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 }
 
 fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = fastrand::u128(..);
     let mut buf = [0u8; 32];
-    for b in buf.iter_mut() {
-        *b = HEX[(n & 0xf) as usize];
-        n >>= 4;
-    }
+    crate::trace::context::write_hex(&mut buf, fastrand::u128(..));
     // Hex digits are always a valid header value.
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }

@@ -216,7 +216,7 @@ fn lower_hex(b: &[u8]) -> Option<u128> {
     Some(v)
 }
 
-/// Writes `n` as `width` lowercase hex digits into `out`.
+/// Writes the low `out.len()` hex digits of `n` into `out`, lowercase, most significant first.
 pub fn write_hex(out: &mut [u8], mut n: u128) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for b in out.iter_mut().rev() {
