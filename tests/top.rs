@@ -308,6 +308,26 @@ async fn the_control_plane_lists_each_sidecar_s_admin_address() {
     assert_eq!(me["admin"], proxy.admin.to_string(), "{me}");
     assert_eq!(me["version"], "v2", "{me}");
 
+    // The operator's view of the same: `outrigger get sidecars` shows version and admin.
+    let out = Command::new(bin("outrigger"))
+        .args(["--control-plane", &control.url(), "get", "sidecars"])
+        .output()
+        .expect("run outrigger get sidecars");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.lines()
+            .next()
+            .is_some_and(|h| h.contains("ADMIN") && h.contains("PUSHED")),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.contains("checkout")
+            && l.contains(&proxy.admin.to_string())
+            && l.contains("v2")),
+        "{text}"
+    );
+
     // What `top` reads there is the sidecar's own admin port.
     let admin = me["admin"].as_str().expect("admin").to_string();
     let (status, _) =

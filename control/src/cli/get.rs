@@ -81,7 +81,10 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
             &[
                 "ID",
                 "SERVICE",
+                "VERSION",
+                "ADMIN",
                 "CONNECTED",
+                "PUSHED",
                 "ACKED",
                 "LAST-NACK",
                 "LAST-SEEN",
@@ -192,7 +195,10 @@ fn sidecar_row(v: &Value) -> Vec<String> {
     vec![
         cell(v.get("id")),
         cell(v.get("service")),
+        cell(v.get("version")),
+        cell(v.get("admin")),
         cell(v.get("connected")),
+        cell(v.get("pushed_version")),
         cell(v.get("acked_version")),
         nack,
         cell(v.get("last_seen")),
