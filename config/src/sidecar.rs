@@ -56,6 +56,20 @@ pub struct TracingSettings {
     pub queue: usize,
 }
 
+impl TracingSettings {
+    /// The collector URL the exporter can use: plaintext OTLP/gRPC (`http://host:port`). TLS to
+    /// the collector is not built in; a node-local collector or a mesh sidecar provides it.
+    pub fn check_endpoint(url: &str) -> Result<(), &'static str> {
+        match url.strip_prefix("http://") {
+            Some(rest) if !rest.is_empty() && !rest.contains(char::is_whitespace) => Ok(()),
+            _ if url.starts_with("https://") => Err(
+                "https is not supported: export to a local collector over http:// (it can forward with TLS)",
+            ),
+            _ => Err("must be an absolute http:// URL such as http://127.0.0.1:4317"),
+        }
+    }
+}
+
 impl Default for TracingSettings {
     fn default() -> Self {
         Self {
@@ -124,13 +138,9 @@ impl Validate for ProxySettings {
             "must be between 1 and 1000000",
         );
         if let Some(e) = &self.tracing.otlp_endpoint {
-            v.ensure(
-                ["http://", "https://"]
-                    .iter()
-                    .any(|p| e.strip_prefix(p).is_some_and(|rest| !rest.is_empty())),
-                || at.key("tracing").key("otlp_endpoint"),
-                "must be an absolute URL such as http://127.0.0.1:4317",
-            );
+            if let Err(reason) = TracingSettings::check_endpoint(e) {
+                v.fail(at.key("tracing").key("otlp_endpoint"), reason);
+            }
         }
         let addrs = [self.outbound, self.inbound, Some(self.admin)];
         let mut seen = Vec::new();

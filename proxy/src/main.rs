@@ -169,6 +169,9 @@ fn main() -> anyhow::Result<()> {
         settings.access_log = false;
     }
     if let Some(e) = &cli.otlp_endpoint {
+        if let Err(reason) = outrigger_config::TracingSettings::check_endpoint(e) {
+            bail!("--otlp-endpoint {e}: {reason}");
+        }
         settings.tracing.otlp_endpoint = Some(e.clone());
     }
     if let Some(r) = cli.trace_sampling {
