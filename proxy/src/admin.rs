@@ -28,9 +28,14 @@ pub fn spawn(listener: TcpListener, shared: Arc<Shared>) {
             };
             let shared = shared.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| {
+                let svc = service_fn(move |req: Request<Incoming>| {
                     let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(route(&shared, peer, req)) }
+                    async move {
+                        if req.method() == Method::GET && req.uri().path() == "/metrics" {
+                            return Ok::<_, Infallible>(metrics(shared).await);
+                        }
+                        Ok::<_, Infallible>(route(&shared, peer, req))
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -53,14 +58,6 @@ fn route(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Response<
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
-        }
-        (&Method::GET, "/metrics") => {
-            let mut r = Response::new(Full::new(Bytes::from(shared.metrics.encode())));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            r
         }
         (&Method::GET, "/config") => match shared.current() {
             Some(c) => json_response(
@@ -135,6 +132,21 @@ fn logging(peer: SocketAddr, method: &Method, query: Option<&str>) -> Response<F
         }
         _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
     }
+}
+
+/// `/metrics`, encoded on the blocking pool: with hundreds of series an encode takes
+/// milliseconds, which on a single-worker runtime would stall every request for as long.
+async fn metrics(shared: Arc<Shared>) -> Response<Full<Bytes>> {
+    let body = match tokio::task::spawn_blocking(move || shared.metrics.encode()).await {
+        Ok(text) => text,
+        Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n"),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
