@@ -5,11 +5,12 @@
 //! whose one trace holds the order sidecar's SERVER span, its CLIENT spans to inventory and
 //! payment as children, and under each of those the SERVER span of the callee's sidecar; and
 //! an order whose charge was retried, with one sibling CLIENT span per attempt, each with
-//! payment's SERVER span under it. The shop links the hops by forwarding the traceparent it
+//! payment's SERVER span under it. Orders the test places itself, each with a traceparent of
+//! its own, must join that trace: the edge sidecar's span is a child of the span it named. The shop links the hops by forwarding the traceparent it
 //! received (services/src/trace.rs); the sidecars make every span.
 
-use outrigger_tests::bin;
 use outrigger_tests::otlp::{Receiver, Span};
+use outrigger_tests::up::Up;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -147,48 +148,69 @@ fn describe(spans: &[Span]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_is_one_trace_across_both_sidecars_of_each_hop_with_every_attempt() {
     let mut rx = Receiver::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let workdir = dir.path().join("run");
-    // 30 orders/s for 25 s: ~750 charges, ~10 % on the canary, half of which fail at first
-    // and are retried by the `charge` route (gateway-error, 3 attempts): dozens of retries.
-    let up = tokio::process::Command::new(bin("outrigger"))
-        .args(["up", "--duration", "25s", "--orders-per-sec", "30"])
-        .args(["--canary-error-rate", "0.5", "--trace-sampling", "1"])
-        .args(["--otlp-endpoint", &rx.endpoint()])
-        .arg("--workdir")
-        .arg(&workdir)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(300), up)
-        .await
-        .expect("outrigger up ends within 300 s")
-        .expect("run outrigger up");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "outrigger up failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(rx.is_running(), "the receiver died");
+    // 30 orders/s: ~10 % of charges on the canary, half of which fail at first and are
+    // retried by the `charge` route (gateway-error, 3 attempts): dozens of retries a minute.
+    let mut up = Up::start(&[
+        "--orders-per-sec",
+        "30",
+        "--canary-error-rate",
+        "0.5",
+        "--trace-sampling",
+        "1",
+        "--otlp-endpoint",
+        &rx.endpoint(),
+    ])
+    .await;
 
-    // The sidecars export in the background; the last batches may still be on their way.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Orders of our own, as an instrumented storefront would send them: each carries a
+    // traceparent naming a span of ours, which the mesh must join rather than replace.
+    let client = outrigger_tests::client::h1();
+    let mut ours: BTreeMap<String, String> = BTreeMap::new();
+    for _ in 0..20 {
+        let trace_id = format!("{:032x}", fastrand::u128(1..));
+        let span_id = format!("{:016x}", fastrand::u64(1..));
+        let req = outrigger_tests::client::request("POST", &format!("http://{}/orders", up.edge))
+            .header("host", "order")
+            .header("content-type", "application/json")
+            .header("traceparent", format!("00-{trace_id}-{span_id}-01"))
+            .body(outrigger_tests::client::full(
+                r#"{"user": "tracer", "product_id": "p1", "quantity": 1}"#,
+            ))
+            .expect("order request");
+        let res = outrigger_tests::client::send(&client, req).await;
+        assert!(res.status().is_success(), "our order: {res:?}");
+        ours.insert(trace_id, span_id);
+    }
+
+    // The sidecars export in the background: poll until the traces are complete.
+    let deadline = Instant::now() + Duration::from_secs(120);
     let spans = loop {
+        up.assert_running();
         let spans = rx.spans();
         let found = orders(&spans);
-        if found.iter().any(|o| !retried(o)) && found.iter().any(retried) {
+        let joined = found
+            .iter()
+            .filter(|o| ours.contains_key(o.server.trace_id.as_str()))
+            .count();
+        if found.iter().any(|o| !retried(o)) && found.iter().any(retried) && joined > 0 {
             break spans;
         }
         assert!(
             Instant::now() < deadline,
-            "no complete order trace and retried order trace among the exported spans: {}\n\
-             (sidecar logs in {})",
+            "no complete order trace, retried order trace and order of ours among the \
+             exported spans ({joined} of ours): {}\n(logs in {})",
             describe(&spans),
-            workdir.join("logs").display()
+            up.logs().display()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    let status = up.stop(Duration::from_secs(60)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "outrigger up did not stop cleanly ({status:?}):\n{}",
+        up.log()
+    );
+    assert!(rx.is_running(), "the receiver died");
     let found = orders(&spans);
 
     // One order, end to end: storefront's edge sidecar → order's sidecar (SERVER) → order's
@@ -259,5 +281,27 @@ async fn an_order_is_one_trace_across_both_sidecars_of_each_hop_with_every_attem
             "{a:?}"
         );
     }
-    assert!(stdout.contains("summary after"), "{stdout}");
+
+    // Our own orders joined the trace they came with: the edge sidecar's span is a child of
+    // the span we named, in our trace, and the whole order hangs below it.
+    let mine = found
+        .iter()
+        .find(|o| ours.contains_key(o.server.trace_id.as_str()))
+        .expect("an order of ours");
+    let edge = mine
+        .trace
+        .iter()
+        .find(|s| Some(s.span_id.as_str()) == mine.server.parent.as_deref())
+        .expect("the edge span of our order");
+    assert_eq!(
+        edge.parent.as_deref(),
+        ours.get(edge.trace_id.as_str()).map(String::as_str),
+        "the edge's span must be a child of the span our traceparent named: {edge:?}"
+    );
+    assert_eq!(edge.service, "storefront", "{edge:?}");
+    assert!(
+        up.output().iter().any(|l| l.starts_with("summary after")),
+        "{}",
+        up.log()
+    );
 }

@@ -6,11 +6,10 @@
 //! nested row panels, and the template variable queries) runs against that Prometheus and
 //! must answer with data.
 
-use outrigger_tests::bin;
 use outrigger_tests::prometheus::Prometheus;
+use outrigger_tests::up::Up;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -32,83 +31,6 @@ const SIDECAR_APPS: [&str; 8] = [
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// `outrigger up` running in the background; stopped with SIGTERM (so it stops its children)
-/// however the test ends.
-struct Up {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Up {
-    fn start(dir: &Path) -> Self {
-        let log = dir.join("up.log");
-        let out = std::fs::File::create(&log).expect("up log");
-        let err = out.try_clone().expect("up log");
-        let child = Command::new(bin("outrigger"))
-            .arg("up")
-            // Longer than the test needs: the test stops it once Prometheus has answered.
-            .args(["--duration", "900s"])
-            .arg("--prometheus-targets")
-            .arg(dir.join("targets"))
-            .arg("--workdir")
-            .arg(dir.join("run"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("start outrigger up");
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("outrigger up exited early ({status}):\n{}", self.log());
-        }
-    }
-
-    fn terminate(&self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-    }
-
-    /// SIGTERM, then its exit status within `within`.
-    async fn stop(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        self.terminate();
-        let deadline = Instant::now() + within;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            // Give `up` the chance to stop its children; SIGKILL would orphan them.
-            self.terminate();
-            for _ in 0..300 {
-                if !matches!(self.child.try_wait(), Ok(None)) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 /// One PromQL expression of a dashboard and where it comes from.
@@ -234,7 +156,12 @@ async fn prometheus_scrapes_the_mesh_and_every_dashboard_query_has_data() {
     // The targets directory exists before Prometheus starts, so its watch catches `up`'s files.
     std::fs::create_dir_all(dir.path().join("targets")).expect("targets dir");
     let prom = Prometheus::start(&dir.path().join("prometheus.yml"), dir.path()).await;
-    let mut up = Up::start(dir.path());
+    let targets_dir = dir.path().join("targets");
+    let mut up = Up::start(&[
+        "--prometheus-targets",
+        targets_dir.to_str().expect("utf-8 temp path"),
+    ])
+    .await;
 
     // Point 4: every sidecar and the control plane is a target, and every target is up.
     let expected = SIDECAR_APPS.len() + 1;

@@ -8,96 +8,13 @@ use outrigger_tests::bin;
 use outrigger_tests::control::Control;
 use outrigger_tests::eventually;
 use outrigger_tests::proxy::ProxyBuilder;
+use outrigger_tests::up::Up;
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 use tokio::time::Instant;
 
 const SHOP: [&str; 5] = ["user", "catalog", "order", "inventory", "payment"];
-
-/// `outrigger up` in the background; stopped with SIGTERM (as Ctrl-C would) when dropped.
-struct Up {
-    child: Child,
-    url: String,
-    /// Every stdout line; the reader ends when `up` exits.
-    lines: mpsc::Receiver<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl Up {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut child = Command::new(bin("outrigger"))
-            .args(["up", "--duration", "600s", "--workdir"])
-            .arg(dir.path().join("run"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start outrigger up");
-        let stdout = child.stdout.take().expect("up's stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut up = Self {
-            child,
-            url: String::new(),
-            lines,
-            _dir: dir,
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        while up.url.is_empty() {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match up.lines.recv_timeout(left) {
-                Ok(l) => {
-                    if let Some(rest) = l.strip_prefix("mesh up: control plane ") {
-                        up.url = rest.split(',').next().unwrap_or_default().to_string();
-                    }
-                }
-                Err(e) => panic!(
-                    "outrigger up did not come up ({e}); logs in {}",
-                    up._dir.path().display()
-                ),
-            }
-        }
-        up
-    }
-
-    /// Stops `up` and returns the rest of what it printed (its summary).
-    fn stop(&mut self) -> Vec<String> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        let mut rest = Vec::new();
-        loop {
-            match self.lines.recv_timeout(Duration::from_millis(200)) {
-                Ok(l) => rest.push(l),
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = self.child.kill();
-                break;
-            }
-        }
-        let _ = self.child.wait();
-        rest
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.stop();
-        }
-    }
-}
 
 fn top(args: &[&str]) -> Output {
     Command::new(bin("outrigger"))
@@ -144,8 +61,8 @@ sys.exit(os.waitstatus_to_exitcode(status))
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn top_shows_a_running_mesh_as_plain_text_and_on_a_terminal() {
-    let mut up = Up::start();
-    let url = up.url.clone();
+    let mut up = Up::start(&[]).await;
+    let url = up.control_url.clone();
 
     // Piped: plain text, every shop service at a non-zero rate once traffic flows. Logins
     // come in bursts, so a rate counts once seen in any snapshot; every snapshot must list
@@ -255,8 +172,13 @@ async fn top_shows_a_running_mesh_as_plain_text_and_on_a_terminal() {
 
     // Same columns as `up`: its summary table, printed when it stops, has top's header.
     let top_header = service_table(&last)[0].to_string();
-    let rest = up.stop();
-    let summary = rest
+    let status = up.stop(Duration::from_secs(60)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "up stopped: {status:?}"
+    );
+    let printed = up.output();
+    let summary = printed
         .iter()
         .skip_while(|l| !l.starts_with("summary after"))
         .nth(1)

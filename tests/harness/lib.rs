@@ -8,6 +8,7 @@ pub mod load;
 pub mod otlp;
 pub mod prometheus;
 pub mod proxy;
+pub mod up;
 pub mod upstream;
 
 use std::future::Future;

@@ -123,7 +123,7 @@ async fn shopper(
         let product = products
             .get(fastrand::usize(..products.len().max(1)))
             .cloned()
-            .unwrap_or(json!(1));
+            .unwrap_or(json!("p1"));
         // Many distinct users, so the sticky canary split sees a realistic spread.
         let order = json!({"user": format!("user-{}", fastrand::u32(..100_000)), "product_id": product, "quantity": 1});
         let ordered = call(&client, edge, "order", Method::POST, "/orders", Some(order)).await;

@@ -1,0 +1,183 @@
+//! `outrigger up` in the background, for system tests that look at a running mesh: started
+//! with extra flags, ready once it prints its `mesh up:` line (which names the control plane
+//! and the edge sidecar), stopped with SIGTERM (so it stops its children) however the test
+//! ends.
+
+use crate::bin;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct Up {
+    child: Child,
+    /// The control plane, e.g. `http://127.0.0.1:40123`.
+    pub control_url: String,
+    /// The storefront's sidecar: send requests here as a shopper would.
+    pub edge: SocketAddr,
+    /// Every stdout line so far.
+    lines: Arc<Mutex<Vec<String>>>,
+    stderr: PathBuf,
+    workdir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Up {
+    /// Starts `outrigger up --duration 900s --workdir <tmp> ARGS...` and waits (up to 180 s)
+    /// until the mesh is up.
+    pub async fn start(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let workdir = dir.path().join("run");
+        let stderr = dir.path().join("up.stderr");
+        let mut child = Command::new(bin("outrigger"))
+            // Longer than any test needs: tests stop it themselves.
+            .args(["up", "--duration", "900s", "--workdir"])
+            .arg(&workdir)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(&stderr).expect("up's stderr file"),
+            ))
+            .spawn()
+            .expect("start outrigger up");
+        let stdout = child.stdout.take().expect("up's stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        let mut up = Self {
+            child,
+            control_url: String::new(),
+            edge: SocketAddr::from(([127, 0, 0, 1], 0)),
+            lines,
+            stderr,
+            workdir,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let ready = up.output().iter().find_map(|l| parse_mesh_up(l));
+            if let Some((url, edge)) = ready {
+                up.control_url = url;
+                up.edge = edge;
+                return up;
+            }
+            up.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "outrigger up did not come up within 180 s:\n{}",
+                up.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Everything `up` printed on stdout so far.
+    pub fn output(&self) -> Vec<String> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// stdout and stderr so far, and where the mesh's own logs are, for failure messages.
+    pub fn log(&self) -> String {
+        format!(
+            "{}\n{}\n(process logs in {})",
+            self.output().join("\n"),
+            std::fs::read_to_string(&self.stderr).unwrap_or_default(),
+            self.logs().display()
+        )
+    }
+
+    /// The directory with every process's log.
+    pub fn logs(&self) -> PathBuf {
+        self.workdir.join("logs")
+    }
+
+    pub fn workdir(&self) -> &Path {
+        &self.workdir
+    }
+
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("outrigger up exited early ({status}):\n{}", self.log());
+        }
+    }
+
+    /// SIGTERM (as Ctrl-C would), then its exit status within `within`; what it printed after
+    /// the stop (its summary) is in [`Up::output`].
+    pub async fn stop(&mut self, within: Duration) -> Option<ExitStatus> {
+        self.terminate();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // The reader thread may still hold the last lines: wait for it to drain.
+                let n = self.output().len();
+                let settle = Instant::now() + Duration::from_secs(2);
+                while Instant::now() < settle && self.output().len() == n {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // Give `up` the chance to stop its children; SIGKILL would orphan them.
+            self.terminate();
+            for _ in 0..300 {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `mesh up: control plane URL, N services + sidecars, edge sidecar ADDR; logs in DIR`.
+fn parse_mesh_up(line: &str) -> Option<(String, SocketAddr)> {
+    let rest = line.strip_prefix("mesh up: control plane ")?;
+    let url = rest.split(',').next()?.trim().to_string();
+    let edge = rest
+        .split("edge sidecar ")
+        .nth(1)?
+        .split(';')
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((url, edge))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_the_mesh_up_line() {
+        let (url, edge) = super::parse_mesh_up(
+            "mesh up: control plane http://127.0.0.1:4000, 7 services + sidecars, edge sidecar 127.0.0.1:4100; logs in /tmp/x/logs",
+        )
+        .expect("parsed");
+        assert_eq!(url, "http://127.0.0.1:4000");
+        assert_eq!(edge.port(), 4100);
+    }
+}
