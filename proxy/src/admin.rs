@@ -30,12 +30,7 @@ pub fn spawn(listener: TcpListener, shared: Arc<Shared>) {
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let shared = shared.clone();
-                    async move {
-                        if req.method() == Method::GET && req.uri().path() == "/metrics" {
-                            return Ok::<_, Infallible>(metrics(shared).await);
-                        }
-                        Ok::<_, Infallible>(route(&shared, peer, req))
-                    }
+                    async move { Ok::<_, Infallible>(route(shared, peer, req).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -47,9 +42,14 @@ pub fn spawn(listener: TcpListener, shared: Arc<Shared>) {
     });
 }
 
-fn route(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+        (&Method::GET, "/metrics") => metrics(shared).await,
         (&Method::GET, "/ready") => {
             if shared.is_ready() {
                 text(StatusCode::OK, "ready\n")

@@ -16,6 +16,7 @@ pub mod error;
 pub mod fault;
 pub mod forward;
 pub mod grpc;
+pub mod hex;
 pub mod listener;
 pub mod logging;
 pub mod ratelimit;

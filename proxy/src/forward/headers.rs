@@ -91,7 +91,7 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 
 fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; 32];
-    crate::trace::context::write_hex(&mut buf, fastrand::u128(..));
+    crate::hex::write_lower(&mut buf, fastrand::u128(..));
     // Hex digits are always a valid header value.
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }

@@ -216,15 +216,6 @@ fn lower_hex(b: &[u8]) -> Option<u128> {
     Some(v)
 }
 
-/// Writes the low `out.len()` hex digits of `n` into `out`, lowercase, most significant first.
-pub fn write_hex(out: &mut [u8], mut n: u128) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in out.iter_mut().rev() {
-        *b = HEX[(n & 0xf) as usize];
-        n >>= 4;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,15 +442,5 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(TRACEPARENT, HeaderValue::from_bytes(b"00-\xff").unwrap());
         assert_eq!(read(&h).parent, None);
-    }
-
-    #[test]
-    fn hex_roundtrip() {
-        let mut buf = [0u8; 32];
-        write_hex(&mut buf, TRACE);
-        assert_eq!(&buf, b"4bf92f3577b34da6a3ce929d0e0e4736");
-        let mut buf = [0u8; 16];
-        write_hex(&mut buf, u128::from(SPAN));
-        assert_eq!(&buf, b"00f067aa0ba902b7");
     }
 }

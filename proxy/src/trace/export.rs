@@ -52,12 +52,6 @@ pub struct SpanExport {
     dropped: IntCounter,
 }
 
-impl std::fmt::Debug for SpanExport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SpanExport")
-    }
-}
-
 impl SpanExport {
     /// The OTLP/gRPC pipeline to `endpoint`. Needs a Tokio runtime.
     pub fn otlp(

@@ -2,10 +2,11 @@
 //! rewritten the same way when the app reads B3, and no stale context left behind.
 
 use super::context::{
-    write_hex, B3Form, B3, B3_FLAGS, B3_PARENT_SPAN_ID, B3_SAMPLED, B3_SPAN_ID, B3_TRACE_ID,
-    TRACEPARENT, TRACESTATE,
+    B3Form, B3, B3_FLAGS, B3_PARENT_SPAN_ID, B3_SAMPLED, B3_SPAN_ID, B3_TRACE_ID, TRACEPARENT,
+    TRACESTATE,
 };
 use super::TraceCtx;
+use crate::hex::write_lower;
 use http::header::{HeaderMap, HeaderValue};
 
 /// Once per request: drops what would contradict the headers each attempt writes.
@@ -32,8 +33,8 @@ pub fn clear_stale(headers: &mut HeaderMap, ctx: &TraceCtx) {
 pub fn inject(headers: &mut HeaderMap, ctx: &TraceCtx, span_id: u64, b3_multi: bool) {
     let flag = if ctx.sampled { b'1' } else { b'0' };
     let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    write_hex(&mut tp[3..35], ctx.trace_id);
-    write_hex(&mut tp[36..52], u128::from(span_id));
+    write_lower(&mut tp[3..35], ctx.trace_id);
+    write_lower(&mut tp[36..52], u128::from(span_id));
     tp[54] = flag;
     insert(headers, TRACEPARENT, &tp);
     if ctx.b3 == B3Form::Single {
@@ -49,7 +50,7 @@ pub fn inject(headers: &mut HeaderMap, ctx: &TraceCtx, span_id: u64, b3_multi: b
         insert(headers, B3_SAMPLED, &[flag]);
         if let Some(p) = ctx.parent {
             let mut buf = [0u8; 16];
-            write_hex(&mut buf, u128::from(p));
+            write_lower(&mut buf, u128::from(p));
             insert(headers, B3_PARENT_SPAN_ID, &buf);
         }
     }
