@@ -29,6 +29,11 @@ impl Token {
         Ok(Token(t.as_bytes().to_vec()))
     }
 
+    /// Whether two tokens are the same secret (a reader token must not be the admin's).
+    pub fn same_as(&self, other: &Token) -> bool {
+        constant_time_eq(&self.0, &other.0)
+    }
+
     /// Whether `headers` carry `Authorization: Bearer <this token>`.
     pub fn authorizes(&self, headers: &HeaderMap) -> bool {
         bearer(headers).is_some_and(|given| constant_time_eq(given, &self.0))

@@ -7,7 +7,7 @@ use crate::snapshot::compile;
 use crate::state::Handle;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use outrigger_config::Snapshot;
+use outrigger_config::{Mtls, Snapshot};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -23,6 +23,8 @@ pub const KEEPALIVE: Duration = Duration::from_secs(10);
 const MAX_REASON: usize = 2048;
 /// Sidecars gone this long are forgotten, so restarts under new ids do not pile up.
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
+/// Pushed versions remembered per sidecar, to tell which trust bundle an ACK acknowledges.
+const PUSHED_KEPT: usize = 8;
 
 /// One line of a push stream.
 #[derive(Serialize)]
@@ -80,6 +82,21 @@ struct Sidecar {
     pushed_version: Option<u64>,
     last_nack: Option<Nack>,
     last_seen: SystemTime,
+    /// The mTLS part of the last few snapshots pushed, by version.
+    pushed_mtls: Vec<(u64, Arc<Mtls>)>,
+    /// The mTLS part of the newest snapshot it acknowledged: the roots it trusts.
+    acked_mtls: Option<Arc<Mtls>>,
+}
+
+/// Whether a sidecar trusts a root, for rotation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Trust {
+    pub id: String,
+    pub service: String,
+    pub connected: bool,
+    pub acked_version: Option<u64>,
+    /// Its acknowledged bundle holds the root.
+    pub trusts_pending: bool,
 }
 
 /// Every sidecar that has opened a stream since the process started.
@@ -87,6 +104,8 @@ pub struct Sidecars {
     // Held only for map updates, never across an await.
     inner: Mutex<BTreeMap<String, Sidecar>>,
     metrics: Metrics,
+    /// Wakes whoever waits for sidecars to connect, go or acknowledge (root rotation).
+    pub changed: tokio::sync::Notify,
 }
 
 impl Sidecars {
@@ -94,6 +113,7 @@ impl Sidecars {
         Self {
             inner: Mutex::new(BTreeMap::new()),
             metrics,
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -120,6 +140,8 @@ impl Sidecars {
             pushed_version: None,
             last_nack: None,
             last_seen: SystemTime::now(),
+            pushed_mtls: Vec::new(),
+            acked_mtls: None,
         });
         // The newest stream speaks for the sidecar: a restart may move its admin port.
         s.service = who.service.clone();
@@ -128,6 +150,14 @@ impl Sidecars {
         s.streams += 1;
         s.last_seen = SystemTime::now();
         self.update_connected(&map);
+        drop(map);
+        self.changed.notify_waiters();
+    }
+
+    /// The service of the sidecar with this id, if it was ever seen: a sidecar id belongs to
+    /// one service, so no workload can speak for another's sidecar.
+    pub fn owner(&self, id: &str) -> Option<String> {
+        self.lock().get(id).map(|s| s.service.clone())
     }
 
     fn disconnect(&self, id: &str) {
@@ -137,12 +167,36 @@ impl Sidecars {
             s.last_seen = SystemTime::now();
         }
         self.update_connected(&map);
+        drop(map);
+        self.changed.notify_waiters();
     }
 
-    fn pushed(&self, id: &str, version: u64) {
+    fn pushed(&self, id: &str, version: u64, mtls: Arc<Mtls>) {
         if let Some(s) = self.lock().get_mut(id) {
             s.pushed_version = Some(version);
+            if s.pushed_mtls.len() >= PUSHED_KEPT {
+                s.pushed_mtls.remove(0);
+            }
+            s.pushed_mtls.push((version, mtls));
         }
+    }
+
+    /// Every sidecar that has a stream open, and whether the bundle it last acknowledged
+    /// holds the root certificate `root_pem`.
+    pub fn trust(&self, root_pem: &str) -> Vec<Trust> {
+        self.lock()
+            .iter()
+            .map(|(id, s)| Trust {
+                id: id.clone(),
+                service: s.service.clone(),
+                connected: s.streams > 0,
+                acked_version: s.acked_version,
+                trusts_pending: s
+                    .acked_mtls
+                    .as_ref()
+                    .is_some_and(|m| m.trust_bundle.iter().any(|r| r == root_pem)),
+            })
+            .collect()
     }
 
     fn update_connected(&self, map: &BTreeMap<String, Sidecar>) {
@@ -161,6 +215,11 @@ impl Sidecars {
         s.last_seen = SystemTime::now();
         match error {
             None => {
+                if s.acked_version.is_none_or(|v| version >= v) {
+                    if let Some((_, m)) = s.pushed_mtls.iter().find(|(v, _)| *v == version) {
+                        s.acked_mtls = Some(m.clone());
+                    }
+                }
                 s.acked_version = Some(s.acked_version.map_or(version, |v| v.max(version)));
                 self.metrics.acks.inc();
             }
@@ -176,6 +235,8 @@ impl Sidecars {
                 self.metrics.nacks.inc();
             }
         }
+        drop(map);
+        self.changed.notify_waiters();
         true
     }
 
@@ -268,7 +329,8 @@ async fn run(
                 return;
             }
             ctx.metrics.snapshots_pushed.inc();
-            ctx.sidecars.pushed(&connected.id, snapshot.version);
+            ctx.sidecars
+                .pushed(&connected.id, snapshot.version, view.mtls.clone());
             last = Some(content);
         }
         tokio::select! {
@@ -331,7 +393,12 @@ mod tests {
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 15000))),
         });
         assert_eq!(metrics.sidecars_connected.get(), 1);
-        s.pushed("a", 4);
+        let mtls = Arc::new(Mtls {
+            trust_bundle: vec!["root-a".into()],
+            ..Mtls::default()
+        });
+        s.pushed("a", 3, mtls.clone());
+        s.pushed("a", 4, Arc::new(Mtls::default()));
         assert!(s.ack("a", 3, None));
         assert!(s.ack("a", 2, None), "a late ACK of an older version");
         assert!(s.ack("a", 4, Some("x".repeat(10_000))));
@@ -348,6 +415,14 @@ mod tests {
             .map(|n| (n.version, n.reason.len()));
         assert_eq!(nack, Some((4, MAX_REASON)));
         assert!(list[0].connected);
+        let trust = s.trust("root-a");
+        assert!(
+            trust[0].trusts_pending,
+            "version 3 carried root-a and was acknowledged"
+        );
+        assert!(!s.trust("root-b")[0].trusts_pending);
+        assert_eq!(s.owner("a").as_deref(), Some("order"));
+        assert_eq!(s.owner("b"), None);
         s.disconnect("a");
         assert!(!s.list()[0].connected);
         assert_eq!(metrics.sidecars_connected.get(), 0);

@@ -1,7 +1,10 @@
-//! Running the control plane: open the store and the CA in it, start the state task, bind,
-//! serve until the shutdown signal, then end the push streams so connections can close.
+//! Running the control plane: open the store and the CA in it, start the state task, get the
+//! serving certificate, bind, serve HTTPS until the shutdown signal, then end the push streams
+//! so connections can close. Each TLS connection's verified workload identity is handed to
+//! the API with every request on it.
 
-use crate::api::{self, AppState};
+use crate::access::OperatorTokens;
+use crate::api::{self, AppState, Peer};
 use crate::auth::Token;
 use crate::ca::{Authority, CaError, CaOptions};
 use crate::clock;
@@ -9,8 +12,10 @@ use crate::metrics::Metrics;
 use crate::push::{Sidecars, KEEPALIVE};
 use crate::state;
 use crate::store::{Change, Loaded, Store, StoreError};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use outrigger_config::{MtlsMode, DEFAULT_TRUST_DOMAIN};
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +25,9 @@ use tokio::sync::watch;
 
 /// How long shutdown waits for open connections after the push streams have ended.
 const GRACE: Duration = Duration::from_secs(5);
+/// A client that has not finished its TLS handshake or its request head by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Of a leaf certificate, unless `--cert-lifetime` says otherwise.
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
@@ -27,7 +35,16 @@ pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 pub struct Options {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// The admin token: everything.
     pub token: Token,
+    /// A reader token: GETs only.
+    pub reader_token: Option<Token>,
+    /// DNS names and IPs in the serving certificate (see [`crate::tls::default_names`]).
+    pub server_names: Vec<String>,
+    /// Plain HTTP, for development only: no server authentication, no workload identities.
+    pub insecure_plaintext: bool,
+    /// Where the trust bundle is written (default `<data_dir>/trust-bundle.pem`).
+    pub bundle_file: Option<PathBuf>,
     /// Between keepalive lines on push streams.
     pub keepalive: Duration,
     /// Identities are `spiffe://<trust_domain>/service/<name>`.
@@ -46,6 +63,10 @@ impl Options {
             listen,
             data_dir,
             token,
+            reader_token: None,
+            server_names: crate::tls::default_names(listen.ip()),
+            insecure_plaintext: false,
+            bundle_file: None,
             keepalive: KEEPALIVE,
             trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
             cert_lifetime: DEFAULT_CERT_LIFETIME,
@@ -78,8 +99,8 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("server: {0}")]
-    Serve(std::io::Error),
+    #[error("serving TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Opens the store and the CA from it; on first start (or with a new operator root) the CA's
@@ -119,14 +140,36 @@ pub async fn run(
         cert_lifetime = %humantime::format_duration(options.cert_lifetime),
         "CA ready"
     );
+    let trust_domain = ca.trust_domain().to_string();
     let state = state::start(store, loaded, ca, metrics.clone());
     let ready = Arc::new(AtomicBool::new(true));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let names = if options.insecure_plaintext {
+        tracing::warn!("INSECURE: --insecure-dev-plaintext serves the API in plain HTTP: tokens travel in the clear and no client can tell this control plane from an impostor; development only");
+        None
+    } else {
+        Some(crate::tls::server_names(&options.server_names)?)
+    };
+    let bundle_file = options
+        .bundle_file
+        .clone()
+        .unwrap_or_else(|| options.data_dir.join("trust-bundle.pem"));
+    let tls = crate::tls::start(state.clone(), names, bundle_file.clone(), stop_rx.clone()).await?;
+    tracing::info!(file = %bundle_file.display(), "trust bundle written: hand it out as the trust anchors");
+    let sidecars = Arc::new(Sidecars::new(metrics.clone()));
+    tokio::spawn(crate::rollout::run(
+        state.clone(),
+        sidecars.clone(),
+        stop_rx.clone(),
+    ));
     let app = AppState {
         state,
-        sidecars: Arc::new(Sidecars::new(metrics.clone())),
+        sidecars,
         metrics,
-        token: Arc::new(options.token),
+        tokens: Arc::new(OperatorTokens {
+            admin: options.token,
+            reader: options.reader_token,
+        }),
         ready: ready.clone(),
         keepalive: options.keepalive,
         shutdown: stop_rx,
@@ -141,27 +184,97 @@ pub async fn run(
         addr: options.listen,
         source,
     })?;
-    tracing::info!(addr = %addr, "listening");
+    tracing::info!(addr = %addr, tls = tls.is_some(), "listening");
 
-    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve = axum::serve(listener, api::router(app)).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down");
-        ready.store(false, Ordering::Relaxed);
-        // Push streams never end by themselves; this ends them.
-        let _ = stop_tx.send(true);
-        let _ = stopped_tx.send(());
-    });
-    tokio::select! {
-        r = serve.into_future() => r.map_err(ServeError::Serve)?,
-        _ = async {
-            if stopped_rx.await.is_ok() {
-                tokio::time::sleep(GRACE).await;
-            } else {
-                std::future::pending::<()>().await;
+    let router = api::router(app);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, from) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.as_ref().map(|t| t.current());
+        let trust_domain = trust_domain.clone();
+        tokio::spawn(async move {
+            match tls {
+                None => serve(watcher, stream, router, Peer { workload: None }).await,
+                Some(cfg) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %from, error = %e, "TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let workload = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| crate::tls::workload_service(c, &trust_domain));
+                    serve(
+                        watcher,
+                        tls,
+                        router,
+                        Peer {
+                            workload: workload.map(Arc::from),
+                        },
+                    )
+                    .await
+                }
             }
-        } => tracing::warn!("connections still open after the grace period; exiting anyway"),
+        });
+    }
+    tracing::info!("shutting down");
+    ready.store(false, Ordering::Relaxed);
+    // Push streams never end by themselves; this ends them.
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the grace period; exiting anyway");
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One connection: HTTP/1.1, every request tagged with who the connection proved to be.
+async fn serve<I>(
+    watcher: hyper_util::server::graceful::Watcher,
+    io: I,
+    router: axum::Router,
+    peer: Peer,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tower_service::Service;
+    let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(peer.clone());
+        let mut router = router.clone();
+        async move { router.call(req).await }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), svc);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }

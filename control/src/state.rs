@@ -6,10 +6,12 @@
 
 mod authority;
 
-pub use authority::{DropOutcome, MintedToken, RotateOutcome};
+pub use authority::{CaState, DropOutcome, MintedToken, RotateOutcome};
 
 use crate::apply::{Applied, Parsed};
-use crate::ca::{Authority, CaError, Issued, RootInfo, SignError};
+use crate::ca::issue::Leaf;
+use crate::ca::tokens::TokenInfo;
+use crate::ca::{Authority, CaError, Credential, Issued, RootInfo, SignError};
 use crate::canary::reweigh;
 use crate::metrics::Metrics;
 use crate::registry::{Instance, Registration, Registry};
@@ -84,10 +86,24 @@ enum Request {
     Register(Registration, Reply<Instance>),
     Heartbeat(String, oneshot::Sender<bool>),
     Deregister(String, oneshot::Sender<bool>),
-    MintToken(String, Duration, Reply<MintedToken>),
-    Sign(String, String, oneshot::Sender<Result<Issued, SignError>>),
+    MintToken(String, Duration, Option<u32>, Reply<MintedToken>),
+    Tokens(oneshot::Sender<Vec<TokenInfo>>),
+    RevokeToken(String, Reply<()>),
+    Sign(
+        Credential,
+        String,
+        oneshot::Sender<Result<Issued, SignError>>,
+    ),
     Roots(oneshot::Sender<Vec<RootInfo>>),
-    Rotate(Reply<RotateOutcome>),
+    CaState(oneshot::Sender<CaState>),
+    Rotate(bool, Reply<RotateOutcome>),
+    Activate(String, Reply<bool>),
+    ServerCert(
+        Box<rcgen::KeyPair>,
+        Vec<rcgen::SanType>,
+        Duration,
+        oneshot::Sender<Result<(Box<rcgen::KeyPair>, Leaf), CaError>>,
+    ),
     DropRoot(String, bool, Reply<DropOutcome>),
 }
 
@@ -259,17 +275,37 @@ impl Actor {
                 }
                 let _ = reply.send(found);
             }
-            Request::MintToken(service, ttl, reply) => {
-                let _ = reply.send(self.mint_token(&service, ttl).await);
+            Request::MintToken(service, ttl, uses, reply) => {
+                let _ = reply.send(self.mint_token(&service, ttl, uses).await);
             }
-            Request::Sign(token, csr, reply) => {
-                let _ = reply.send(self.sign(&token, &csr).await);
+            Request::Tokens(reply) => {
+                let _ = reply.send(self.ca.tokens(crate::clock::now()));
+            }
+            Request::RevokeToken(id, reply) => {
+                let _ = reply.send(self.revoke_token(&id).await);
+            }
+            Request::Sign(credential, csr, reply) => {
+                let _ = reply.send(self.sign(&credential, &csr).await);
             }
             Request::Roots(reply) => {
                 let _ = reply.send(self.ca.roots(crate::clock::now()));
             }
-            Request::Rotate(reply) => {
-                let _ = reply.send(self.rotate().await);
+            Request::CaState(reply) => {
+                let _ = reply.send(self.ca_state());
+            }
+            Request::Rotate(force, reply) => {
+                let _ = reply.send(self.rotate(force).await);
+            }
+            Request::Activate(id, reply) => {
+                let _ = reply.send(self.activate(&id).await);
+            }
+            Request::ServerCert(key, names, lifetime, reply) => {
+                let now = crate::clock::now();
+                let _ = reply.send(
+                    self.ca
+                        .sign_server(&key, &names, now, lifetime)
+                        .map(|leaf| (key, leaf)),
+                );
             }
             Request::DropRoot(id, force, reply) => {
                 let _ = reply.send(self.drop_root(&id, force).await);

@@ -16,9 +16,9 @@ use serde_json::json;
 pub enum ApiError {
     BadRequest(String),
     Invalid(Vec<FieldError>),
-    Unauthorized,
-    /// A bootstrap token that is unknown or expired: 401 with the reason.
-    TokenRejected(String),
+    /// No credential that counts here, or a bootstrap token that is unknown, used up,
+    /// revoked or expired: 401 with the reason.
+    Unauthenticated(String),
     Forbidden(String),
     NotFound(String),
     Conflict(String),
@@ -37,8 +37,7 @@ impl IntoResponse for ApiError {
                 StatusCode::BAD_REQUEST,
                 json!({"error": "invalid", "details": details}),
             ),
-            ApiError::Unauthorized => return unauthorized(json!({"error": "unauthorized"})),
-            ApiError::TokenRejected(r) => {
+            ApiError::Unauthenticated(r) => {
                 return unauthorized(json!({"error": "unauthorized", "reason": r}))
             }
             ApiError::Forbidden(r) => (

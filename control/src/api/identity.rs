@@ -1,15 +1,18 @@
-//! The mesh CA's routes for workloads: minting a bootstrap token for a service (operators, with
-//! the API token) and signing a sidecar's CSR (with that bootstrap token). Tokens and keys
-//! are never logged.
+//! The mesh CA's routes for workloads: minting, listing and revoking bootstrap tokens
+//! (operators), and signing a sidecar's CSR: its first with a bootstrap token, every renewal
+//! with its current certificate. Tokens and keys are never logged.
 
 use super::error::JsonBody;
 use super::{ApiError, AppState};
+use crate::access::Caller;
 use crate::auth::bearer;
 use crate::ca::issue::CsrError;
-use crate::ca::SignError;
+use crate::ca::tokens::TokenInfo;
+use crate::ca::{Credential, SignError};
 use crate::clock;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::response::IntoResponse;
+use axum::Extension;
 use axum::Json;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
@@ -18,8 +21,9 @@ use outrigger_config::Validator;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// Lifetime of a bootstrap token unless the request says otherwise.
-pub const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
+/// Lifetime of a bootstrap token unless the request says otherwise: long enough to start a
+/// pod, short enough that a leaked one is soon worthless.
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 600;
 /// A year: tokens are for bootstrapping, not for ever.
 pub const MAX_TOKEN_TTL_SECS: u64 = 366 * 24 * 3600;
 
@@ -29,6 +33,9 @@ pub struct TokenBody {
     service: String,
     #[serde(default)]
     ttl_secs: Option<u64>,
+    /// Certificates it may get; any number until it expires when absent.
+    #[serde(default)]
+    uses: Option<u32>,
 }
 
 /// `POST /v1/identity/tokens`: 201 with the token, shown this once.
@@ -47,19 +54,41 @@ pub async fn create_token(
             "ttl_secs: between 1 and {MAX_TOKEN_TTL_SECS}"
         )));
     }
+    if body.uses == Some(0) {
+        return Err(ApiError::BadRequest(
+            "uses: at least 1 (leave it out for any number until the token expires)".into(),
+        ));
+    }
     let minted = app
         .state
-        .mint_token(body.service, std::time::Duration::from_secs(ttl))
+        .mint_token(body.service, std::time::Duration::from_secs(ttl), body.uses)
         .await?;
-    tracing::info!(service = %minted.service, expires_at = %minted.expires_at, "bootstrap token minted");
+    tracing::info!(service = %minted.service, token_id = %minted.id, expires_at = %minted.expires_at, uses = ?minted.uses, "bootstrap token minted");
     Ok((
         StatusCode::CREATED,
         Json(json!({
             "token": minted.token.expose(),
+            "id": minted.id,
             "service": minted.service,
             "expires_at": minted.expires_at,
+            "uses": minted.uses,
         })),
     ))
+}
+
+/// `GET /v1/identity/tokens`: the live tokens, never their secrets.
+pub async fn list_tokens(State(app): State<AppState>) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    Ok(Json(app.state.tokens().await?))
+}
+
+/// `DELETE /v1/identity/tokens/{id}`: revoked at once; certificates it got stay valid (their
+/// sidecars renew with them).
+pub async fn revoke_token(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.state.revoke_token(id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]
@@ -68,22 +97,31 @@ pub struct CsrBody {
     csr: String,
 }
 
-/// `POST /v1/identity/certificates`: authorized by a bootstrap token, not the API token.
+/// `POST /v1/identity/certificates`: a workload's renewal, authorised by the certificate it
+/// renews; a new sidecar's first, by its bootstrap token; or an operator's, by the admin token.
 pub async fn sign(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    // The token is asked for before the body is looked at.
-    let Some(token) = bearer(&headers).and_then(|t| std::str::from_utf8(t).ok()) else {
-        return Err(reject(
-            &app,
-            "token",
-            ApiError::TokenRejected(
-                "a bootstrap token is needed: Authorization: Bearer <token> (outrigger token SERVICE)"
-                    .into(),
-            ),
-        ));
+    // The credential is asked for before the body is looked at.
+    let credential = match caller {
+        Caller::Workload(service) => Credential::Service(service),
+        Caller::Admin => Credential::Operator,
+        _ => match bearer(&headers).and_then(|t| std::str::from_utf8(t).ok()) {
+            Some(token) => Credential::Token(token.to_string()),
+            None => {
+                return Err(reject(
+                    &app,
+                    "token",
+                    ApiError::Unauthenticated(
+                        "a bootstrap token (Authorization: Bearer <token>, from outrigger token SERVICE) or the workload's current certificate is needed"
+                            .into(),
+                    ),
+                ))
+            }
+        },
     };
     let body: CsrBody = serde_json::from_slice(&body).map_err(|e| {
         reject(
@@ -92,7 +130,7 @@ pub async fn sign(
             ApiError::BadRequest(format!("invalid JSON body: {e}")),
         )
     })?;
-    match app.state.sign(token.to_string(), body.csr).await {
+    match app.state.sign(credential, body.csr).await {
         Ok(issued) => {
             app.metrics.certificates_issued.inc();
             tracing::info!(
@@ -111,7 +149,7 @@ pub async fn sign(
         }
         Err(e) => {
             let (reason, err) = match e {
-                SignError::Token(e) => ("token", ApiError::TokenRejected(e.to_string())),
+                SignError::Token(e) => ("token", ApiError::Unauthenticated(e.to_string())),
                 SignError::Csr(e @ CsrError::WrongIdentity { .. }) => {
                     ("identity", ApiError::Forbidden(e.to_string()))
                 }
@@ -135,7 +173,9 @@ pub async fn sign(
 fn reject(app: &AppState, reason: &'static str, err: ApiError) -> ApiError {
     app.metrics.csr_rejected.with_label_values(&[reason]).inc();
     let detail = match &err {
-        ApiError::TokenRejected(r) | ApiError::Forbidden(r) | ApiError::BadRequest(r) => r.as_str(),
+        ApiError::Unauthenticated(r) | ApiError::Forbidden(r) | ApiError::BadRequest(r) => {
+            r.as_str()
+        }
         _ => "",
     };
     tracing::warn!(reason, detail, "CSR refused");

@@ -1,6 +1,7 @@
-//! The REST API: the route table ([`ROUTES`], also described by `control/openapi.yaml`), the
-//! router built from it, and what every route shares (auth and request metrics). Handlers
-//! live in one module per resource.
+//! The REST API: the route table ([`ROUTES`], also described by `control/openapi.yaml`) with
+//! the access each route needs, the router built from it, and what every route shares (who
+//! the caller is, whether it may, and request metrics). Handlers live in one module per
+//! resource; those that act for one service hold the caller to it.
 
 mod ca;
 mod canary;
@@ -13,7 +14,7 @@ mod sidecars;
 
 pub use error::ApiError;
 
-use crate::auth::Token;
+use crate::access::{self, Access, Caller, OperatorTokens, Refusal};
 use crate::metrics::Metrics;
 use crate::push::Sidecars;
 use crate::state::Handle;
@@ -22,45 +23,55 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, put, MethodRouter};
 use axum::Router;
-use http::Method;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Every route, as (method, path template). The router is built from this table, and a test
-/// holds it equal to the OpenAPI document.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/healthz"),
-    ("GET", "/readyz"),
-    ("GET", "/metrics"),
-    ("POST", "/v1/apply"),
-    ("GET", "/v1/services"),
-    ("GET", "/v1/services/{name}"),
-    ("DELETE", "/v1/services/{name}"),
-    ("PATCH", "/v1/services/{name}/split"),
-    ("GET", "/v1/routes"),
-    ("GET", "/v1/routes/{name}"),
-    ("DELETE", "/v1/routes/{name}"),
-    ("GET", "/v1/policies"),
-    ("GET", "/v1/policies/{name}"),
-    ("DELETE", "/v1/policies/{name}"),
-    ("POST", "/v1/registry/instances"),
-    ("GET", "/v1/registry/instances"),
-    ("PUT", "/v1/registry/instances/{id}/heartbeat"),
-    ("DELETE", "/v1/registry/instances/{id}"),
-    ("GET", "/v1/stream"),
-    ("POST", "/v1/sidecars/{id}/ack"),
-    ("GET", "/v1/sidecars"),
-    ("POST", "/v1/identity/tokens"),
-    ("POST", "/v1/identity/certificates"),
-    ("GET", "/v1/ca/roots"),
-    ("POST", "/v1/ca/roots"),
-    ("DELETE", "/v1/ca/roots/{id}"),
+/// Every route, as (method, path template, what it needs). The router is built from this
+/// table, and a test holds it equal to the OpenAPI document.
+pub const ROUTES: &[(&str, &str, Access)] = &[
+    ("GET", "/healthz", Access::Public),
+    ("GET", "/readyz", Access::Public),
+    ("GET", "/metrics", Access::Read),
+    ("POST", "/v1/apply", Access::Admin),
+    ("GET", "/v1/services", Access::Read),
+    ("GET", "/v1/services/{name}", Access::Read),
+    ("DELETE", "/v1/services/{name}", Access::Admin),
+    ("PATCH", "/v1/services/{name}/split", Access::Admin),
+    ("GET", "/v1/routes", Access::Read),
+    ("GET", "/v1/routes/{name}", Access::Read),
+    ("DELETE", "/v1/routes/{name}", Access::Admin),
+    ("GET", "/v1/policies", Access::Read),
+    ("GET", "/v1/policies/{name}", Access::Read),
+    ("DELETE", "/v1/policies/{name}", Access::Admin),
+    ("POST", "/v1/registry/instances", Access::Workload),
+    ("GET", "/v1/registry/instances", Access::Read),
+    (
+        "PUT",
+        "/v1/registry/instances/{id}/heartbeat",
+        Access::Workload,
+    ),
+    ("DELETE", "/v1/registry/instances/{id}", Access::Workload),
+    ("GET", "/v1/stream", Access::Workload),
+    ("POST", "/v1/sidecars/{id}/ack", Access::Workload),
+    ("GET", "/v1/sidecars", Access::Read),
+    ("POST", "/v1/identity/tokens", Access::Admin),
+    ("GET", "/v1/identity/tokens", Access::Read),
+    ("DELETE", "/v1/identity/tokens/{id}", Access::Admin),
+    ("POST", "/v1/identity/certificates", Access::Certificate),
+    ("GET", "/v1/ca/roots", Access::Read),
+    ("POST", "/v1/ca/roots", Access::Admin),
+    ("DELETE", "/v1/ca/roots/{id}", Access::Admin),
+    ("GET", "/v1/ca/status", Access::Read),
 ];
 
-/// Writes that a bootstrap token authorizes instead of the API token: their handlers check it.
-const BOOTSTRAP_AUTH: &[(&str, &str)] = &[("POST", "/v1/identity/certificates")];
+/// Who the TLS connection a request came on proved to be: the service of its verified
+/// workload certificate, if it presented one.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    pub workload: Option<Arc<str>>,
+}
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -68,7 +79,7 @@ pub struct AppState {
     pub state: Handle,
     pub sidecars: Arc<Sidecars>,
     pub metrics: Metrics,
-    pub token: Arc<Token>,
+    pub tokens: Arc<OperatorTokens>,
     /// True once the store is open; false again when shutting down.
     pub ready: Arc<AtomicBool>,
     pub keepalive: Duration,
@@ -100,47 +111,75 @@ fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
         ("POST", "/v1/sidecars/{id}/ack") => post(sidecars::ack),
         ("GET", "/v1/sidecars") => get(sidecars::list),
         ("POST", "/v1/identity/tokens") => post(identity::create_token),
+        ("GET", "/v1/identity/tokens") => get(identity::list_tokens),
+        ("DELETE", "/v1/identity/tokens/{id}") => delete(identity::revoke_token),
         ("POST", "/v1/identity/certificates") => post(identity::sign),
         ("GET", "/v1/ca/roots") => get(ca::list_roots),
         ("POST", "/v1/ca/roots") => post(ca::rotate),
         ("DELETE", "/v1/ca/roots/{id}") => delete(ca::drop_root),
+        ("GET", "/v1/ca/status") => get(ca::status),
         _ => return None,
     })
 }
 
 pub fn router(app: AppState) -> Router {
     let mut router = Router::new();
-    for (method, path) in ROUTES {
+    for (method, path, access) in ROUTES {
         match handler(method, path) {
-            Some(h) => router = router.route(path, h),
+            // Each method of a path is guarded by its own access: the layer sits on the
+            // method router, under the path's route.
+            Some(h) => {
+                let access = *access;
+                let h = h.layer(axum::middleware::from_fn_with_state(
+                    app.clone(),
+                    move |state, req, next| guard(access, state, req, next),
+                ));
+                router = router.route(path, h)
+            }
             // Unreachable while `every_route_has_a_handler` passes.
             None => tracing::error!(method, path, "route without a handler"),
         }
     }
     router
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), count))
         .with_state(app)
 }
 
-/// Writes need the API token (but see [`BOOTSTRAP_AUTH`]); every request is counted by route
-/// template and status.
+/// Works out the caller, refuses it unless `access` allows it, and hands it to the handler.
 async fn guard(
+    access: Access,
+    State(app): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let workload = req
+        .extensions()
+        .get::<Peer>()
+        .and_then(|p| p.workload.clone());
+    let caller = Caller::identify(&app.tokens, req.headers(), workload.as_deref());
+    match access::check(access, &caller) {
+        Ok(()) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(Refusal::Unauthenticated(reason)) => ApiError::Unauthenticated(reason).into_response(),
+        Err(Refusal::Forbidden(reason)) => {
+            tracing::warn!(?caller, route = %req.uri().path(), %reason, "request refused");
+            ApiError::Forbidden(reason).into_response()
+        }
+    }
+}
+
+/// Every request is counted by route template and status.
+async fn count(
     State(app): State<AppState>,
     matched: Option<MatchedPath>,
     req: Request,
     next: Next,
 ) -> Response {
     let route = matched.map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
-    let read = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let bootstrap = BOOTSTRAP_AUTH
-        .iter()
-        .any(|(m, p)| req.method().as_str() == *m && route == *p);
-    let resp = if read || bootstrap || app.token.authorizes(req.headers()) {
-        next.run(req).await
-    } else {
-        ApiError::Unauthorized.into_response()
-    };
+    let resp = next.run(req).await;
     app.metrics
         .api_requests
         .with_label_values(&[route.as_str(), resp.status().as_str()])
@@ -155,10 +194,10 @@ mod tests {
 
     #[test]
     fn every_route_has_a_handler() {
-        for (method, path) in ROUTES {
+        for (method, path, _) in ROUTES {
             assert!(handler(method, path).is_some(), "{method} {path}");
         }
-        let unique: BTreeSet<_> = ROUTES.iter().collect();
+        let unique: BTreeSet<_> = ROUTES.iter().map(|(m, p, _)| (m, p)).collect();
         assert_eq!(unique.len(), ROUTES.len(), "a route is listed twice");
     }
 
@@ -188,7 +227,7 @@ mod tests {
         }
         let served: BTreeSet<_> = ROUTES
             .iter()
-            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .map(|(m, p, _)| (m.to_string(), p.to_string()))
             .collect();
         let undocumented: Vec<_> = served.difference(&documented).collect();
         let unserved: Vec<_> = documented.difference(&served).collect();

@@ -1,12 +1,15 @@
-//! The sidecars' routes: the push stream, ACK/NACK, and their sync status.
+//! The sidecars' routes: the push stream, ACK/NACK, and their sync status. A sidecar's
+//! certificate opens only its own service's stream, and a sidecar id, once seen, belongs to
+//! that service: no workload can ACK for, or pose as, another's sidecar.
 
 use super::error::{JsonBody, QueryArgs};
 use super::{ApiError, AppState};
+use crate::access::Caller;
 use crate::push::{self, SidecarStatus, StreamContext, Subscriber};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use http::{header, StatusCode};
 use outrigger_config::path::FieldPath;
 use outrigger_config::Validator;
@@ -37,8 +40,14 @@ fn check_id(id: &str) -> Result<(), ApiError> {
 
 pub async fn stream(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     QueryArgs(q): QueryArgs<StreamQuery>,
 ) -> Result<Response, ApiError> {
+    if !caller.may_act_for(&q.service) {
+        return Err(ApiError::Forbidden(
+            caller.not_for(&q.service, "read the snapshot"),
+        ));
+    }
     let mut v = Validator::default();
     v.name(&q.service, FieldPath::root().key("service"));
     if let Some(version) = &q.version {
@@ -48,6 +57,14 @@ pub async fn stream(
         return Err(ApiError::BadRequest(format!("{path}: {reason}")));
     }
     check_id(&q.sidecar)?;
+    if let Some(owner) = app.sidecars.owner(&q.sidecar) {
+        if owner != q.service && !matches!(caller, Caller::Admin) {
+            return Err(ApiError::Forbidden(format!(
+                "sidecar id {:?} belongs to service {owner:?}",
+                q.sidecar
+            )));
+        }
+    }
     // Operators' tools connect to this address, so it must be one, not any text.
     let admin = match &q.admin {
         None => None,
@@ -91,9 +108,17 @@ pub struct AckBody {
 
 pub async fn ack(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<AckBody>,
 ) -> Result<StatusCode, ApiError> {
+    if let Some(owner) = app.sidecars.owner(&id) {
+        if !caller.may_act_for(&owner) {
+            return Err(ApiError::Forbidden(
+                caller.not_for(&owner, "acknowledge snapshots"),
+            ));
+        }
+    }
     if let Some(reason) = &body.error {
         tracing::warn!(sidecar = %id, version = body.version, reason = %reason, "snapshot refused (NACK)");
     }

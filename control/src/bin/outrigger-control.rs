@@ -12,9 +12,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The Outrigger control plane: mesh resources, service registry and config push.
+/// The Outrigger control plane: mesh resources, service registry, the mesh CA and config push,
+/// served over HTTPS with a certificate from its own CA.
 ///
-/// Writes need a bearer token, from --token-file or the OUTRIGGER_TOKEN environment variable.
+/// Operators authenticate with bearer tokens: the admin token (--token-file or
+/// OUTRIGGER_TOKEN) may do everything, a reader token (--reader-token-file or
+/// OUTRIGGER_READER_TOKEN) may only read. Sidecars authenticate with their workload
+/// certificates. The trust bundle to hand out as the trust anchors is written to
+/// <DATA_DIR>/trust-bundle.pem.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -26,9 +31,28 @@ struct Cli {
     #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
 
-    /// File holding the bearer token that writes must carry.
+    /// File holding the admin token (may do everything).
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+
+    /// File holding a reader token (GETs only: `outrigger get`, `top`, Prometheus).
+    #[arg(long, value_name = "FILE")]
+    reader_token_file: Option<PathBuf>,
+
+    /// A DNS name or IP the serving certificate carries, for the address clients dial;
+    /// repeat for several (default: localhost, 127.0.0.1, ::1 and the --listen IP).
+    #[arg(long = "server-name", value_name = "NAME")]
+    server_names: Vec<String>,
+
+    /// Where to write the trust bundle, the trust anchors operators hand to sidecars and CLIs
+    /// (default: <DATA_DIR>/trust-bundle.pem). Rewritten whenever the roots change.
+    #[arg(long, value_name = "FILE")]
+    trust_bundle_out: Option<PathBuf>,
+
+    /// DEVELOPMENT ONLY, INSECURE: serve plain HTTP. Tokens then cross the network in the
+    /// clear, and nothing proves to sidecars or CLIs that this is the real control plane.
+    #[arg(long)]
+    insecure_dev_plaintext: bool,
 
     /// SPIFFE trust domain: sidecars' identities are spiffe://<TRUST_DOMAIN>/service/<name>.
     #[arg(long, value_name = "NAME", default_value = DEFAULT_TRUST_DOMAIN, value_parser = trust_domain)]
@@ -73,11 +97,27 @@ fn token(cli: &Cli) -> anyhow::Result<Token> {
         None => match std::env::var("OUTRIGGER_TOKEN") {
             Ok(t) => t,
             Err(_) => bail!(
-                "no API token: give --token-file FILE or set OUTRIGGER_TOKEN (writes must need a token)"
+                "no admin token: give --token-file FILE or set OUTRIGGER_TOKEN (changes must need a token)"
             ),
         },
     };
-    Token::new(&text).context("the API token")
+    Token::new(&text).context("the admin token")
+}
+
+fn reader_token(cli: &Cli, admin: &Token) -> anyhow::Result<Option<Token>> {
+    let text = match &cli.reader_token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --reader-token-file {}", path.display()))?,
+        None => match std::env::var("OUTRIGGER_READER_TOKEN") {
+            Ok(t) => t,
+            Err(_) => return Ok(None),
+        },
+    };
+    let reader = Token::new(&text).context("the reader token")?;
+    if reader.same_as(admin) {
+        bail!("the reader token must differ from the admin token");
+    }
+    Ok(Some(reader))
 }
 
 #[tokio::main]
@@ -90,7 +130,15 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log")?)
         .with_current_span(false)
         .init();
-    let mut options = Options::new(cli.listen, cli.data_dir.clone(), token(&cli)?);
+    let admin = token(&cli)?;
+    let reader = reader_token(&cli, &admin)?;
+    let mut options = Options::new(cli.listen, cli.data_dir.clone(), admin);
+    options.reader_token = reader;
+    if !cli.server_names.is_empty() {
+        options.server_names = cli.server_names.clone();
+    }
+    options.bundle_file = cli.trust_bundle_out.clone();
+    options.insecure_plaintext = cli.insecure_dev_plaintext;
     options.keepalive = cli.keepalive;
     options.trust_domain = cli.trust_domain.clone();
     options.cert_lifetime = cli.cert_lifetime;

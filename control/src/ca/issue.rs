@@ -86,11 +86,32 @@ pub fn check_csr(pem: &str, identity: &str) -> Result<PublicKey, CsrError> {
     }
 }
 
-/// Signs a leaf for `public_key` naming `identity`, valid from [`BACKDATE`] ago for
-/// `lifetime` (never past the root's own expiry).
+/// The one URI SAN a well-formed, verifying CSR asks for (an operator's CSR names its own
+/// service; a workload's is held to its credential by [`check_csr`]).
+pub fn requested_identity(pem: &str) -> Result<String, CsrError> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|_| CsrError::Malformed("not PEM".into()))?;
+    let params = CertificateSigningRequestParams::from_der(&block.contents.as_slice().into())
+        .map_err(|e| match e {
+            rcgen::Error::InvalidCertificationRequestSignature => CsrError::BadSignature,
+            other => CsrError::Malformed(other.to_string()),
+        })?;
+    match params.params.subject_alt_names.as_slice() {
+        [SanType::URI(uri)] => Ok(uri.as_str().to_string()),
+        sans => Err(CsrError::WrongIdentity {
+            expected: "one spiffe:// URI".into(),
+            got: describe(sans),
+        }),
+    }
+}
+
+/// Signs a leaf for `public_key` naming `identity` (and, for the control plane's own serving
+/// certificate, the DNS names and IPs in `extra`), valid from [`BACKDATE`] ago for `lifetime`
+/// (never past the root's own expiry).
 pub fn sign(
-    public_key: &PublicKey,
+    public_key: &impl PublicKeyData,
     identity: &str,
+    extra: &[SanType],
     signer: &Signer,
     now: SystemTime,
     lifetime: Duration,
@@ -106,6 +127,7 @@ pub fn sign(
             .try_into()
             .map_err(|e: rcgen::Error| CaError::Crypto(e))?,
     )];
+    params.subject_alt_names.extend_from_slice(extra);
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![
@@ -250,7 +272,7 @@ mod tests {
         let now = SystemTime::now();
         let signer = root::generate(dir.path(), "outrigger.local", now)?;
         let key = check_csr(&csr(&[uri(ID)?])?, ID)?;
-        let leaf = sign(&key, ID, &signer, now, Duration::from_secs(3600))?;
+        let leaf = sign(&key, ID, &[], &signer, now, Duration::from_secs(3600))?;
         assert_eq!(leaf.not_after_unix, clock::unix(now) + 3600);
 
         let (_, block) = x509_parser::pem::parse_x509_pem(leaf.pem.as_bytes())?;
@@ -290,7 +312,7 @@ mod tests {
         let now = SystemTime::now();
         let signer = root::generate(dir.path(), "outrigger.local", now)?;
         let key = check_csr(&csr(&[uri(ID)?])?, ID)?;
-        let leaf = sign(&key, ID, &signer, now, root::ROOT_LIFETIME * 2)?;
+        let leaf = sign(&key, ID, &[], &signer, now, root::ROOT_LIFETIME * 2)?;
         assert_eq!(leaf.not_after_unix, signer.record.not_after_unix);
         Ok(())
     }

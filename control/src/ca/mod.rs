@@ -7,6 +7,12 @@
 //! - [`issue`]: checking a CSR and signing a leaf;
 //! - [`rotation`]: when a root may leave the trust bundle.
 //!
+//! A new root first joins the bundle as *pending*; it signs only once every connected sidecar
+//! has acknowledged a bundle holding it (the server decides when, see `crate::rotation`), so
+//! no sidecar is handed a peer certificate it cannot verify. The control plane's own serving
+//! certificate is signed by the *oldest* root, so trust anchors handed out before a rotation
+//! keep working until that root is dropped.
+//!
 //! [`Authority`] holds the CA's state in memory. It never writes: each operation returns the
 //! [`CaChange`]s to store, and the state task applies them here once they are stored, so the
 //! store and the memory never disagree.
@@ -20,13 +26,30 @@ use crate::clock;
 use crate::store::ca::{CaChange, StoredCa};
 use issue::{CsrError, Leaf};
 use outrigger_config::{identity, Mtls, MtlsMode};
+use rcgen::{KeyPair, SanType};
 use root::{RootRecord, Signer};
 use rotation::{DropCheck, DropRefusal, Unexpired};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
-use tokens::{Minted, TokenError, Tokens};
+use tokens::{Minted, TokenError, TokenInfo, Tokens};
+
+/// What a certificate request is authorised by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A bootstrap token (the secret as presented): a CSR for the token's service.
+    Token(String),
+    /// A workload's own current certificate: a renewal, for that service only.
+    Service(String),
+    /// An operator's admin token: a CSR for any service of the trust domain.
+    Operator,
+}
+
+/// The SPIFFE id of the control plane's serving certificate, under `trust_domain`.
+pub fn control_plane_identity(trust_domain: &str) -> String {
+    format!("spiffe://{trust_domain}/control-plane")
+}
 
 /// Failures of the CA itself (files, randomness, crypto): the control plane's problem, never
 /// the caller's.
@@ -85,6 +108,8 @@ pub struct RootInfo {
     /// RFC 3339.
     pub not_after: String,
     pub active: bool,
+    /// In the bundle, waiting for every sidecar to trust it before it signs.
+    pub pending: bool,
     pub unexpired_leaves: usize,
     /// RFC 3339: when the last unexpired leaf signed by this root expires.
     pub last_leaf_expires_at: Option<String>,
@@ -106,6 +131,8 @@ pub struct Authority {
     /// Oldest first.
     roots: Vec<RootRecord>,
     signer: Signer,
+    /// A root in the bundle that will sign once every sidecar trusts it.
+    pending: Option<String>,
     /// Root id → serial → notAfter of the leaves it signed that may not have expired yet.
     leaves: BTreeMap<String, BTreeMap<String, u64>>,
     tokens: Tokens,
@@ -166,10 +193,14 @@ impl Authority {
         for (root, serial, not_after) in stored.leaves {
             leaves.entry(root).or_default().insert(serial, not_after);
         }
+        let pending = stored
+            .pending
+            .filter(|p| roots.iter().any(|r| r.id == *p) && *p != signer.record.id);
         let ca = Authority {
             options,
             roots,
             signer,
+            pending,
             leaves,
             tokens: Tokens::from_stored(stored.tokens),
         };
@@ -182,6 +213,11 @@ impl Authority {
 
     pub fn active_id(&self) -> &str {
         &self.signer.record.id
+    }
+
+    pub fn pending(&self) -> Option<&RootRecord> {
+        let id = self.pending.as_ref()?;
+        self.roots.iter().find(|r| r.id == *id)
     }
 
     /// The roots' certificates, oldest first: what peers must trust.
@@ -213,6 +249,7 @@ impl Authority {
                     id: r.id.clone(),
                     not_after: clock::rfc3339(r.not_after_unix),
                     active: r.id == self.signer.record.id,
+                    pending: self.pending.as_ref() == Some(&r.id),
                     unexpired_leaves: u.map_or(0, |u| u.count),
                     last_leaf_expires_at: u.map(|u| clock::rfc3339(u.last_not_after)),
                     generated: r.generated,
@@ -227,9 +264,10 @@ impl Authority {
         &self,
         service: &str,
         ttl: Duration,
+        uses: Option<u32>,
         now: SystemTime,
     ) -> Result<(Minted, Vec<CaChange>), CaError> {
-        let minted = tokens::mint(service, ttl, now)?;
+        let minted = tokens::mint(service, ttl, uses, now)?;
         let mut changes: Vec<CaChange> = self
             .tokens
             .expired(now)
@@ -243,20 +281,61 @@ impl Authority {
         Ok((minted, changes))
     }
 
-    /// Signs `csr` if `token` is valid and the CSR asks for exactly its service's identity;
-    /// also the changes that record the leaf (and forget expired ones).
+    pub fn tokens(&self, now: SystemTime) -> Vec<TokenInfo> {
+        self.tokens.list(now)
+    }
+
+    /// The change that revokes the token with this id, if there is one.
+    pub fn revoke_token(&self, id: &str) -> Option<CaChange> {
+        self.tokens.by_id(id).map(CaChange::DeleteToken)
+    }
+
+    /// Signs `csr` if `credential` allows the identity it asks for; also the changes that
+    /// record the leaf, spend a use of a bootstrap token, and forget expired leaves.
     pub fn sign(
         &self,
-        token: &str,
+        credential: &Credential,
         csr: &str,
         now: SystemTime,
     ) -> Result<(Issued, Vec<CaChange>), SignError> {
-        let record = self.tokens.check(token, now)?;
-        let identity = identity(&self.options.trust_domain, &record.service);
+        let mut spend = None;
+        let identity = match credential {
+            Credential::Token(token) => {
+                let (hash, record) = self.tokens.check(token, now)?;
+                if let Some(n) = record.uses_left {
+                    spend = Some(match n.saturating_sub(1) {
+                        0 => CaChange::DeleteToken(hash),
+                        left => CaChange::PutToken {
+                            hash,
+                            record: tokens::TokenRecord {
+                                uses_left: Some(left),
+                                ..record.clone()
+                            },
+                        },
+                    });
+                }
+                identity(&self.options.trust_domain, &record.service)
+            }
+            Credential::Service(service) => identity(&self.options.trust_domain, service),
+            Credential::Operator => {
+                let asked = issue::requested_identity(csr)?;
+                let prefix = identity(&self.options.trust_domain, "");
+                match asked.strip_prefix(&prefix) {
+                    Some(name) if valid_service_name(name) => asked,
+                    _ => {
+                        return Err(SignError::Csr(CsrError::WrongIdentity {
+                            expected: format!("{prefix}<service>"),
+                            got: format!("URI:{asked}"),
+                        }))
+                    }
+                }
+            }
+        };
         let key = issue::check_csr(csr, &identity)?;
         let leaf = issue::sign(
             &key,
             &identity,
+            &[],
             &self.signer,
             now,
             self.options.cert_lifetime,
@@ -280,6 +359,7 @@ impl Authority {
             serial: leaf.serial.clone(),
             not_after_unix: leaf.not_after_unix,
         });
+        changes.extend(spend);
         let issued = Issued {
             leaf,
             identity,
@@ -288,15 +368,61 @@ impl Authority {
         Ok((issued, changes))
     }
 
-    /// A new root, with its files written, and the changes that make it the signer. Call
-    /// [`Authority::activate`] once they are stored (or [`root::remove_files`] if not).
-    pub fn new_root(&self, now: SystemTime) -> Result<(Signer, Vec<CaChange>), CaError> {
+    /// A new root, with its files written, and the changes that put it in the bundle as
+    /// pending (or, with `force`, make it the signer at once: call [`Authority::activate`]
+    /// once they are stored, or [`root::remove_files`] if they are not).
+    pub fn new_root(
+        &self,
+        now: SystemTime,
+        force: bool,
+    ) -> Result<(Signer, Vec<CaChange>), CaError> {
         let signer = root::generate(&self.options.dir, &self.options.trust_domain, now)?;
-        let changes = vec![
-            CaChange::PutRoot(Box::new(signer.record.clone())),
-            CaChange::SetActive(signer.record.id.clone()),
-        ];
+        let id = signer.record.id.clone();
+        let mut changes = vec![CaChange::PutRoot(Box::new(signer.record.clone()))];
+        if force {
+            changes.push(CaChange::SetActive(id));
+            changes.push(CaChange::SetPending(None));
+        } else {
+            changes.push(CaChange::SetPending(Some(id)));
+        }
         Ok((signer, changes))
+    }
+
+    /// The pending root's signer and the changes that make it the active one.
+    pub fn activate_pending(
+        &self,
+        now: SystemTime,
+    ) -> Result<Option<(Signer, Vec<CaChange>)>, CaError> {
+        let Some(record) = self.pending() else {
+            return Ok(None);
+        };
+        let signer = root::load(record, now)?;
+        let changes = vec![
+            CaChange::SetActive(record.id.clone()),
+            CaChange::SetPending(None),
+        ];
+        Ok(Some((signer, changes)))
+    }
+
+    /// The control plane's own serving certificate for `key`: its SPIFFE id plus `names`,
+    /// signed by the oldest root, so that anchors handed out before a rotation still verify
+    /// it. Not recorded as a leaf: it is re-issued whenever the bundle changes, so it never
+    /// holds a root back from being dropped.
+    pub fn sign_server(
+        &self,
+        key: &KeyPair,
+        names: &[SanType],
+        now: SystemTime,
+        lifetime: Duration,
+    ) -> Result<Leaf, CaError> {
+        let id = control_plane_identity(&self.options.trust_domain);
+        match self.roots.first() {
+            Some(oldest) if oldest.id != self.signer.record.id => {
+                let signer = root::load(oldest, now)?;
+                issue::sign(key, &id, names, &signer, now, lifetime)
+            }
+            _ => issue::sign(key, &id, names, &self.signer, now, lifetime),
+        }
     }
 
     /// Makes a stored new root the signer.
@@ -316,7 +442,8 @@ impl Authority {
         let forced = rotation::check_drop(&DropCheck {
             id,
             known: record.is_some(),
-            active: id == self.signer.record.id,
+            // A pending root is about to sign: it goes no more than the active one.
+            active: id == self.signer.record.id || self.pending.as_deref() == Some(id),
             unexpired: self.unexpired(id, now),
             force,
         })?;
@@ -338,9 +465,13 @@ impl Authority {
                 CaChange::DeleteRoot(id) => {
                     self.roots.retain(|r| r.id != *id);
                     self.leaves.remove(id);
+                    if self.pending.as_ref() == Some(id) {
+                        self.pending = None;
+                    }
                 }
                 // The signer itself changes in `activate`.
                 CaChange::SetActive(_) => {}
+                CaChange::SetPending(p) => self.pending = p.clone(),
                 CaChange::PutLeaf {
                     root,
                     serial,
@@ -387,6 +518,12 @@ pub fn check_trust_domain(td: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+fn valid_service_name(name: &str) -> bool {
+    let mut v = outrigger_config::Validator::default();
+    v.name(name, outrigger_config::path::FieldPath::root());
+    v.problems.is_empty()
 }
 
 /// Lower-case hex.
@@ -457,9 +594,9 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let now = SystemTime::now();
         let (mut ca, _) = Authority::open(options(dir.path()), StoredCa::default(), now)?;
-        let (minted, changes) = ca.mint_token("payment", Duration::from_secs(60), now)?;
+        let (minted, changes) = ca.mint_token("payment", Duration::from_secs(60), None, now)?;
         ca.apply(&changes);
-        let token = minted.secret.expose();
+        let token = &Credential::Token(minted.secret.expose().to_string());
         let id = "spiffe://outrigger.local/service/payment";
 
         let (issued, changes) = ca.sign(token, &csr(id)?, now)?;
@@ -474,12 +611,12 @@ mod tests {
             Err(SignError::Csr(CsrError::WrongIdentity { .. }))
         ));
         assert!(matches!(
-            ca.sign("otb_nope", &csr(id)?, now),
+            ca.sign(&Credential::Token("otb_nope".into()), &csr(id)?, now),
             Err(SignError::Token(TokenError::Unknown))
         ));
 
         // A second later: roots are listed oldest first.
-        let (signer, changes) = ca.new_root(now + Duration::from_secs(1))?;
+        let (signer, changes) = ca.new_root(now + Duration::from_secs(1), true)?;
         ca.apply(&changes);
         ca.activate(signer);
         assert_ne!(ca.active_id(), first);

@@ -1,9 +1,10 @@
-//! Bootstrap tokens: what a sidecar shows to get its first (and every later) certificate. An
-//! operator mints one per service with a lifetime; the control plane keeps only its SHA-256,
-//! with the service and the expiry, so a copy of the store does not hand out identities.
+//! Bootstrap tokens: what a new sidecar shows, once, to get its first certificate; from then
+//! on it renews over mTLS with the certificate itself. An operator mints one per service, with
+//! a lifetime (minutes by default) and optionally a number of uses; the control plane keeps
+//! only its SHA-256, with the service, the expiry and the uses left, so a copy of the store
+//! does not hand out identities. A token is revoked by its id (the first 16 hex digits of
+//! that hash), which can be listed and shown without giving the token away.
 //!
-//! A token stays valid until it expires, however often it is used: a sidecar renews its
-//! certificate with the same token, so the token's lifetime bounds how long it can do so.
 //! The tokens are 256 random bits, so a plain (fast) hash is enough to make a stored hash
 //! useless to an attacker.
 
@@ -24,6 +25,10 @@ pub struct TokenRecord {
     pub service: String,
     /// Milliseconds since the Unix epoch: short test lifetimes need better than seconds.
     pub expires_unix_ms: u64,
+    /// Certificates it may still get; `None`: any number until it expires (a Kubernetes
+    /// Secret shared by a Deployment's pods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses_left: Option<u32>,
 }
 
 impl TokenRecord {
@@ -62,19 +67,43 @@ pub struct Minted {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    #[error("unknown bootstrap token")]
+    #[error("unknown bootstrap token (never minted, used up, or revoked)")]
     Unknown,
     #[error("the bootstrap token expired at {0}")]
     Expired(String),
 }
+
+/// How many hex digits of the hash make a token's id.
+pub const ID_LEN: usize = 16;
 
 /// The hash a token is stored under.
 pub fn hash(token: &str) -> String {
     hex(&Sha256::digest(token.as_bytes()))
 }
 
-/// A new token for `service`, valid for `ttl` from `now`.
-pub fn mint(service: &str, ttl: Duration, now: SystemTime) -> Result<Minted, CaError> {
+/// The id operators see for a token stored under `hash`.
+pub fn id(hash: &str) -> &str {
+    hash.get(..ID_LEN).unwrap_or(hash)
+}
+
+/// A token as listed: never the secret.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub service: String,
+    /// RFC 3339.
+    pub expires_at: String,
+    pub uses_left: Option<u32>,
+}
+
+/// A new token for `service`, valid for `ttl` from `now`, for `uses` certificates (any number
+/// when `None`).
+pub fn mint(
+    service: &str,
+    ttl: Duration,
+    uses: Option<u32>,
+    now: SystemTime,
+) -> Result<Minted, CaError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| CaError::Random(e.to_string()))?;
     let secret = format!("{PREFIX}{}", hex(&bytes));
@@ -85,6 +114,7 @@ pub fn mint(service: &str, ttl: Duration, now: SystemTime) -> Result<Minted, CaE
         record: TokenRecord {
             service: service.to_string(),
             expires_unix_ms,
+            uses_left: uses,
         },
     })
 }
@@ -110,19 +140,50 @@ impl Tokens {
         self.by_hash.remove(hash);
     }
 
-    /// The record of a presented token that is known and unexpired at `now`. Looking up by
-    /// hash means no comparison ever runs over the secret itself.
-    pub fn check(&self, presented: &str, now: SystemTime) -> Result<&TokenRecord, TokenError> {
-        let record = self
-            .by_hash
-            .get(&hash(presented.trim()))
-            .ok_or(TokenError::Unknown)?;
+    /// The hash and record of a presented token that is known, unexpired at `now` and not
+    /// used up. Looking up by hash means no comparison ever runs over the secret itself.
+    pub fn check(
+        &self,
+        presented: &str,
+        now: SystemTime,
+    ) -> Result<(String, &TokenRecord), TokenError> {
+        let h = hash(presented.trim());
+        let record = self.by_hash.get(&h).ok_or(TokenError::Unknown)?;
         if record.expired(now) {
             return Err(TokenError::Expired(
                 humantime::format_rfc3339_millis(record.expires_at()).to_string(),
             ));
         }
-        Ok(record)
+        if record.uses_left == Some(0) {
+            return Err(TokenError::Unknown);
+        }
+        Ok((h, record))
+    }
+
+    /// The hash of the token whose id is `id`.
+    pub fn by_id(&self, id: &str) -> Option<String> {
+        if id.len() != ID_LEN {
+            return None;
+        }
+        self.by_hash.keys().find(|h| self::id(h) == id).cloned()
+    }
+
+    /// The live tokens, soonest to expire first.
+    pub fn list(&self, now: SystemTime) -> Vec<TokenInfo> {
+        let mut out: Vec<(&String, &TokenRecord)> = self
+            .by_hash
+            .iter()
+            .filter(|(_, r)| !r.expired(now) && r.uses_left != Some(0))
+            .collect();
+        out.sort_by_key(|(h, r)| (r.expires_unix_ms, *h));
+        out.into_iter()
+            .map(|(h, r)| TokenInfo {
+                id: id(h).to_string(),
+                service: r.service.clone(),
+                expires_at: humantime::format_rfc3339_millis(r.expires_at()).to_string(),
+                uses_left: r.uses_left,
+            })
+            .collect()
     }
 
     /// Hashes of the tokens expired at `now`, to forget.
@@ -150,8 +211,8 @@ mod tests {
     #[test]
     fn tokens_are_random_prefixed_and_stored_only_as_hashes() -> Result<(), CaError> {
         let now = SystemTime::now();
-        let a = mint("payment", Duration::from_secs(60), now)?;
-        let b = mint("payment", Duration::from_secs(60), now)?;
+        let a = mint("payment", Duration::from_secs(60), None, now)?;
+        let b = mint("payment", Duration::from_secs(60), None, now)?;
         assert_ne!(a.secret, b.secret);
         let secret = a.secret.expose();
         assert!(
@@ -171,13 +232,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_token_works_until_it_expires() -> Result<(), CaError> {
-        let minted = mint("payment", Duration::from_secs(1), clock::now())?;
+        let minted = mint("payment", Duration::from_secs(1), None, clock::now())?;
         let mut tokens = Tokens::default();
         tokens.insert(minted.hash.clone(), minted.record);
         let secret = minted.secret.expose().to_string();
 
         let r = tokens.check(&secret, clock::now());
-        assert_eq!(r.map(|r| r.service.as_str()), Ok("payment"));
+        assert_eq!(r.map(|(_, r)| r.service.as_str()), Ok("payment"));
         assert!(
             tokens.check(&format!("{secret}\n"), clock::now()).is_ok(),
             "a final newline from a token file is not part of the token"
@@ -202,6 +263,38 @@ mod tests {
         );
         tokens.remove(&minted.hash);
         assert!(tokens.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn a_used_up_or_revoked_token_is_refused_and_ids_never_show_the_secret() -> Result<(), CaError>
+    {
+        let now = SystemTime::now();
+        let minted = mint("payment", Duration::from_secs(60), Some(1), now)?;
+        let secret = minted.secret.expose().to_string();
+        let mut tokens = Tokens::default();
+        tokens.insert(minted.hash.clone(), minted.record.clone());
+        let listed = tokens.list(now);
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].uses_left, Some(1));
+        assert!(!secret.contains(&listed[0].id), "the id is of the hash");
+        assert_eq!(tokens.by_id(&listed[0].id), Some(minted.hash.clone()));
+        assert_eq!(tokens.by_id("short"), None);
+
+        assert!(tokens.check(&secret, now).is_ok());
+        // The one use spent:
+        tokens.insert(
+            minted.hash.clone(),
+            TokenRecord {
+                uses_left: Some(0),
+                ..minted.record.clone()
+            },
+        );
+        assert_eq!(tokens.check(&secret, now).err(), Some(TokenError::Unknown));
+        assert!(tokens.list(now).is_empty());
+        // Revoked: gone.
+        tokens.remove(&minted.hash);
+        assert_eq!(tokens.check(&secret, now).err(), Some(TokenError::Unknown));
         Ok(())
     }
 }

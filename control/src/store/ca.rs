@@ -8,10 +8,12 @@ use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
 /// Root id → [`RootRecord`] as JSON.
 const ROOTS: TableDefinition<&str, &str> = TableDefinition::new("ca_roots");
-/// Small named strings; only [`ACTIVE`] for now.
+/// Small named strings: [`ACTIVE`] and [`PENDING`].
 const CA_META: TableDefinition<&str, &str> = TableDefinition::new("ca_meta");
 /// The id of the root that signs.
 const ACTIVE: &str = "active_root";
+/// The id of a root in the bundle that waits for every sidecar to trust it before it signs.
+const PENDING: &str = "pending_root";
 /// (root id, serial in hex) → the leaf's notAfter, Unix seconds. Rotation reads these to tell
 /// which roots still have unexpired leaves.
 const LEAVES: TableDefinition<(&str, &str), u64> = TableDefinition::new("ca_leaves");
@@ -25,6 +27,8 @@ pub enum CaChange {
     /// Removes the root and the record of its leaves.
     DeleteRoot(String),
     SetActive(String),
+    /// A new root that signs only once every connected sidecar trusts it; `None` ends the wait.
+    SetPending(Option<String>),
     PutLeaf {
         root: String,
         serial: String,
@@ -46,6 +50,7 @@ pub enum CaChange {
 pub struct StoredCa {
     pub roots: Vec<RootRecord>,
     pub active: Option<String>,
+    pub pending: Option<String>,
     /// (root id, serial, notAfter).
     pub leaves: Vec<(String, String, u64)>,
     pub tokens: Vec<(String, TokenRecord)>,
@@ -75,6 +80,10 @@ pub(super) fn load(txn: &ReadTransaction) -> Result<StoredCa, StoreError> {
     out.active = txn
         .open_table(CA_META)?
         .get(ACTIVE)?
+        .map(|v| v.value().to_string());
+    out.pending = txn
+        .open_table(CA_META)?
+        .get(PENDING)?
         .map(|v| v.value().to_string());
     for item in txn.open_table(LEAVES)?.iter()? {
         let (key, value) = item?;
@@ -135,6 +144,12 @@ pub(super) fn write(
             }
             CaChange::SetActive(id) => {
                 meta.insert(ACTIVE, id.as_str())?;
+            }
+            CaChange::SetPending(Some(id)) => {
+                meta.insert(PENDING, id.as_str())?;
+            }
+            CaChange::SetPending(None) => {
+                meta.remove(PENDING)?;
             }
             CaChange::PutLeaf {
                 root,

@@ -1,6 +1,6 @@
 //! The REST API: apply, dry run, reads, deletes, validation errors, auth and bad input.
 
-use crate::harness::{call, Control, SHOP, TOKEN};
+use crate::harness::{call, Control, READER, SHOP, TOKEN};
 use http::Method;
 use outrigger_config::mesh::{parse_resources, Kind};
 use serde_json::{json, Value};
@@ -213,10 +213,15 @@ async fn invalid_applies_name_document_path_line_and_store_nothing() {
     );
 }
 
+/// Every route against every kind of caller: nobody and a wrong token get 401; a reader may
+/// only GET; a sidecar's workload certificate may do nothing of an operator's (apply, delete,
+/// split, mint tokens, rotate or drop roots, read the mesh) — each a 403 that says why; only
+/// health and readiness are open. Nothing a refused caller sent was stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_need_the_token_and_reads_do_not() {
+async fn each_credential_does_only_what_its_role_allows() {
     let c = Control::start();
-    let writes = [
+    let sidecar = c.workload("order").await;
+    let admin_writes = [
         (Method::POST, "/v1/apply", SHOP.to_string()),
         (Method::DELETE, "/v1/services/payment", String::new()),
         (
@@ -224,10 +229,30 @@ async fn writes_need_the_token_and_reads_do_not() {
             "/v1/services/payment/split",
             r#"{"weights":{"v2":50}}"#.into(),
         ),
+        (Method::DELETE, "/v1/routes/r", String::new()),
+        (Method::DELETE, "/v1/policies/p", String::new()),
+        (
+            Method::POST,
+            "/v1/identity/tokens",
+            r#"{"service":"payment"}"#.into(),
+        ),
+        (
+            Method::DELETE,
+            "/v1/identity/tokens/0123456789abcdef",
+            String::new(),
+        ),
+        (Method::POST, "/v1/ca/roots", String::new()),
+        (
+            Method::DELETE,
+            "/v1/ca/roots/0123456789abcdef",
+            String::new(),
+        ),
+    ];
+    let workload_writes = [
         (
             Method::POST,
             "/v1/registry/instances",
-            r#"{"service":"a","address":"127.0.0.1","ports":{"http":1}}"#.into(),
+            r#"{"service":"a","address":"127.0.0.1","ports":{"http":1}}"#.to_string(),
         ),
         (
             Method::PUT,
@@ -241,35 +266,80 @@ async fn writes_need_the_token_and_reads_do_not() {
             r#"{"version":1}"#.into(),
         ),
     ];
-    for (method, path, body) in writes {
+    let reads = [
+        "/v1/services",
+        "/v1/services/payment",
+        "/v1/routes",
+        "/v1/policies",
+        "/v1/registry/instances",
+        "/v1/sidecars",
+        "/v1/identity/tokens",
+        "/v1/ca/roots",
+        "/v1/ca/status",
+        "/metrics",
+    ];
+    for (method, path, body) in admin_writes.iter().chain(&workload_writes) {
         for token in [None, Some("wrong"), Some("")] {
-            let (status, reply) = call(c.addr, method.clone(), path, Some(&body), token).await;
-            assert_eq!(status, 401, "{method} {path} with {token:?}");
-            assert_eq!(reply, json!({"error": "unauthorized"}));
+            let (status, reply) = call(&c, method.clone(), path, Some(body), token).await;
+            assert_eq!(status, 401, "{method} {path} with {token:?}: {reply}");
+            assert_eq!(reply["error"], "unauthorized");
         }
+        let (status, reply) = call(&c, method.clone(), path, Some(body), Some(READER)).await;
+        assert_eq!(status, 403, "{method} {path} as a reader: {reply}");
+        assert!(
+            reply["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("reader")),
+            "{reply}"
+        );
+    }
+    // The attack: a compromised pod's certificate tries the operator's powers.
+    for (method, path, body) in &admin_writes {
+        let (status, reply) = c.call_as(&sidecar, method.clone(), path, Some(body)).await;
+        assert_eq!(
+            status, 403,
+            "{method} {path} with a workload certificate: {reply}"
+        );
+        assert!(
+            reply["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("\"order\"") && r.contains("admin")),
+            "{reply}"
+        );
+    }
+    for path in reads {
+        assert_eq!(
+            call(&c, Method::GET, path, None, None).await.0,
+            401,
+            "{path} as nobody"
+        );
+        let status = c.get(path).await.0;
+        assert!(
+            status == 200 || status == 404,
+            "{path} as a reader: {status}"
+        );
+        let (status, reply) = c.call_as(&sidecar, Method::GET, path, None).await;
+        assert_eq!(status, 403, "{path} with a workload certificate: {reply}");
+    }
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            call(&c, Method::GET, path, None, None).await.0,
+            200,
+            "{path}"
+        );
     }
     assert_eq!(
         c.get("/v1/services").await.1,
         json!([]),
         "nothing was applied"
     );
-    for path in [
-        "/v1/services",
-        "/v1/routes",
-        "/v1/policies",
-        "/v1/registry/instances",
-        "/v1/sidecars",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-    ] {
-        assert_eq!(c.get(path).await.0, 200, "{path}");
-    }
+    let (_, roots) = c.get("/v1/ca/roots").await;
+    assert_eq!(roots.as_array().map(Vec::len), Some(1), "no root was added");
     let (status, _) = c.apply(SHOP).await;
     assert_eq!(status, 200);
-    // The token never shows up in the logs.
+    // The tokens never show up in the logs.
     let logs = c.logs.lock().expect("logs").join("\n");
-    assert!(!logs.contains(TOKEN));
+    assert!(!logs.contains(TOKEN) && !logs.contains(READER));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,7 +422,7 @@ async fn bad_yaml_or_json_is_a_400_with_the_reason_never_a_500() {
         "/v1/stream?service=order",
         "/v1/stream?service=Bad!&sidecar=x",
     ] {
-        assert_eq!(c.get(path).await.0, 400, "{path}");
+        assert_eq!(c.call(Method::GET, path, None).await.0, 400, "{path}");
     }
     let (_, metrics) = c.get("/metrics").await;
     assert!(!metrics.as_str().expect("text").contains("status=\"500\""));

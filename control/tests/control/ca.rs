@@ -22,7 +22,15 @@ async fn rotation_signs_with_the_new_root_and_keeps_the_old_one_while_its_leaves
     assert_eq!(status, 201, "{rotated}");
     let new = id(&rotated["root"]);
     assert_ne!(new, old);
-    assert_eq!(rotated["root"]["active"], true);
+    // It joins the bundle pending; with no sidecar connected, nobody is waited for.
+    assert_eq!(rotated["root"]["active"], false);
+    assert_eq!(rotated["pending"], new.as_str());
+    assert_eq!(rotated["active"], old.as_str());
+    eventually(Duration::from_secs(10), "the new root to sign", || async {
+        let (_, s) = c.get("/v1/ca/status").await;
+        (s["active"] == new.as_str() && s["pending"].is_null()).then_some(())
+    })
+    .await;
     let listed = roots(&c).await;
     assert_eq!(
         listed
@@ -77,7 +85,7 @@ async fn rotation_signs_with_the_new_root_and_keeps_the_old_one_while_its_leaves
         .await;
     assert_eq!(status, 404);
     let (status, _) = crate::harness::call(
-        c.addr,
+        &c,
         Method::DELETE,
         &format!("/v1/ca/roots/{old}?force=true"),
         None,

@@ -1,11 +1,16 @@
-//! Real `outrigger-control` processes on ephemeral loopback ports, and real HTTP clients.
+//! Real `outrigger-control` processes on ephemeral loopback ports, and real HTTPS clients that
+//! trust the bundle the control plane writes: as an operator (admin or reader token), as a
+//! sidecar (its workload certificate), or as nobody.
 
 use bytes::Bytes;
 use http::{header, Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -15,6 +20,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const TOKEN: &str = "control-test-token-5f2a";
+pub const READER: &str = "control-test-reader-7c1e";
 /// Generous: a loaded 2-core machine may start a debug binary slowly.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -25,6 +31,7 @@ pub struct Control {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub logs: Arc<Mutex<Vec<String>>>,
+    pub trust_domain: String,
 }
 
 impl Control {
@@ -37,6 +44,7 @@ impl Control {
             addr,
             dir,
             logs,
+            trust_domain: "outrigger.local".into(),
         }
     }
 
@@ -44,11 +52,18 @@ impl Control {
     pub fn start_with(args: &[&str]) -> Control {
         let dir = tempfile::tempdir().expect("tempdir");
         let (child, addr, logs) = spawn(&dir.path().join("data"), args);
+        let trust_domain = args
+            .iter()
+            .position(|a| *a == "--trust-domain")
+            .and_then(|i| args.get(i + 1))
+            .unwrap_or(&"outrigger.local")
+            .to_string();
         Control {
             child,
             addr,
             dir,
             logs,
+            trust_domain,
         }
     }
 
@@ -83,12 +98,74 @@ impl Control {
         }
     }
 
-    pub async fn call(&self, method: Method, path: &str, body: Option<&str>) -> (u16, Value) {
-        call(self.addr, method, path, body, Some(TOKEN)).await
+    /// Where the control plane writes its trust bundle: the trust anchors.
+    pub fn bundle(&self) -> PathBuf {
+        self.dir.path().join("data").join("trust-bundle.pem")
     }
 
+    /// As the admin.
+    pub async fn call(&self, method: Method, path: &str, body: Option<&str>) -> (u16, Value) {
+        call(self, method, path, body, Some(TOKEN)).await
+    }
+
+    /// As a reader.
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        call(self.addr, Method::GET, path, None, None).await
+        call(self, Method::GET, path, None, Some(READER)).await
+    }
+
+    /// As the sidecar holding `who`'s certificate.
+    pub async fn call_as(
+        &self,
+        who: &Workload,
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        request(self, method, path, body, As::Workload(who)).await
+    }
+
+    /// A workload certificate for `service`, got as a new sidecar gets its first: a
+    /// single-use bootstrap token, then a CSR.
+    pub async fn workload(&self, service: &str) -> Workload {
+        let (status, minted) = self
+            .call(
+                Method::POST,
+                "/v1/identity/tokens",
+                Some(&serde_json::json!({"service": service, "uses": 1}).to_string()),
+            )
+            .await;
+        assert_eq!(status, 201, "{minted}");
+        let token = minted["token"].as_str().expect("token").to_string();
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            format!("spiffe://{}/service/{service}", self.trust_domain)
+                .as_str()
+                .try_into()
+                .expect("uri"),
+        )];
+        let csr = params
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem");
+        let (status, signed) = call(
+            self,
+            Method::POST,
+            "/v1/identity/certificates",
+            Some(&serde_json::json!({ "csr": csr }).to_string()),
+            Some(&token),
+        )
+        .await;
+        assert_eq!(status, 200, "{signed}");
+        Workload {
+            service: service.to_string(),
+            cert_pem: signed["certificate_chain"]
+                .as_str()
+                .expect("chain")
+                .to_string(),
+            key_pem: key.serialize_pem(),
+        }
     }
 
     pub async fn apply(&self, yaml: &str) -> (u16, Value) {
@@ -111,8 +188,10 @@ impl Control {
         reply["id"].as_str().expect("id").to_string()
     }
 
+    /// A push stream opened by a sidecar of `service`, with a certificate of its own.
     pub async fn stream(&self, service: &str, sidecar: &str) -> Stream {
-        Stream::open(self.addr, service, sidecar).await
+        let who = self.workload(service).await;
+        Stream::open(self, &who, service, sidecar).await
     }
 }
 
@@ -126,13 +205,18 @@ impl Drop for Control {
 fn spawn(data: &Path, args: &[&str]) -> (Child, SocketAddr, Arc<Mutex<Vec<String>>>) {
     let token_file = data.with_file_name("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
+    let reader_file = data.with_file_name("reader-token");
+    std::fs::write(&reader_file, format!("{READER}\n")).expect("reader token file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_outrigger-control"))
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .arg("--token-file")
         .arg(&token_file)
+        .arg("--reader-token-file")
+        .arg(&reader_file)
         .args(args)
         .env_remove("OUTRIGGER_TOKEN")
+        .env_remove("OUTRIGGER_READER_TOKEN")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -165,20 +249,87 @@ fn spawn(data: &Path, args: &[&str]) -> (Child, SocketAddr, Arc<Mutex<Vec<String
     (child, addr, logs)
 }
 
-/// One request: (status, JSON body, or the text as a JSON string, or Null when empty).
+/// A sidecar's credentials: its workload certificate and key (PEM).
+#[derive(Clone)]
+pub struct Workload {
+    pub service: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Who a request comes from.
+pub enum As<'a> {
+    Nobody,
+    Bearer(&'a str),
+    Workload(&'a Workload),
+}
+
+/// An HTTPS client that trusts `bundle` and presents `who`'s certificate, if any.
+pub fn client(
+    bundle: &Path,
+    who: Option<&Workload>,
+) -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
+    let pem = std::fs::read(bundle).expect("the trust bundle file");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.expect("bundle PEM")).expect("a root");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("TLS 1.3")
+    .with_root_certificates(roots);
+    let config = match who {
+        None => builder.with_no_client_auth(),
+        Some(w) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(w.cert_pem.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("certificate PEM"),
+                PrivateKeyDer::from_pem_slice(w.key_pem.as_bytes()).expect("key PEM"),
+            )
+            .expect("client certificate"),
+    };
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only()
+        .enable_http1()
+        .build();
+    Client::builder(TokioExecutor::new()).build(https)
+}
+
+/// One request with a bearer token (or none): (status, JSON body, or the text as a JSON
+/// string, or Null when empty).
 pub async fn call(
-    addr: SocketAddr,
+    c: &Control,
     method: Method,
     path: &str,
     body: Option<&str>,
     token: Option<&str>,
 ) -> (u16, Value) {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let who = token.map_or(As::Nobody, As::Bearer);
+    request(c, method, path, body, who).await
+}
+
+pub async fn request(
+    c: &Control,
+    method: Method,
+    path: &str,
+    body: Option<&str>,
+    who: As<'_>,
+) -> (u16, Value) {
+    let client = client(
+        &c.bundle(),
+        match &who {
+            As::Workload(w) => Some(*w),
+            _ => None,
+        },
+    );
     let mut req = Request::builder()
         .method(method)
-        .uri(format!("http://{addr}{path}"));
-    if let Some(t) = token {
+        .uri(format!("https://{}{path}", c.addr));
+    if let As::Bearer(t) = who {
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }
     let req = req
@@ -208,16 +359,16 @@ pub struct Stream {
     body: Incoming,
     buf: Vec<u8>,
     // Keeps the connection's client alive as long as the stream.
-    _client: Client<HttpConnector, Full<Bytes>>,
+    _client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Stream {
-    pub async fn open(addr: SocketAddr, service: &str, sidecar: &str) -> Stream {
-        let client: Client<HttpConnector, Full<Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
+    pub async fn open(c: &Control, who: &Workload, service: &str, sidecar: &str) -> Stream {
+        let client = client(&c.bundle(), Some(who));
         let req = Request::builder()
             .uri(format!(
-                "http://{addr}/v1/stream?service={service}&sidecar={sidecar}"
+                "https://{}/v1/stream?service={service}&sidecar={sidecar}",
+                c.addr
             ))
             .body(Full::new(Bytes::new()))
             .expect("request");
@@ -306,8 +457,9 @@ pub fn cli(control: &Control, token: bool, args: &[&str]) -> (i32, String, Strin
     cmd.args(args)
         .env(
             "OUTRIGGER_CONTROL_PLANE",
-            format!("http://{}", control.addr),
+            format!("https://{}", control.addr),
         )
+        .env("OUTRIGGER_TRUST_ANCHORS", control.bundle())
         .env_remove("OUTRIGGER_TOKEN")
         .stdin(Stdio::null());
     if token {

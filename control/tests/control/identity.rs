@@ -88,7 +88,7 @@ async fn refusals_say_why_with_401_403_and_400() {
 
     // Tokens are minted with the API token only.
     let (status, _) = call(
-        c.addr,
+        &c,
         Method::POST,
         "/v1/identity/tokens",
         Some(r#"{"service":"payment"}"#),
@@ -105,13 +105,15 @@ async fn refusals_say_why_with_401_403_and_400() {
         .await;
     assert_eq!(status, 400, "{body}");
 
-    // No token, an unknown one, or the API token: 401.
-    for t in [None, Some("otb_nope"), Some(crate::harness::TOKEN)] {
+    // No token or an unknown one: 401; a reader token: 403.
+    for t in [None, Some("otb_nope")] {
         let (status, body) = sign(&c, t, &good).await;
         assert_eq!(status, 401, "{t:?}: {body}");
         assert_eq!(body["error"], "unauthorized");
         assert!(body["reason"].as_str().is_some_and(|r| !r.is_empty()));
     }
+    let (status, body) = sign(&c, Some(crate::harness::READER), &good).await;
+    assert_eq!(status, 403, "{body}");
 
     let t = token(&c, "payment", 600).await;
     // Another service's identity, extra names, or none: 403.
@@ -149,7 +151,7 @@ async fn refusals_say_why_with_401_403_and_400() {
             .is_some_and(|r| r.starts_with("malformed CSR")));
     }
     let (status, body) = call(
-        c.addr,
+        &c,
         Method::POST,
         "/v1/identity/certificates",
         Some("{not json"),

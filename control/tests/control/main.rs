@@ -9,3 +9,4 @@ mod harness;
 mod identity;
 mod pki;
 mod push;
+mod workload;

@@ -41,7 +41,7 @@ pub async fn token(c: &Control, service: &str, ttl_secs: u64) -> String {
 pub async fn sign(c: &Control, token: Option<&str>, csr: &str) -> (u16, Value) {
     let body = json!({ "csr": csr }).to_string();
     call(
-        c.addr,
+        c,
         Method::POST,
         "/v1/identity/certificates",
         Some(&body),
