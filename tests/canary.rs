@@ -81,11 +81,11 @@ async fn weights_header_override_stickiness_and_live_changes() {
     let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
     control.register("payment", "v1", v1.addr).await;
     control.register("payment", "v2", v2.addr).await;
-    let proxy =
-        ProxyBuilder::control_plane(&control.url(), &control.token_file, "checkout", "v1", None)
-            .spawn()
-            .ready()
-            .await;
+    let proxy = ProxyBuilder::control_plane(&control, "checkout", "v1", None)
+        .await
+        .spawn()
+        .ready()
+        .await;
     eventually(
         Duration::from_secs(10),
         "both versions reachable",
@@ -126,6 +126,7 @@ async fn weights_header_override_stickiness_and_live_changes() {
     let out = std::process::Command::new(bin("outrigger"))
         .args(["canary", "payment", "v2=25"])
         .env("OUTRIGGER_CONTROL_PLANE", control.url())
+        .env("OUTRIGGER_TRUST_ANCHORS", control.trust_anchors())
         .env("OUTRIGGER_TOKEN", TOKEN)
         .output()
         .expect("run outrigger canary");

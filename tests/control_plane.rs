@@ -48,9 +48,16 @@ async fn sidecar_is_ready_only_with_a_snapshot_and_follows_endpoint_changes() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
 
     // A sidecar whose control plane is not there yet is alive but not ready.
-    let dead = format!("http://127.0.0.1:{}", outrigger_tests::free_port());
-    let lonely =
-        ProxyBuilder::control_plane(&dead, &control.token_file, "checkout", "v1", None).spawn();
+    let dead = format!("https://127.0.0.1:{}", outrigger_tests::free_port());
+    let lonely = ProxyBuilder::control_plane_at(
+        &dead,
+        &control.trust_anchors(),
+        &control.bootstrap_token_file("checkout").await,
+        "checkout",
+        "v1",
+        None,
+    )
+    .spawn();
     eventually(
         Duration::from_secs(10),
         "the lonely sidecar's admin port",
@@ -59,11 +66,11 @@ async fn sidecar_is_ready_only_with_a_snapshot_and_follows_endpoint_changes() {
     .await;
     assert_eq!(lonely.admin_get("/ready").await.0, 503);
 
-    let proxy =
-        ProxyBuilder::control_plane(&control.url(), &control.token_file, "checkout", "v1", None)
-            .spawn()
-            .ready()
-            .await;
+    let proxy = ProxyBuilder::control_plane(&control, "checkout", "v1", None)
+        .await
+        .spawn()
+        .ready()
+        .await;
     let mut id_a = control.register("payment", "v1", a.addr).await;
     eventually(Duration::from_secs(5), "payment to route to a", || async {
         (served_by(&proxy, "payment").await == (200, "a".to_string())).then_some(())
@@ -198,7 +205,8 @@ async fn a_snapshot_the_sidecar_cannot_apply_is_nacked_and_the_last_good_one_ser
     let dir = tempfile::tempdir().expect("tempdir");
     let token = dir.path().join("token");
     std::fs::write(&token, "t").expect("token");
-    let proxy = ProxyBuilder::control_plane(
+    // Plain HTTP: the script speaks the protocol, not TLS.
+    let proxy = ProxyBuilder::control_plane_plaintext(
         &format!("http://{}", cp.addr),
         &token,
         "checkout",
@@ -285,21 +293,16 @@ async fn a_control_plane_outage_costs_no_request_and_instances_come_back() {
     assert_eq!(control.apply(MESH).await.0, 200);
     let app = Upstream::start("payment-app").await;
     // payment's own sidecar registers itself (with heartbeats); checkout's sidecar calls it.
-    let payment = ProxyBuilder::control_plane(
-        &control.url(),
-        &control.token_file,
-        "payment",
-        "v1",
-        Some(app.addr),
-    )
-    .spawn()
-    .ready()
-    .await;
-    let checkout =
-        ProxyBuilder::control_plane(&control.url(), &control.token_file, "checkout", "v1", None)
-            .spawn()
-            .ready()
-            .await;
+    let payment = ProxyBuilder::control_plane(&control, "payment", "v1", Some(app.addr))
+        .await
+        .spawn()
+        .ready()
+        .await;
+    let checkout = ProxyBuilder::control_plane(&control, "checkout", "v1", None)
+        .await
+        .spawn()
+        .ready()
+        .await;
     eventually(
         Duration::from_secs(10),
         "checkout to reach payment's sidecar",

@@ -3,6 +3,8 @@
 //! charges), drives storefront load, and stops everything. Every service must be healthy, at
 //! least 99 % of orders must succeed (retries and ejection absorb the canary), the summary
 //! must have p50/p95/p99 for every service, and the canary's share must match its weight.
+//! With certificates that live 8 s and bootstrap tokens that live 4 s, every sidecar renews
+//! several times on its certificate alone and not one order fails.
 
 use outrigger_tests::bin;
 use std::process::Command;
@@ -123,4 +125,54 @@ fn outrigger_up_runs_the_shop_and_absorbs_a_flaky_canary() {
         );
     }
     assert!(stdout.contains("summary after"), "{stdout}");
+    // The control plane's trust bundle, which `top` and anything else talking to it needs.
+    let anchors = s["trust_anchors"]
+        .as_str()
+        .expect("trust_anchors in the summary");
+    assert!(anchors.ends_with("trust-bundle.pem"), "{anchors}");
+    assert!(
+        stdout.contains(&format!("trust anchors: {anchors}")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn short_lived_certificates_and_bootstrap_tokens_cost_no_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let summary = dir.path().join("summary.json");
+    let out = Command::new(bin("outrigger"))
+        .args([
+            "up",
+            "--cert-lifetime",
+            "8s",
+            "--bootstrap-token-ttl",
+            "4s",
+            "--duration",
+            "30s",
+            "--summary-json",
+        ])
+        .arg(&summary)
+        .arg("--workdir")
+        .arg(dir.path().join("run"))
+        .output()
+        .expect("run outrigger up");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "outrigger up failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary).expect("summary written"))
+            .expect("summary json");
+    let orders = &s["orders"];
+    assert!(orders["attempted"].as_u64().unwrap_or(0) >= 100, "{orders}");
+    assert_eq!(orders["failed"], 0, "{orders}\n{stdout}");
+    // 8 sidecars for 30 s, renewing at 70 % of 8 s: each got its first certificate with its
+    // (single-use, long expired) token and then at least three more on its own.
+    let mtls = &s["mtls"];
+    let certificates = mtls["certificates"].as_u64().unwrap_or(0);
+    assert!(certificates >= 8 * 4, "too few certificates: {mtls}");
+    assert_eq!(mtls["plaintext_requests"], 0, "{mtls}");
 }

@@ -32,25 +32,9 @@ metadata: {name: payment}
 spec: {service: payment, allow: [checkout]}
 ";
 
-async fn bootstrap(control: &Control, service: &str) -> PathBuf {
-    let (status, body) = control
-        .send(
-            Method::POST,
-            "/v1/identity/tokens",
-            serde_json::json!({"service": service, "ttl_secs": 600}),
-        )
-        .await;
-    assert_eq!(status, 201, "token for {service}: {body}");
-    let path = control.dir.path().join(format!("{service}.bootstrap"));
-    std::fs::write(&path, body["token"].as_str().expect("token")).expect("write token");
-    path
-}
-
 async fn sidecar(control: &Control, service: &str, app: Option<SocketAddr>) -> Proxy {
-    let token = bootstrap(control, service).await;
-    ProxyBuilder::control_plane(&control.url(), &control.token_file, service, "v1", app)
-        .arg("--bootstrap-token-file")
-        .arg(token.to_str().expect("utf-8 path"))
+    ProxyBuilder::control_plane(control, service, "v1", app)
+        .await
         .spawn()
         .ready()
         .await
@@ -504,11 +488,12 @@ async fn strict_mode_refuses_an_expired_client_certificate() {
     assert_eq!(control.apply(MESH).await.0, 200);
     let app = Upstream::start("payment-app").await;
     let payment = sidecar(&control, "payment", Some(app.addr)).await;
-    let token = std::fs::read_to_string(bootstrap(&control, "checkout").await).expect("token");
     let dir = tempfile::tempdir().expect("tempdir");
     let issue = |name: &'static str| {
-        let (dir, token, addr) = (dir.path().to_path_buf(), token.clone(), control.addr);
+        let (dir, control) = (dir.path().to_path_buf(), &control);
         async move {
+            // Bootstrap tokens are single-use: one per certificate.
+            let token = control.bootstrap_token("checkout").await;
             let (key, csr) = (
                 dir.join(format!("{name}.key")),
                 dir.join(format!("{name}.csr")),
@@ -542,14 +527,14 @@ async fn strict_mode_refuses_an_expired_client_certificate() {
             );
             let body =
                 serde_json::json!({"csr": std::fs::read_to_string(&csr).expect("csr")}).to_string();
-            let (status, signed) = outrigger_tests::control::call_with(
-                addr,
-                Method::POST,
-                "/v1/identity/certificates",
-                Some(body),
-                token.trim(),
-            )
-            .await;
+            let (status, signed) = control
+                .call_with(
+                    Some(&token),
+                    Method::POST,
+                    "/v1/identity/certificates",
+                    Some(body),
+                )
+                .await;
             assert_eq!(status, 200, "{signed}");
             let cert = dir.join(format!("{name}.pem"));
             std::fs::write(&cert, signed["certificate_chain"].as_str().expect("chain"))
@@ -619,11 +604,15 @@ async fn no_certificate_no_readiness_and_a_failed_renewal_keeps_the_current_one(
     // A bootstrap token the CA does not know: alive, never ready.
     let bogus = control.dir.path().join("bogus.bootstrap");
     std::fs::write(&bogus, "otb_0000").expect("token");
-    let lost =
-        ProxyBuilder::control_plane(&control.url(), &control.token_file, "checkout", "v1", None)
-            .arg("--bootstrap-token-file")
-            .arg(bogus.to_str().expect("path"))
-            .spawn();
+    let lost = ProxyBuilder::control_plane_at(
+        &control.url(),
+        &control.trust_anchors(),
+        &bogus,
+        "checkout",
+        "v1",
+        None,
+    )
+    .spawn();
     eventually(Duration::from_secs(10), "the CA to refuse it", || async {
         (lost
             .metric("outrigger_identity_renewals_total", &[("result", "error")])

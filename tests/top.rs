@@ -1,5 +1,5 @@
 //! `outrigger top` against a real mesh started by `outrigger up`, given nothing but the control
-//! plane's URL: piped, it prints plain text (no escape codes) with `up`'s columns and every
+//! plane's URL, its trust anchors and a reader token (what `up` prints): piped, it prints plain text (no escape codes) with `up`'s columns and every
 //! shop service at a non-zero rate; under a pseudo-terminal it takes the alternate screen, fits
 //! a narrow terminal, answers keys and gives the screen back on `q`. And the control plane
 //! learns each sidecar's admin address from its push stream, which is how `top` finds them.
@@ -63,6 +63,18 @@ sys.exit(os.waitstatus_to_exitcode(status))
 async fn top_shows_a_running_mesh_as_plain_text_and_on_a_terminal() {
     let mut up = Up::start(&[]).await;
     let url = up.control_url.clone();
+    assert!(url.starts_with("https://"), "{url}");
+    // What `up` printed: the control plane's trust bundle, and a reader token (not the admin's).
+    let anchors = up.trust_anchors.display().to_string();
+    let reader = up.reader_token_file.display().to_string();
+    let connect = [
+        "--control-plane",
+        url.as_str(),
+        "--trust-anchors",
+        anchors.as_str(),
+        "--token-file",
+        reader.as_str(),
+    ];
 
     // Piped: plain text, every shop service at a non-zero rate once traffic flows. Logins
     // come in bursts, so a rate counts once seen in any snapshot; every snapshot must list
@@ -70,7 +82,7 @@ async fn top_shows_a_running_mesh_as_plain_text_and_on_a_terminal() {
     let mut busy: BTreeSet<String> = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     let last = loop {
-        let out = top(&["--control-plane", &url, "--once", "--interval", "1s"]);
+        let out = top(&[&connect[..], &["--once", "--interval", "1s"][..]].concat());
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
@@ -121,12 +133,14 @@ async fn top_shows_a_running_mesh_as_plain_text_and_on_a_terminal() {
     // On a terminal 50 columns wide: the alternate screen, the table cut to fit, `s` sorts,
     // `q` quits with exit 0 and gives the screen back. No mouse capture.
     let out = tokio::task::spawn_blocking({
-        let (top, url) = (bin("outrigger"), url.clone());
+        let (top, connect) = (bin("outrigger"), connect.map(str::to_string));
         move || {
             Command::new("python3")
                 .args(["-c", PTY, "50"])
                 .arg(top)
-                .args(["top", "--control-plane", &url, "--interval", "500ms"])
+                .arg("top")
+                .args(&connect)
+                .args(["--interval", "500ms"])
                 .stdin(Stdio::null())
                 .output()
                 .expect("python3 with a pty")
@@ -188,8 +202,17 @@ async fn top_shows_a_running_mesh_as_plain_text_and_on_a_terminal() {
 
 #[test]
 fn top_once_fails_clearly_without_a_control_plane() {
-    let url = format!("http://127.0.0.1:{}", outrigger_tests::free_port());
-    let out = top(&["--control-plane", &url, "--once"]);
+    let url = format!("https://127.0.0.1:{}", outrigger_tests::free_port());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let anchors = dir.path().join("anchors.pem");
+    std::fs::write(&anchors, outrigger_tests::pki::ForeignCa::new().cert_pem).expect("anchors");
+    let out = top(&[
+        "--control-plane",
+        &url,
+        "--trust-anchors",
+        anchors.to_str().expect("utf-8 path"),
+        "--once",
+    ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -205,11 +228,11 @@ const MESH: &str = outrigger_tests::control::CHECKOUT_CALLS_PAYMENT;
 async fn the_control_plane_lists_each_sidecar_s_admin_address() {
     let control = Control::start_with(&["--mtls", "off"]).await;
     assert_eq!(control.apply(MESH).await.0, 200);
-    let proxy =
-        ProxyBuilder::control_plane(&control.url(), &control.token_file, "checkout", "v2", None)
-            .spawn()
-            .ready()
-            .await;
+    let proxy = ProxyBuilder::control_plane(&control, "checkout", "v2", None)
+        .await
+        .spawn()
+        .ready()
+        .await;
     let me = eventually(
         Duration::from_secs(20),
         "the sidecar in sync status, its snapshot ACKed",
@@ -230,9 +253,15 @@ async fn the_control_plane_lists_each_sidecar_s_admin_address() {
     assert_eq!(me["admin"], proxy.admin.to_string(), "{me}");
     assert_eq!(me["version"], "v2", "{me}");
 
-    // The operator's view of the same: `outrigger get sidecars` shows version and admin.
+    // The operator's view of the same: `outrigger get sidecars` shows version and admin; a
+    // reader token is enough.
     let out = Command::new(bin("outrigger"))
-        .args(["--control-plane", &control.url(), "get", "sidecars"])
+        .args(["--control-plane", &control.url(), "--trust-anchors"])
+        .arg(control.trust_anchors())
+        .arg("--token-file")
+        .arg(&control.reader_token_file)
+        .args(["get", "sidecars"])
+        .env_remove("OUTRIGGER_TOKEN")
         .output()
         .expect("run outrigger get sidecars");
     let text = String::from_utf8_lossy(&out.stdout);

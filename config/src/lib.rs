@@ -16,7 +16,7 @@ pub mod snapshot;
 pub mod validate;
 
 pub use error::{ConfigError, FieldError};
-pub use load::{from_yaml, from_yaml_validated};
+pub use load::{from_yaml, from_yaml_validated, from_yaml_warned};
 pub use resilience::{
     Backoff, Ewma, Fault, FaultAbort, FaultDelay, GrpcStatus, Limits, LoadBalancer,
     OutlierDetection, RateLimit, RetryBudget, RetryOn, RetryPolicy,

@@ -14,9 +14,16 @@ pub fn from_yaml<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
 
 /// Parses and validates one document.
 pub fn from_yaml_validated<T: DeserializeOwned + Validate>(text: &str) -> Result<T, ConfigError> {
+    from_yaml_warned(text).map(|(value, _)| value)
+}
+
+/// Parses and validates one document; a valid one comes with its warnings, placed like errors.
+pub fn from_yaml_warned<T: DeserializeOwned + Validate>(
+    text: &str,
+) -> Result<(T, Vec<FieldError>), ConfigError> {
     let value: T = from_yaml(text)?;
-    check(&value, text, 0, None)?;
-    Ok(value)
+    let warnings = check_warned(&value, text, 0, None)?;
+    Ok((value, warnings))
 }
 
 /// Runs validation and places every problem in `text`.
@@ -26,26 +33,40 @@ pub fn check<T: Validate>(
     doc: usize,
     doc_label: Option<usize>,
 ) -> Result<(), ConfigError> {
+    check_warned(value, text, doc, doc_label).map(drop)
+}
+
+/// Runs validation and places every problem, or when there are none every warning, in `text`.
+pub fn check_warned<T: Validate>(
+    value: &T,
+    text: &str,
+    doc: usize,
+    doc_label: Option<usize>,
+) -> Result<Vec<FieldError>, ConfigError> {
     let mut v = Validator::default();
     value.validate(&FieldPath::root(), &mut v);
+    let place = |found: Vec<(FieldPath, String)>| -> Vec<FieldError> {
+        found
+            .into_iter()
+            .map(|(path, reason)| {
+                let (line, column) = locate(text, doc, &path.0).unwrap_or((1, 1));
+                FieldError {
+                    document: doc_label,
+                    path: path.to_string(),
+                    line,
+                    column,
+                    reason,
+                }
+            })
+            .collect()
+    };
     if v.problems.is_empty() {
-        return Ok(());
-    }
-    let errors = v
-        .problems
-        .into_iter()
-        .map(|(path, reason)| {
-            let (line, column) = locate(text, doc, &path.0).unwrap_or((1, 1));
-            FieldError {
-                document: doc_label,
-                path: path.to_string(),
-                line,
-                column,
-                reason,
-            }
+        Ok(place(v.warnings))
+    } else {
+        Err(ConfigError {
+            errors: place(v.problems),
         })
-        .collect();
-    Err(ConfigError { errors })
+    }
 }
 
 /// Parses document `doc` of the multi-document stream `text`.

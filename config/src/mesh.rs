@@ -2,6 +2,7 @@
 //! resource (`kind`, `metadata.name`, `spec`). The control plane compiles them, with the
 //! registry's endpoints, into one [`crate::Snapshot`] per sidecar.
 
+use crate::duration::Family;
 use crate::error::{ConfigError, FieldError};
 use crate::load::{check, from_yaml_doc};
 use crate::path::FieldPath;
@@ -291,11 +292,7 @@ impl Validate for Resource {
                     v.name(a, spec.key("allow").index(i));
                 }
                 if let Some(t) = p.connect_timeout {
-                    v.ensure(
-                        !t.is_zero(),
-                        || spec.key("connect_timeout"),
-                        "must be greater than zero",
-                    );
+                    v.positive_duration(t, Family::Timeout, || spec.key("connect_timeout"));
                 }
                 if let Some(e) = &p.ewma {
                     e.validate(&spec.key("ewma"), v);
@@ -312,11 +309,7 @@ impl Validate for Resource {
                 if let Some(i) = &p.inbound {
                     let at = spec.key("inbound");
                     if let Some(t) = i.timeout {
-                        v.ensure(
-                            !t.is_zero(),
-                            || at.key("timeout"),
-                            "must be greater than zero",
-                        );
+                        v.positive_duration(t, Family::Timeout, || at.key("timeout"));
                     }
                     if let Some(r) = &i.rate_limit {
                         r.validate(&at.key("rate_limit"), v);

@@ -3,6 +3,7 @@
 //! safe to meet without reading docs: retries only where nothing reached the app, limits
 //! high enough that healthy traffic never meets them.
 
+use crate::duration::Family;
 use crate::path::FieldPath;
 use crate::validate::{Validate, Validator};
 use serde::{Deserialize, Serialize};
@@ -264,16 +265,13 @@ impl Validate for RetryPolicy {
 
 impl Validate for Backoff {
     fn validate(&self, at: &FieldPath, v: &mut Validator) {
-        v.ensure(
-            !self.base.is_zero(),
-            || at.key("base"),
-            "must be greater than zero",
-        );
+        v.positive_duration(self.base, Family::Delay, || at.key("base"));
         v.ensure(
             self.max >= self.base,
             || at.key("max"),
             "must be at least `base`",
         );
+        v.duration(self.max, Family::Delay, || at.key("max"));
     }
 }
 
@@ -289,36 +287,28 @@ impl Validate for RetryBudget {
             || at.key("window"),
             "must be at least 1s",
         );
+        v.duration(self.window, Family::Window, || at.key("window"));
     }
 }
 
 impl Validate for Ewma {
     fn validate(&self, at: &FieldPath, v: &mut Validator) {
-        v.ensure(
-            !self.default_rtt.is_zero(),
-            || at.key("default_rtt"),
-            "must be greater than zero",
-        );
-        v.ensure(
-            !self.decay.is_zero(),
-            || at.key("decay"),
-            "must be greater than zero",
-        );
+        v.positive_duration(self.default_rtt, Family::Delay, || at.key("default_rtt"));
+        v.positive_duration(self.decay, Family::Window, || at.key("decay"));
     }
 }
 
 impl Validate for OutlierDetection {
     fn validate(&self, at: &FieldPath, v: &mut Validator) {
-        v.ensure(
-            !self.base_ejection.is_zero(),
-            || at.key("base_ejection"),
-            "must be greater than zero",
-        );
+        v.positive_duration(self.base_ejection, Family::Window, || {
+            at.key("base_ejection")
+        });
         v.ensure(
             self.max_ejection >= self.base_ejection,
             || at.key("max_ejection"),
             "must be at least `base_ejection`",
         );
+        v.duration(self.max_ejection, Family::Window, || at.key("max_ejection"));
         v.ensure(
             self.max_ejected_percent <= 100,
             || at.key("max_ejected_percent"),
@@ -342,6 +332,9 @@ impl Validate for Fault {
     fn validate(&self, at: &FieldPath, v: &mut Validator) {
         if let Some(d) = &self.delay {
             percent(v, d.percent, at.key("delay").key("percent"));
+            v.duration(d.duration, Family::Delay, || {
+                at.key("delay").key("duration")
+            });
         }
         if let Some(a) = &self.abort {
             percent(v, a.percent, at.key("abort").key("percent"));

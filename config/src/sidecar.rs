@@ -1,6 +1,7 @@
 //! The static sidecar file: `proxy` (bootstrap, read once at start) and `snapshot` (the same
 //! type the control plane pushes; re-read whenever the file changes).
 
+use crate::duration::Family;
 use crate::path::FieldPath;
 use crate::snapshot::Snapshot;
 use crate::validate::{Validate, Validator};
@@ -122,6 +123,10 @@ impl Validate for ProxySettings {
             || at.key("stats_window"),
             "must be at least 1s",
         );
+        v.duration(self.stats_window, Family::Window, || at.key("stats_window"));
+        v.duration(self.drain_timeout, Family::Timeout, || {
+            at.key("drain_timeout")
+        });
         v.ensure(
             self.outbound.is_some() || self.inbound.is_some(),
             || at.key("outbound"),

@@ -1,6 +1,7 @@
 //! The sidecar `Snapshot`: everything one sidecar needs to route, as pushed by the control
 //! plane or read from a static file. The proxy compiles it once when it arrives.
 
+use crate::duration::{display, Family};
 use crate::path::FieldPath;
 use crate::resilience::{
     Ewma, Fault, Limits, LoadBalancer, OutlierDetection, RateLimit, RetryBudget, RetryPolicy,
@@ -318,11 +319,7 @@ impl Validate for Inbound {
             r.validate(&at.key("rate_limit"), v);
         }
         self.limits.validate(&at.key("limits"), v);
-        v.ensure(
-            !self.timeout.is_zero(),
-            || at.key("timeout"),
-            "must be greater than zero",
-        );
+        v.positive_duration(self.timeout, Family::Timeout, || at.key("timeout"));
     }
 }
 
@@ -341,11 +338,9 @@ impl Validate for Destination {
                 "must be a host name (no port, no scheme) or \"*\"",
             );
         }
-        v.ensure(
-            !self.connect_timeout.is_zero(),
-            || at.key("connect_timeout"),
-            "must be greater than zero",
-        );
+        v.positive_duration(self.connect_timeout, Family::Timeout, || {
+            at.key("connect_timeout")
+        });
         for (j, e) in self.endpoints.iter().enumerate() {
             let here = at.key("endpoints").index(j);
             v.name(&e.version, here.key("version"));
@@ -383,18 +378,22 @@ impl Validate for Route {
 impl Route {
     /// Everything but the name (a mesh Route resource carries its name in `metadata`).
     pub fn validate_rule(&self, at: &FieldPath, v: &mut Validator) {
-        v.ensure(
-            !self.timeout.is_zero(),
-            || at.key("timeout"),
-            "must be greater than zero",
-        );
+        v.positive_duration(self.timeout, Family::Timeout, || at.key("timeout"));
         self.matches.validate(&at.key("match"), v);
         if let Some(t) = self.per_try_timeout {
-            v.ensure(
-                !t.is_zero(),
-                || at.key("per_try_timeout"),
-                "must be greater than zero",
-            );
+            v.positive_duration(t, Family::Timeout, || at.key("per_try_timeout"));
+            // Legal, but the route's deadline ends every attempt first, so no attempt is
+            // ever cut short and retried: the setting does nothing.
+            if t > self.timeout {
+                v.warn(
+                    at.key("per_try_timeout"),
+                    format!(
+                        "{} is longer than the route's timeout ({}), which ends every attempt first: it never takes effect",
+                        display(t),
+                        display(self.timeout)
+                    ),
+                );
+            }
         }
         self.retries.validate(&at.key("retries"), v);
         if let Some(f) = &self.fault {

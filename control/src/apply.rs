@@ -166,6 +166,20 @@ impl Parsed {
     }
 
     /// The checks that need more than one resource, against what is stored plus this apply.
+    /// What is valid but probably not meant (a per-try timeout longer than the whole
+    /// request's), placed like errors; they do not stop the apply.
+    pub fn warnings(&self) -> Vec<FieldError> {
+        self.resources
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| {
+                outrigger_config::validate::warnings(r)
+                    .into_iter()
+                    .map(move |(path, reason)| self.error(i, path, reason))
+            })
+            .collect()
+    }
+
     pub fn check(&self, current: &Resources) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         let spec = FieldPath::root().key("spec");

@@ -50,15 +50,15 @@ async fn route(
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
         (&Method::GET, "/metrics") => metrics(shared).await,
-        (&Method::GET, "/ready") => {
-            if shared.is_ready() {
-                text(StatusCode::OK, "ready\n")
-            } else if shared.is_draining() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        (&Method::GET, "/ready") => match shared.readiness() {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            // The reason, so whoever sees the probe fail knows what to fix.
+            Err(reason) => {
+                let mut r = Response::new(Full::new(Bytes::from(format!("not ready: {reason}\n"))));
+                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                r
             }
-        }
+        },
         (&Method::GET, "/config") => match shared.current() {
             Some(c) => json_response(
                 StatusCode::OK,

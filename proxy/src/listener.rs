@@ -1,25 +1,34 @@
 //! Accept loops for the outbound and inbound listeners. Each connection speaks HTTP/1.1 or h2c
-//! (prior knowledge), detected from its first bytes, and is watched so shutdown can drain it:
-//! HTTP/1 connections close after the response in flight, HTTP/2 ones get GOAWAY.
+//! (prior knowledge), detected from its first bytes, and can be ended gracefully, by shutdown
+//! (for every connection) or by one of its own requests (an inbound plaintext connection once
+//! strict mTLS applies): HTTP/1 connections close after the response in flight, HTTP/2 ones get
+//! GOAWAY.
 
 use crate::forward;
 use crate::state::Shared;
 use crate::Direction;
+use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+#[cfg(test)]
+mod tests;
+
 pub struct Listener {
     stop: oneshot::Sender<()>,
-    accepting: JoinHandle<GracefulShutdown>,
+    accepting: JoinHandle<Drain>,
 }
+
+/// Tells a listener's connections to finish, and learns when they all have: each connection
+/// holds a receiver until it ends.
+struct Drain(watch::Sender<bool>);
 
 impl Listener {
     pub fn spawn(listener: TcpListener, direction: Direction, shared: Arc<Shared>) -> Self {
@@ -32,16 +41,17 @@ impl Listener {
     /// `deadline`. Returns whether all of them finished in time.
     pub async fn drain(self, deadline: Instant) -> bool {
         let _ = self.stop.send(());
-        let Ok(graceful) = self.accepting.await else {
+        let Ok(Drain(draining)) = self.accepting.await else {
             return true;
         };
-        tokio::time::timeout_at(deadline, graceful.shutdown())
+        draining.send_replace(true);
+        tokio::time::timeout_at(deadline, draining.closed())
             .await
             .is_ok()
     }
 }
 
-fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
+pub(crate) fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
     let limit = shared.settings.max_header_bytes;
     let mut b = auto::Builder::new(TokioExecutor::new());
     // hyper's own limits sit above ours, so that an oversized header block usually reaches
@@ -57,13 +67,53 @@ fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Who is on the other end of a connection.
-#[derive(Debug, Clone)]
+/// Who is on the other end of a connection. Made once per connection; requests share it.
+#[derive(Debug)]
 pub struct Peer {
     pub addr: std::net::SocketAddr,
     /// The verified SPIFFE identity, for mTLS connections.
     pub identity: Option<Arc<str>>,
+    /// `identity` as the header value the local app is given, built once per connection.
+    pub client_id: Option<HeaderValue>,
     pub mtls: bool,
+    /// Ends this connection gracefully once the request in flight is answered.
+    pub closer: ConnCloser,
+}
+
+impl Peer {
+    pub fn plaintext(addr: std::net::SocketAddr) -> Self {
+        Self {
+            addr,
+            identity: None,
+            client_id: None,
+            mtls: false,
+            closer: ConnCloser::default(),
+        }
+    }
+
+    /// A peer whose client certificate was verified; `identity` is its SPIFFE id, if the
+    /// certificate named exactly one.
+    pub fn mtls(addr: std::net::SocketAddr, identity: Option<Arc<str>>) -> Self {
+        Self {
+            client_id: identity
+                .as_deref()
+                .and_then(|i| HeaderValue::from_str(i).ok()),
+            identity,
+            mtls: true,
+            ..Self::plaintext(addr)
+        }
+    }
+}
+
+/// Lets a request end the connection it came on. `Notify` keeps the wake-up when the
+/// connection is not waiting for it at that moment, so a close is never lost.
+#[derive(Debug, Default)]
+pub struct ConnCloser(Notify);
+
+impl ConnCloser {
+    pub fn close(&self) {
+        self.0.notify_one();
+    }
 }
 
 enum Accepted {
@@ -77,22 +127,29 @@ enum Accepted {
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Inbound security by mode: strict takes only mTLS, permissive takes mTLS or plaintext
-/// (told apart by the first byte: a TLS record starts with 0x16), off takes plaintext.
+/// (told apart by the first byte: a TLS record starts with 0x16), off takes plaintext. Before
+/// the first snapshot the mode is unknown, so nothing is taken: a sidecar fed by the control
+/// plane is never open while it waits for its first push. The mode can change after accept;
+/// `forward` checks it again on every request.
 async fn secure(shared: &Shared, stream: TcpStream) -> Option<Accepted> {
     use outrigger_config::MtlsMode;
-    let state = shared.current();
-    let mode = state.as_ref().map_or(MtlsMode::Off, |s| s.mtls);
+    let (ok, failed) = (
+        &shared.metrics.inbound.handshakes_ok,
+        &shared.metrics.inbound.handshakes_failed,
+    );
+    let Some(state) = shared.current() else {
+        failed.inc();
+        tracing::debug!("inbound connection refused: no snapshot applied yet");
+        return None;
+    };
+    let mode = state.mtls;
     if mode == MtlsMode::Off {
         return Some(Accepted::Plain(stream));
     }
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
     let is_tls = matches!(peeked, Ok(Ok(1))) && first[0] == 0x16;
-    let (ok, failed) = (
-        &shared.metrics.inbound.handshakes_ok,
-        &shared.metrics.inbound.handshakes_failed,
-    );
-    match (is_tls, state.as_ref().and_then(|s| s.tls_server.clone())) {
+    match (is_tls, state.tls_server.clone()) {
         (true, Some(cfg)) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -127,9 +184,11 @@ async fn secure(shared: &Shared, stream: TcpStream) -> Option<Accepted> {
     }
 }
 
-async fn serve<I>(
+/// Serves one connection until it ends, ending it gracefully first when the listener drains
+/// or one of its requests asks to.
+pub(crate) async fn serve<I>(
     builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
+    mut draining: watch::Receiver<bool>,
     io: I,
     shared: Arc<Shared>,
     direction: Direction,
@@ -137,11 +196,28 @@ async fn serve<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let addr = peer.addr;
+    let peer = Arc::new(peer);
+    let me = peer.clone();
     let svc = service_fn(move |req| forward::handle(shared.clone(), direction, peer.clone(), req));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(error = %e, peer = %addr, "connection ended with an error");
+    tokio::pin!(conn);
+    let mut ending = false;
+    let ended = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            // A dropped sender (the listener is gone) also ends the connection.
+            _ = draining.wait_for(|d| *d), if !ending => {
+                conn.as_mut().graceful_shutdown();
+                ending = true;
+            }
+            _ = me.closer.0.notified(), if !ending => {
+                conn.as_mut().graceful_shutdown();
+                ending = true;
+            }
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, peer = %me.addr, "connection ended with an error");
     }
 }
 
@@ -150,14 +226,14 @@ async fn accept_loop(
     direction: Direction,
     shared: Arc<Shared>,
     mut stopped: oneshot::Receiver<()>,
-) -> GracefulShutdown {
-    let graceful = GracefulShutdown::new();
+) -> Drain {
+    let (drain, _) = watch::channel(false);
     let builder = Arc::new(builder(&shared));
     let dir = direction.as_str();
     let accepted = shared.metrics.connections.with_label_values(&[dir]);
     let open = shared.metrics.connections_open.with_label_values(&[dir]);
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, addr) = tokio::select! {
             biased;
             _ = &mut stopped => break,
             r = listener.accept() => match r {
@@ -176,7 +252,7 @@ async fn accept_loop(
         let open = open.clone();
         let shared = shared.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let draining = drain.subscribe();
         tokio::spawn(async move {
             let accepted = match direction {
                 Direction::Outbound => Some(Accepted::Plain(stream)),
@@ -184,25 +260,17 @@ async fn accept_loop(
             };
             match accepted {
                 Some(Accepted::Plain(stream)) => {
-                    let from = Peer {
-                        addr: peer,
-                        identity: None,
-                        mtls: false,
-                    };
-                    serve(&builder, watcher, stream, shared, direction, from).await
+                    let peer = Peer::plaintext(addr);
+                    serve(&builder, draining, stream, shared, direction, peer).await
                 }
                 Some(Accepted::Tls(stream, identity)) => {
-                    let from = Peer {
-                        addr: peer,
-                        identity,
-                        mtls: true,
-                    };
-                    serve(&builder, watcher, *stream, shared, direction, from).await
+                    let peer = Peer::mtls(addr, identity);
+                    serve(&builder, draining, *stream, shared, direction, peer).await
                 }
                 None => {}
             }
             open.dec();
         });
     }
-    graceful
+    Drain(drain)
 }

@@ -3,6 +3,8 @@
 use anyhow::{bail, Context};
 use clap::Parser;
 use outrigger_config::{Destination, Endpoint, Protocol, ProxySettings, SidecarFile, Snapshot};
+use outrigger_proxy::control_plane::channel::{self, Channel, ChannelFlags};
+use outrigger_proxy::control_plane::secret::Secret;
 use outrigger_proxy::control_plane::ControlPlane;
 use outrigger_proxy::server::{self, Source};
 use outrigger_proxy::watch;
@@ -13,8 +15,9 @@ use std::time::Duration;
 /// The Outrigger sidecar proxy.
 ///
 /// Three ways to run: from a config file (`--config`, watched for changes); fed by the control
-/// plane (`--control-plane URL --service NAME --app ADDR`); or as a plain reverse proxy that
-/// sends every request to one upstream (`--listen ADDR --upstream ADDR`).
+/// plane (`--control-plane https://… --trust-anchors FILE --bootstrap-token-file FILE --service
+/// NAME --app ADDR`); or as a plain reverse proxy that sends every request to one upstream
+/// (`--listen ADDR --upstream ADDR`).
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -23,10 +26,27 @@ struct Cli {
     #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "upstream", "control_plane"])]
     config: Option<PathBuf>,
 
-    /// Control plane mode: subscribe to this control plane (e.g. http://127.0.0.1:15010) for
+    /// Control plane mode: subscribe to this control plane (e.g. https://127.0.0.1:15010) for
     /// `--service`'s snapshots, and register this instance. Not ready before the first snapshot.
+    /// Must be https:// (see --insecure-dev-plaintext).
     #[arg(long, value_name = "URL", requires = "service", conflicts_with_all = ["listen", "upstream"])]
     control_plane: Option<http::Uri>,
+
+    /// Control plane mode: the roots the control plane's certificate must chain to (its
+    /// `<data-dir>/trust-bundle.pem`). Also OUTRIGGER_TRUST_ANCHORS, which may hold the PEM
+    /// text itself. Required for https.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "OUTRIGGER_TRUST_ANCHORS",
+        hide_env_values = true
+    )]
+    trust_anchors: Option<String>,
+
+    /// DEVELOPMENT ONLY: allow an http:// control plane. Certificates, config and tokens then
+    /// cross the network unprotected, and an operator token (--token-file) is accepted.
+    #[arg(long)]
+    insecure_dev_plaintext: bool,
 
     /// Control plane mode: the local app this sidecar fronts (inbound requests go there).
     #[arg(long, value_name = "ADDR")]
@@ -57,14 +77,16 @@ struct Cli {
     #[arg(long, value_name = "ID")]
     sidecar_id: Option<String>,
 
-    /// Control plane mode: file holding the bearer token for acks and registration
-    /// (or the OUTRIGGER_TOKEN environment variable).
+    /// Only with --insecure-dev-plaintext: file holding an operator token (or the
+    /// OUTRIGGER_TOKEN environment variable), sent as bearer on every call. Refused with https:
+    /// sidecars never hold operator tokens.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
 
-    /// Control plane mode: file holding this service's bootstrap token for the mesh CA (or
-    /// OUTRIGGER_BOOTSTRAP_TOKEN). With it the sidecar gets a certificate and speaks mTLS to
-    /// other sidecars; it is not ready until it holds one.
+    /// Control plane mode: file holding this workload's bootstrap token (or
+    /// OUTRIGGER_BOOTSTRAP_TOKEN), spent on the first certificate; renewals present the
+    /// certificate instead. Required for https. The sidecar speaks mTLS to other sidecars and
+    /// is not ready until it holds a certificate.
     #[arg(long, value_name = "FILE")]
     bootstrap_token_file: Option<PathBuf>,
 
@@ -202,15 +224,22 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// A secret from the file a flag names, else from an environment variable; never logged.
-fn secret(file: Option<&std::path::Path>, flag: &str, env: &str) -> anyhow::Result<Option<String>> {
+fn secret(file: Option<&std::path::Path>, flag: &str, env: &str) -> anyhow::Result<Option<Secret>> {
     Ok(match file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading {flag} {}", f.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => std::env::var(env).ok().filter(|t| !t.is_empty()),
+        Some(f) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("reading {flag} {}", f.display()))?;
+            let token = text.trim();
+            if token.is_empty() {
+                bail!("{flag} {} is empty", f.display());
+            }
+            Some(Secret::new(token))
+        }
+        None => std::env::var(env)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .map(Secret::new),
     })
 }
 
@@ -220,12 +249,23 @@ fn control_plane_mode(cli: &Cli, url: http::Uri) -> anyhow::Result<(ProxySetting
         .service
         .clone()
         .context("--control-plane needs --service")?;
-    let token = secret(cli.token_file.as_deref(), "--token-file", "OUTRIGGER_TOKEN")?;
-    let bootstrap_token = secret(
-        cli.bootstrap_token_file.as_deref(),
-        "--bootstrap-token-file",
-        "OUTRIGGER_BOOTSTRAP_TOKEN",
-    )?;
+    let flags = ChannelFlags {
+        insecure_dev_plaintext: cli.insecure_dev_plaintext,
+        trust_anchors: cli.trust_anchors.clone(),
+        bootstrap_token: secret(
+            cli.bootstrap_token_file.as_deref(),
+            "--bootstrap-token-file",
+            "OUTRIGGER_BOOTSTRAP_TOKEN",
+        )?,
+        operator_token: secret(cli.token_file.as_deref(), "--token-file", "OUTRIGGER_TOKEN")?,
+    };
+    let channel = channel::validate(&url, flags)?;
+    if let Channel::Plaintext { .. } = &channel {
+        tracing::warn!(
+            control_plane = %url,
+            "--insecure-dev-plaintext: the control channel is PLAINTEXT; certificates, config and tokens cross the network unprotected and anyone on the path can impersonate the control plane. Development only."
+        );
+    }
     let advertise = cli.advertise.unwrap_or_else(|| {
         let mut a = cli.inbound;
         if a.ip().is_unspecified() {
@@ -241,12 +281,11 @@ fn control_plane_mode(cli: &Cli, url: http::Uri) -> anyhow::Result<(ProxySetting
             .unwrap_or_else(|| format!("{service}-{}", std::process::id())),
         service,
         version: cli.service_version.clone(),
-        token,
+        channel,
         app: cli.app,
         advertise: (!cli.no_register && cli.app.is_some()).then_some(advertise),
         // Known once the admin listener is bound.
         admin: None,
-        bootstrap_token,
         trust_domain: cli.trust_domain.clone(),
     };
     let settings = ProxySettings {

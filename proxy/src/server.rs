@@ -4,7 +4,8 @@
 //! still call out while finishing), all within the drain timeout.
 
 use crate::admin;
-use crate::control_plane::api::Api;
+use crate::control_plane::api::ApiError;
+use crate::control_plane::trust::Trust;
 use crate::control_plane::{self, register, subscribe, ControlPlane};
 use crate::listener::Listener;
 use crate::shutdown;
@@ -12,7 +13,7 @@ use crate::state::Shared;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
 use crate::tls;
-use crate::tls::identity::Identity;
+use crate::tls::identity::{Identity, RenewalMetrics};
 use crate::trace::export::{ResourceInfo, SpanExport};
 use crate::watch;
 use crate::Direction;
@@ -27,6 +28,8 @@ use tokio::time::Instant;
 pub enum ServerError {
     #[error(transparent)]
     Tracing(#[from] crate::trace::export::ExportError),
+    #[error(transparent)]
+    ControlChannel(#[from] ApiError),
     #[error("cannot bind the {what} listener on {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -80,19 +83,25 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     let access_log = settings
         .access_log
         .then(|| AccessLog::spawn(tokio::io::stdout(), metrics.access_log_dropped.clone()));
+    let resource = resource_info(&source);
+    let (initial, control) = match source {
+        Source::Static { snapshot, watch } => (Some((snapshot, watch)), None),
+        Source::ControlPlane(cp) => {
+            let connection = cp.connect()?;
+            (None, Some((*cp, connection)))
+        }
+    };
     // With a bootstrap token the sidecar joins the mesh's mTLS and is not ready without a
     // certificate.
-    let identity = match &source {
-        Source::ControlPlane(cp) if cp.bootstrap_token.is_some() => {
-            Some(Arc::new(Identity::default()))
-        }
-        _ => None,
-    };
-    let mut shared = Shared::with_identity(settings.clone(), access_log, metrics, identity.clone());
+    let identity = control
+        .as_ref()
+        .and_then(|(_, c)| c.identity.as_ref())
+        .map(|(id, _)| id.clone());
+    let mut shared = Shared::with_identity(settings.clone(), access_log, metrics, identity);
     if let Some(endpoint) = &settings.tracing.otlp_endpoint {
         shared.tracer.export = Some(SpanExport::otlp(
             endpoint,
-            resource_info(&source),
+            resource,
             settings.tracing.queue,
             shared.metrics.spans.clone(),
         )?);
@@ -108,28 +117,29 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     tracing::info!(addr = %admin_addr, "admin listening");
     admin::spawn(admin, shared.clone());
 
-    let (watch_file, control_plane) = match source {
-        Source::Static { snapshot, watch } => {
-            let version = shared.apply(*snapshot, watch::SOURCE);
-            tracing::info!(version, "applied initial config");
-            (watch, None)
-        }
-        Source::ControlPlane(cp) => {
-            let mut cp = *cp;
+    let mut watch_file = None;
+    if let Some((snapshot, watch)) = initial {
+        let version = shared.apply(*snapshot, watch::SOURCE);
+        tracing::info!(version, "applied initial config");
+        watch_file = watch;
+    }
+    let control_plane = match control {
+        None => None,
+        Some((mut cp, connection)) => {
             cp.admin = Some(control_plane::reported_admin(admin_addr, cp.advertise));
-            if let (Some(id), Some(token)) = (&identity, &cp.bootstrap_token) {
-                let ca = Api::new(&cp.url, Some(token.clone()));
-                tls::identity::spawn(
-                    id.clone(),
-                    ca,
-                    cp.service.clone(),
-                    cp.trust_domain.clone(),
-                    shared.clone(),
-                );
+            let trust = connection.trust;
+            if let Some((id, issuer)) = connection.identity {
+                follow_certificates(&id, trust.clone(), shared.clone());
+                let metrics = RenewalMetrics {
+                    expiry: shared.metrics.identity_expiry.clone(),
+                    renewals: shared.metrics.identity_renewals.clone(),
+                };
+                let spiffe = outrigger_config::identity(&cp.trust_domain, &cp.service);
+                tls::identity::spawn(id, issuer, spiffe, metrics);
             }
-            let api = Api::new(&cp.url, cp.token.clone());
-            subscribe::spawn(cp.clone(), api.clone(), shared.clone());
-            (None, Some((cp, api)))
+            let api = connection.api;
+            subscribe::spawn(cp.clone(), api.clone(), trust, shared.clone());
+            Some((cp, api))
         }
     };
 
@@ -178,4 +188,20 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         tracing::warn!("drain timeout reached with connections still open; exiting");
     }
     Ok(())
+}
+
+/// Each new certificate: the roots that came with it join the control channel's, and the
+/// snapshot in force is compiled again (TLS configurations that needed a certificate's bundle
+/// are built now).
+fn follow_certificates(identity: &Identity, trust: Option<Arc<Trust>>, shared: Arc<Shared>) {
+    let mut renewals = identity.subscribe();
+    tokio::spawn(async move {
+        while renewals.changed().await.is_ok() {
+            let issued = renewals.borrow_and_update().clone();
+            if let (Some(trust), Some(issued)) = (&trust, &issued) {
+                trust.set_issued(&issued.bundle);
+            }
+            shared.recompile();
+        }
+    });
 }

@@ -13,6 +13,7 @@ use arc_swap::ArcSwapOption;
 use outrigger_config::{ProxySettings, Snapshot};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::sync::Notify;
 
 pub struct Shared {
@@ -132,12 +133,133 @@ impl Shared {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Ready: a snapshot applied, a certificate held (with mTLS), listeners bound, not
-    /// shutting down.
     pub fn is_ready(&self) -> bool {
-        self.listeners_bound.load(Ordering::Acquire)
-            && !self.is_draining()
-            && self.current.load().is_some()
-            && self.identity.as_ref().is_none_or(|i| i.is_ready())
+        self.readiness().is_ok()
+    }
+
+    /// Ready: not shutting down, a valid certificate held (with mTLS), a snapshot applied,
+    /// listeners bound. Otherwise the first of these that fails, which `/ready` reports.
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        self.readiness_at(SystemTime::now())
+    }
+
+    fn readiness_at(&self, now: SystemTime) -> Result<(), NotReady> {
+        use crate::tls::identity::CertStatus;
+        if self.is_draining() {
+            return Err(NotReady::Draining);
+        }
+        match self.identity.as_ref().map(|i| i.status(now)) {
+            None | Some(CertStatus::Valid) => {}
+            Some(CertStatus::Missing { error }) => return Err(NotReady::NoCertificate(error)),
+            Some(CertStatus::Expired { at, error }) => {
+                return Err(NotReady::CertificateExpired { at, error })
+            }
+        }
+        if self.current.load().is_none() {
+            return Err(NotReady::NoSnapshot);
+        }
+        if !self.listeners_bound.load(Ordering::Acquire) {
+            return Err(NotReady::ListenersNotBound);
+        }
+        Ok(())
+    }
+}
+
+/// Why the sidecar is not ready, in words an operator can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("draining")]
+    Draining,
+    #[error("no workload certificate yet{}", failing("; last attempt failed: ", .0))]
+    NoCertificate(Option<String>),
+    #[error(
+        "workload certificate expired at {}{}",
+        humantime::format_rfc3339_seconds(*.at),
+        failing("; renewal failing: ", .error)
+    )]
+    CertificateExpired {
+        at: SystemTime,
+        error: Option<String>,
+    },
+    #[error("no snapshot applied yet")]
+    NoSnapshot,
+    #[error("listeners not bound yet")]
+    ListenersNotBound,
+}
+
+fn failing(lead: &str, error: &Option<String>) -> String {
+    error
+        .as_deref()
+        .map(|e| format!("{lead}{e}"))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::identity::{tests::issued, Identity};
+    use std::time::Duration;
+
+    fn shared(identity: Option<Arc<Identity>>) -> Shared {
+        Shared::with_identity(ProxySettings::default(), None, Metrics::new(), identity)
+    }
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            version: 0,
+            service: "web".into(),
+            inbound: None,
+            destinations: Vec::new(),
+            mtls: Default::default(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_missing_piece_is_named() {
+        let s = shared(None);
+        assert_eq!(s.readiness(), Err(NotReady::NoSnapshot));
+        s.apply(snapshot(), "test");
+        assert_eq!(s.readiness(), Err(NotReady::ListenersNotBound));
+        s.set_listeners_bound();
+        assert_eq!(s.readiness(), Ok(()));
+        assert!(s.is_ready());
+        s.start_draining();
+        assert_eq!(s.readiness(), Err(NotReady::Draining));
+        assert_eq!(NotReady::Draining.to_string(), "draining");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sidecar_with_mtls_needs_a_certificate_that_has_not_expired() {
+        let id = Arc::new(Identity::default());
+        let s = shared(Some(id.clone()));
+        s.apply(snapshot(), "test");
+        s.set_listeners_bound();
+        assert_eq!(s.readiness(), Err(NotReady::NoCertificate(None)));
+        assert_eq!(
+            NotReady::NoCertificate(Some("401 unknown token".into())).to_string(),
+            "no workload certificate yet; last attempt failed: 401 unknown token"
+        );
+
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
+        let end = start + Duration::from_secs(3600);
+        id.publish(issued("spiffe://td/service/web", end));
+        assert_eq!(s.readiness_at(start), Ok(()));
+        let expired = s.readiness_at(end).expect_err("expired");
+        assert_eq!(
+            expired,
+            NotReady::CertificateExpired {
+                at: end,
+                error: None
+            }
+        );
+        let text = NotReady::CertificateExpired {
+            at: end,
+            error: Some("control plane request failed: connection refused".into()),
+        }
+        .to_string();
+        assert_eq!(
+            text,
+            "workload certificate expired at 2026-09-21T15:13:20Z; renewal failing: control plane request failed: connection refused"
+        );
     }
 }

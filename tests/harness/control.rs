@@ -1,11 +1,15 @@
-//! A running `outrigger-control` process, and calls to its REST API.
+//! A running `outrigger-control` process, and calls to its REST API over HTTPS.
+//!
+//! The control plane is started as an operator would: TLS only (no `--insecure-dev-plaintext`),
+//! an admin token ([`TOKEN`]) and a reader token ([`READER_TOKEN`]). Every call verifies its
+//! certificate against the trust bundle it writes (`<data>/trust-bundle.pem`, re-read for each
+//! call, so a rotated bundle is used at once), with the admin token unless said otherwise.
 
+use crate::https;
+use crate::pki::{self, Identity};
 use crate::{bin, eventually, free_port};
-use bytes::Bytes;
-use http::{header, Method, Request};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use http::Method;
+use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,13 +26,21 @@ metadata: {name: payment}
 spec: {}
 ";
 
+/// The admin token (`--token-file`): every call.
 pub const TOKEN: &str = "test-token-0123456789abcdef";
+/// The reader token (`--reader-token-file`): reads only.
+pub const READER_TOKEN: &str = "test-reader-token-0123456789abcdef";
+/// The control plane's default trust domain.
+pub const TRUST_DOMAIN: &str = "outrigger.local";
 
 pub struct Control {
     pub child: Child,
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
+    /// Holds [`TOKEN`].
     pub token_file: PathBuf,
+    /// Holds [`READER_TOKEN`].
+    pub reader_token_file: PathBuf,
     extra: Vec<String>,
 }
 
@@ -41,16 +53,19 @@ impl Control {
     /// Like [`Control::start`], with extra flags (e.g. `--cert-lifetime 5s`).
     pub async fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let token_file = dir.path().join("token");
+        let token_file = dir.path().join("admin.token");
         std::fs::write(&token_file, TOKEN).expect("token file");
+        let reader_token_file = dir.path().join("reader.token");
+        std::fs::write(&reader_token_file, READER_TOKEN).expect("reader token file");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let child = spawn(addr, dir.path(), &token_file, &extra);
+        let child = spawn(addr, dir.path(), &extra);
         let me = Self {
             child,
             addr,
             dir,
             token_file,
+            reader_token_file,
             extra,
         };
         me.ready().await;
@@ -58,14 +73,54 @@ impl Control {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
     }
 
+    /// The control plane's `--data-dir`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The trust bundle the control plane writes: what its clients take as trust anchors.
+    pub fn trust_anchors(&self) -> PathBuf {
+        self.data_dir().join("trust-bundle.pem")
+    }
+
+    /// The trust bundle's PEM text as it is now.
+    pub fn anchors_pem(&self) -> Vec<u8> {
+        std::fs::read(self.trust_anchors()).expect("the control plane's trust bundle")
+    }
+
+    /// An HTTPS client trusting the current bundle, presenting no certificate.
+    pub fn client(&self) -> https::Client {
+        https::client(&self.anchors_pem())
+    }
+
+    /// The control plane's stderr so far (it logs JSON lines there), for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("control.log")).unwrap_or_default()
+    }
+
+    /// Waits until the trust bundle is written and `/readyz` answers 200 over HTTPS.
     async fn ready(&self) {
-        let addr = self.addr;
-        eventually(Duration::from_secs(20), "the control plane to be ready", || async move {
-            (call(addr, Method::GET, "/readyz", None).await.0 == 200).then_some(())
-        })
+        let (anchors, url) = (self.trust_anchors(), self.url());
+        eventually(
+            Duration::from_secs(30),
+            "the control plane's trust bundle and /readyz over HTTPS",
+            || {
+                let (anchors, url) = (anchors.clone(), url.clone());
+                async move {
+                    let pem = std::fs::read(&anchors).ok()?;
+                    https::parse_certs(&pem).ok()?;
+                    let client = https::client(&pem);
+                    let (status, _) =
+                        https::try_call(&client, Method::GET, &format!("{url}/readyz"), None, None)
+                            .await
+                            .ok()?;
+                    (status == 200).then_some(())
+                }
+            },
+        )
         .await;
     }
 
@@ -77,25 +132,135 @@ impl Control {
 
     /// Starts it again on the same port and data directory.
     pub async fn restart(&mut self) {
-        self.child = spawn(self.addr, self.dir.path(), &self.token_file, &self.extra);
+        self.child = spawn(self.addr, self.dir.path(), &self.extra);
         self.ready().await;
     }
 
-    pub async fn apply(&self, yaml: &str) -> (u16, serde_json::Value) {
-        call(self.addr, Method::POST, "/v1/apply", Some(yaml.to_string())).await
+    pub async fn apply(&self, yaml: &str) -> (u16, Value) {
+        self.call_with(
+            Some(TOKEN),
+            Method::POST,
+            "/v1/apply",
+            Some(yaml.to_string()),
+        )
+        .await
     }
 
-    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        call(self.addr, Method::GET, path, None).await
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call_with(Some(TOKEN), Method::GET, path, None).await
     }
 
-    pub async fn send(
+    pub async fn send(&self, method: Method, path: &str, json: Value) -> (u16, Value) {
+        self.call_with(Some(TOKEN), method, path, Some(json.to_string()))
+            .await
+    }
+
+    /// One call with another bearer token (the reader's, a bootstrap token) or none:
+    /// (status, JSON body, or the text as a JSON string, or Null); (0, Null) for no answer.
+    pub async fn call_with(
         &self,
+        token: Option<&str>,
         method: Method,
         path: &str,
-        json: serde_json::Value,
-    ) -> (u16, serde_json::Value) {
-        call(self.addr, method, path, Some(json.to_string())).await
+        body: Option<String>,
+    ) -> (u16, Value) {
+        https::call(
+            &self.client(),
+            method,
+            &format!("{}{path}", self.url()),
+            body.as_deref(),
+            token,
+        )
+        .await
+    }
+
+    /// One call as a workload: TLS with `cert_pem` (leaf first) and `key_pem` as the client
+    /// certificate, no token. (0, Null) when there is no answer (a refused handshake).
+    pub async fn call_as_workload(
+        &self,
+        cert_pem: &str,
+        key_pem: &str,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> (u16, Value) {
+        self.try_call_as_workload(cert_pem, key_pem, method, path, body)
+            .await
+            .unwrap_or((0, Value::Null))
+    }
+
+    /// [`Control::call_as_workload`], with the transport error (and its causes) as Err.
+    pub async fn try_call_as_workload(
+        &self,
+        cert_pem: &str,
+        key_pem: &str,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(u16, Value), String> {
+        let client = https::client_with_identity(
+            &self.anchors_pem(),
+            cert_pem.as_bytes(),
+            key_pem.as_bytes(),
+        );
+        https::try_call(
+            &client,
+            method,
+            &format!("{}{path}", self.url()),
+            body.as_deref(),
+            None,
+        )
+        .await
+    }
+
+    /// A fresh single-use bootstrap token for `service` (10 minutes), minted with the admin token.
+    pub async fn bootstrap_token(&self, service: &str) -> String {
+        let (status, body) = self
+            .send(
+                Method::POST,
+                "/v1/identity/tokens",
+                serde_json::json!({"service": service, "ttl_secs": 600, "uses": 1}),
+            )
+            .await;
+        assert_eq!(status, 201, "a bootstrap token for {service}: {body}");
+        body["token"].as_str().expect("token").to_string()
+    }
+
+    /// [`Control::bootstrap_token`] in a file of its own (for `--bootstrap-token-file`).
+    pub async fn bootstrap_token_file(&self, service: &str) -> PathBuf {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let token = self.bootstrap_token(service).await;
+        let path = self.dir.path().join(format!(
+            "{service}-{}.bootstrap",
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, token).expect("write the bootstrap token");
+        path
+    }
+
+    /// A certificate for `service` from the mesh CA, as a sidecar gets its first one: a fresh
+    /// key, a CSR for the service's identity and a single-use bootstrap token.
+    pub async fn identity(&self, service: &str) -> Identity {
+        let token = self.bootstrap_token(service).await;
+        let (key_pem, csr) = pki::csr(&pki::spiffe_id(service));
+        let (status, signed) = self
+            .call_with(
+                Some(&token),
+                Method::POST,
+                "/v1/identity/certificates",
+                Some(serde_json::json!({ "csr": csr }).to_string()),
+            )
+            .await;
+        assert_eq!(status, 200, "a certificate for {service}: {signed}");
+        Identity {
+            cert_pem: signed["certificate_chain"]
+                .as_str()
+                .expect("certificate_chain")
+                .to_string(),
+            key_pem,
+            not_after_unix: signed["not_after_unix"].as_u64(),
+        }
     }
 
     /// Registers an instance whose callers reach it at `addr` (no sidecar in front).
@@ -121,62 +286,27 @@ impl Drop for Control {
     }
 }
 
-fn spawn(addr: SocketAddr, data: &Path, token_file: &Path, extra: &[String]) -> Child {
+fn spawn(addr: SocketAddr, dir: &Path, extra: &[String]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("control.log"))
+        .expect("control plane log file");
     Command::new(bin("outrigger-control"))
         .args(extra)
         .arg("--listen")
         .arg(addr.to_string())
         .arg("--data-dir")
-        .arg(data.join("data"))
+        .arg(dir.join("data"))
         .arg("--token-file")
-        .arg(token_file)
+        .arg(dir.join("admin.token"))
+        .arg("--reader-token-file")
+        .arg(dir.join("reader.token"))
+        .env_remove("OUTRIGGER_TOKEN")
+        .env_remove("OUTRIGGER_READER_TOKEN")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(log))
         .spawn()
         .expect("start outrigger-control")
-}
-
-/// One API call with the token: (status, JSON body or Null).
-pub async fn call(
-    addr: SocketAddr,
-    method: Method,
-    path: &str,
-    body: Option<String>,
-) -> (u16, serde_json::Value) {
-    call_with(addr, method, path, body, TOKEN).await
-}
-
-/// One API call with another bearer token (a bootstrap token, say).
-pub async fn call_with(
-    addr: SocketAddr,
-    method: Method,
-    path: &str,
-    body: Option<String>,
-    token: &str,
-) -> (u16, serde_json::Value) {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let req = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"))
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .expect("request");
-    let Ok(Ok(res)) = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await
-    else {
-        return (0, serde_json::Value::Null);
-    };
-    let status = res.status().as_u16();
-    let bytes = res
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-    )
 }

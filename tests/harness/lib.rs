@@ -4,8 +4,10 @@
 
 pub mod client;
 pub mod control;
+pub mod https;
 pub mod load;
 pub mod otlp;
+pub mod pki;
 pub mod prometheus;
 pub mod proxy;
 pub mod up;

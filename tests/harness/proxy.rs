@@ -24,6 +24,9 @@ pub struct ProxyBuilder {
     admin_ip: std::net::IpAddr,
     /// stdout and stderr go to pipes nobody reads, which fill and then block every write.
     unread_output: bool,
+    /// Environment variables for the process (the outrigger ones of the test's own
+    /// environment are removed).
+    env: Vec<(String, String)>,
 }
 
 fn addr() -> SocketAddr {
@@ -31,10 +34,75 @@ fn addr() -> SocketAddr {
 }
 
 impl ProxyBuilder {
-    /// Control plane mode: a sidecar for `service`, fronting `app` when given.
-    pub fn control_plane(
+    /// Control plane mode, as a sidecar joins a real mesh: a sidecar for `service` (fronting
+    /// `app` when given) that trusts `control`'s bundle and holds a fresh single-use bootstrap
+    /// token for its first certificate, and no operator token.
+    pub async fn control_plane(
+        control: &crate::control::Control,
+        service: &str,
+        version: &str,
+        app: Option<SocketAddr>,
+    ) -> Self {
+        let token = control.bootstrap_token_file(service).await;
+        Self::control_plane_at(
+            &control.url(),
+            &control.trust_anchors(),
+            &token,
+            service,
+            version,
+            app,
+        )
+    }
+
+    /// Control plane mode with everything spelled out: the control plane's `https://` URL, the
+    /// trust anchors file and the bootstrap token file.
+    pub fn control_plane_at(
+        url: &str,
+        trust_anchors: &std::path::Path,
+        bootstrap_token_file: &std::path::Path,
+        service: &str,
+        version: &str,
+        app: Option<SocketAddr>,
+    ) -> Self {
+        Self::sidecar(
+            url,
+            &[
+                "--trust-anchors".into(),
+                trust_anchors.display().to_string(),
+                "--bootstrap-token-file".into(),
+                bootstrap_token_file.display().to_string(),
+            ],
+            service,
+            version,
+            app,
+        )
+    }
+
+    /// Control plane mode over plain `http://` (`--insecure-dev-plaintext`), with an operator
+    /// token: for scripted control planes that speak the protocol without TLS.
+    pub fn control_plane_plaintext(
         url: &str,
         token_file: &std::path::Path,
+        service: &str,
+        version: &str,
+        app: Option<SocketAddr>,
+    ) -> Self {
+        Self::sidecar(
+            url,
+            &[
+                "--insecure-dev-plaintext".into(),
+                "--token-file".into(),
+                token_file.display().to_string(),
+            ],
+            service,
+            version,
+            app,
+        )
+    }
+
+    fn sidecar(
+        url: &str,
+        credentials: &[String],
         service: &str,
         version: &str,
         app: Option<SocketAddr>,
@@ -47,13 +115,12 @@ impl ProxyBuilder {
             service.into(),
             "--service-version".into(),
             version.into(),
-            "--token-file".into(),
-            token_file.display().to_string(),
             "--outbound".into(),
             outbound.to_string(),
             "--inbound".into(),
             inbound.to_string(),
         ];
+        args.extend_from_slice(credentials);
         if let Some(app) = app {
             args.extend(["--app".into(), app.to_string()]);
         }
@@ -64,6 +131,7 @@ impl ProxyBuilder {
             inbound: app.map(|_| inbound),
             admin_ip: [127, 0, 0, 1].into(),
             unread_output: false,
+            env: Vec::new(),
         }
     }
 
@@ -82,6 +150,7 @@ impl ProxyBuilder {
             inbound: None,
             admin_ip: [127, 0, 0, 1].into(),
             unread_output: false,
+            env: Vec::new(),
         }
     }
 
@@ -97,11 +166,18 @@ impl ProxyBuilder {
             inbound: Some(inbound),
             admin_ip: [127, 0, 0, 1].into(),
             unread_output: false,
+            env: Vec::new(),
         }
     }
 
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_string());
+        self
+    }
+
+    /// Sets an environment variable for the proxy (e.g. `OUTRIGGER_TRUST_ANCHORS`).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -144,6 +220,14 @@ impl ProxyBuilder {
             let err = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
             cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err));
         }
+        for key in [
+            "OUTRIGGER_TOKEN",
+            "OUTRIGGER_BOOTSTRAP_TOKEN",
+            "OUTRIGGER_TRUST_ANCHORS",
+        ] {
+            cmd.env_remove(key);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null());
         let child = cmd.spawn().expect("start outrigger-proxy");
         Proxy {

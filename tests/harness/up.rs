@@ -1,7 +1,8 @@
 //! `outrigger up` in the background, for system tests that look at a running mesh: started
 //! with extra flags, ready once it prints its `mesh up:` line (which names the control plane
-//! and the edge sidecar), stopped with SIGTERM (so it stops its children) however the test
-//! ends.
+//! and the edge sidecar) and its `trust anchors:` line (the control plane's trust bundle and
+//! the reader token for `top`), stopped with SIGTERM (so it stops its children) however the
+//! test ends.
 
 use crate::bin;
 use std::io::{BufRead, BufReader};
@@ -13,8 +14,12 @@ use std::time::{Duration, Instant};
 
 pub struct Up {
     child: Child,
-    /// The control plane, e.g. `http://127.0.0.1:40123`.
+    /// The control plane, e.g. `https://127.0.0.1:40123`.
     pub control_url: String,
+    /// The control plane's trust bundle, as `up` printed it: `--trust-anchors` for the CLI.
+    pub trust_anchors: PathBuf,
+    /// The reader token `up` gave the control plane, as it printed it: `--token-file` for `top`.
+    pub reader_token_file: PathBuf,
     /// The storefront's sidecar: send requests here as a shopper would.
     pub edge: SocketAddr,
     /// Every stdout line so far.
@@ -54,6 +59,8 @@ impl Up {
         let mut up = Self {
             child,
             control_url: String::new(),
+            trust_anchors: PathBuf::new(),
+            reader_token_file: PathBuf::new(),
             edge: SocketAddr::from(([127, 0, 0, 1], 0)),
             lines,
             stderr,
@@ -62,10 +69,14 @@ impl Up {
         };
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
-            let ready = up.output().iter().find_map(|l| parse_mesh_up(l));
-            if let Some((url, edge)) = ready {
+            let output = up.output();
+            let ready = output.iter().find_map(|l| parse_mesh_up(l));
+            let anchors = output.iter().find_map(|l| parse_trust_anchors(l));
+            if let (Some((url, edge)), Some((anchors, reader))) = (ready, anchors) {
                 up.control_url = url;
                 up.edge = edge;
+                up.trust_anchors = anchors;
+                up.reader_token_file = reader;
                 return up;
             }
             up.assert_running();
@@ -169,15 +180,40 @@ fn parse_mesh_up(line: &str) -> Option<(String, SocketAddr)> {
     Some((url, edge))
 }
 
+/// `trust anchors: PATH (e.g. outrigger --control-plane URL --trust-anchors PATH --token-file
+/// READER top)`: (PATH, READER).
+fn parse_trust_anchors(line: &str) -> Option<(PathBuf, PathBuf)> {
+    let rest = line.strip_prefix("trust anchors: ")?;
+    let (anchors, example) = rest.split_once(" (e.g. ")?;
+    let reader = example
+        .split("--token-file ")
+        .nth(1)?
+        .strip_suffix(" top)")?;
+    Some((PathBuf::from(anchors), PathBuf::from(reader)))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn parses_the_mesh_up_line() {
         let (url, edge) = super::parse_mesh_up(
-            "mesh up: control plane http://127.0.0.1:4000, 7 services + sidecars, edge sidecar 127.0.0.1:4100; logs in /tmp/x/logs",
+            "mesh up: control plane https://127.0.0.1:4000, 7 services + sidecars, edge sidecar 127.0.0.1:4100; logs in /tmp/x/logs",
         )
         .expect("parsed");
-        assert_eq!(url, "http://127.0.0.1:4000");
+        assert_eq!(url, "https://127.0.0.1:4000");
         assert_eq!(edge.port(), 4100);
+    }
+
+    #[test]
+    fn parses_the_trust_anchors_line() {
+        let (anchors, reader) = super::parse_trust_anchors(
+            "trust anchors: /tmp/x/data/trust-bundle.pem (e.g. outrigger --control-plane https://127.0.0.1:4000 --trust-anchors /tmp/x/data/trust-bundle.pem --token-file /tmp/x/reader.token top)",
+        )
+        .expect("parsed");
+        assert_eq!(anchors.to_str(), Some("/tmp/x/data/trust-bundle.pem"));
+        assert_eq!(reader.to_str(), Some("/tmp/x/reader.token"));
+        assert!(
+            super::parse_trust_anchors("trust anchors: /tmp/x/data/trust-bundle.pem").is_none()
+        );
     }
 }

@@ -28,13 +28,16 @@ pub async fn apply(
             return Err(ApiError::Invalid(details));
         }
     };
+    let warnings = parsed.warnings();
     let outcome = app.state.apply(parsed, q.dry_run).await?;
     for a in &outcome.applied {
         if !q.dry_run {
             tracing::info!(kind = a.kind.as_str(), name = %a.name, action = ?a.action, revision = outcome.revision, "applied");
         }
     }
-    Ok(Json(json!(outcome)))
+    let mut body = json!(outcome);
+    body["warnings"] = json!(warnings);
+    Ok(Json(body))
 }
 
 fn list(app: &AppState, kind: Kind) -> Json<Vec<Resource>> {

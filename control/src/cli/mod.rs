@@ -21,19 +21,36 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "outrigger", version, about)]
 pub struct Cli {
-    /// The control plane's URL.
+    /// The control plane's URL: https:// (http:// only with --insecure-dev-plaintext).
     #[arg(
         long,
         global = true,
         value_name = "URL",
         env = "OUTRIGGER_CONTROL_PLANE",
-        default_value = "http://127.0.0.1:15010"
+        default_value = "https://127.0.0.1:15010"
     )]
     pub control_plane: String,
 
-    /// File holding the API token that writes need (else OUTRIGGER_TOKEN).
+    /// The control plane's trust bundle (`<data-dir>/trust-bundle.pem`), as a PEM file or (in
+    /// OUTRIGGER_TRUST_ANCHORS) PEM text: its certificate must chain to one of these roots and
+    /// name the URL's host. Required for https.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "OUTRIGGER_TRUST_ANCHORS",
+        hide_env_values = true
+    )]
+    pub trust_anchors: Option<String>,
+
+    /// File holding an operator token, admin (writes) or reader (reads); else OUTRIGGER_TOKEN.
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+
+    /// Allow a plain http:// control plane (development only: the token crosses the network
+    /// in the clear and nothing proves who answers).
+    #[arg(long, global = true)]
+    pub insecure_dev_plaintext: bool,
 
     #[command(subcommand)]
     pub command: Command,
@@ -49,10 +66,12 @@ pub enum Command {
     Delete(delete::Args),
     /// Shift traffic between a service's versions, e.g. `outrigger canary payment v2=25`.
     Canary(canary::Args),
-    /// The mesh CA's roots: `roots`, `rotate`, `drop ID [--force]`.
+    /// The mesh CA: `status` (roots, and which sidecars lag behind a pending root), `roots`,
+    /// `rotate [--force]`, `drop ID [--force]`.
     #[command(subcommand)]
     Ca(ca::Command),
-    /// Mint a bootstrap token for a service's sidecars (printed on stdout).
+    /// Bootstrap tokens: `token SERVICE [--ttl 10m] [--uses N]` mints one for a service's
+    /// sidecars (the token alone on stdout), `token list`, `token revoke ID`.
     Token(token::Args),
     /// Run the whole shop mesh on this machine: control plane, every service with its sidecar,
     /// storefront load and a live table. `--duration 30s` runs unattended and prints a summary.
@@ -68,7 +87,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         up::run(a).await?;
         return Ok(ExitCode::SUCCESS);
     }
-    let client = Client::new(&cli.control_plane, cli.token_file.as_deref())?;
+    let client = Client::new(&client::Target {
+        url: &cli.control_plane,
+        trust_anchors: cli.trust_anchors.as_deref(),
+        token_file: cli.token_file.as_deref(),
+        insecure_dev_plaintext: cli.insecure_dev_plaintext,
+    })?;
     match cli.command {
         Command::Apply(a) => apply::run(&client, a).await,
         Command::Get(a) => get::run(&client, a).await,
@@ -76,7 +100,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Canary(a) => canary::run(&client, a).await,
         Command::Ca(c) => ca::run(&client, c).await,
         Command::Token(a) => token::run(&client, a).await,
-        Command::Top(a) => top::run(&client, &cli.control_plane, a).await,
+        Command::Top(a) => top::run(&client, a).await,
         Command::Up(_) => Ok(ExitCode::SUCCESS),
     }
 }

@@ -488,3 +488,41 @@ async fn sigterm_exits_0_even_with_a_stream_open() {
     // The stream ended rather than hanging.
     assert!(stream.line(Duration::from_secs(5)).await.is_none());
 }
+
+/// Durations of centuries are refused where they are written; a per-try timeout longer than
+/// the whole request's is applied with a warning placed the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_durations_are_refused_and_odd_ones_warned() {
+    let c = Control::start();
+    let base = "kind: Service\nmetadata: {name: pay}\nspec: {}\n---\nkind: Route\nmetadata: {name: r}\nspec:\n  service: pay\n";
+    let (status, body) = c.apply(&format!("{base}  timeout: 300years\n")).await;
+    assert_eq!(status, 400, "{body}");
+    let d = &body["details"][0];
+    assert_eq!(
+        (d["document"].clone(), d["path"].clone(), d["line"].clone()),
+        (json!(1), json!("spec.timeout"), json!(9)),
+        "{body}"
+    );
+    assert_eq!(c.get("/v1/routes").await.1, json!([]));
+
+    let (status, body) = c
+        .apply(&format!("{base}  timeout: 1s\n  per_try_timeout: 2s\n"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let w = &body["warnings"][0];
+    assert_eq!(
+        (w["document"].clone(), w["path"].clone(), w["line"].clone()),
+        (json!(1), json!("spec.per_try_timeout"), json!(10)),
+        "{body}"
+    );
+    assert!(
+        w["reason"].as_str().is_some_and(|r| r.contains("timeout")),
+        "{body}"
+    );
+    let (_, body) = c.apply(SHOP).await;
+    assert_eq!(
+        body["warnings"],
+        json!([]),
+        "the shop's routes are sensible"
+    );
+}

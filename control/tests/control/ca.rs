@@ -165,19 +165,26 @@ async fn with_short_lived_leaves_the_old_root_goes_without_force_once_they_expir
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_mints_tokens_lists_rotates_and_drops_roots() {
     let c = Control::start();
-    let (code, out, err) = cli(&c, true, &["token", "payment", "--ttl", "10m"]);
+    let (code, out, err) = cli(
+        &c,
+        Some(crate::harness::TOKEN),
+        &["token", "payment", "--ttl", "10m"],
+    );
     assert_eq!(code, 0, "{err}");
     let t = out.trim();
     assert!(t.starts_with("otb_") && !t.contains(' '), "{out}");
     assert!(err.contains("expires"), "{err}");
     certificate(&c, t, "payment").await;
 
-    let (code, _, err) = cli(&c, false, &["token", "payment"]);
+    let (code, _, err) = cli(&c, None, &["token", "payment"]);
     assert_eq!(code, 1);
-    assert!(err.contains("unauthorized"), "{err}");
+    assert!(err.contains("no or unknown token"), "{err}");
+    let (code, _, err) = cli(&c, Some(crate::harness::READER), &["token", "payment"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("403") && err.contains("reader"), "{err}");
 
     let old = id(&roots(&c).await[0]);
-    let (code, out, err) = cli(&c, false, &["ca", "roots"]);
+    let (code, out, err) = cli(&c, Some(crate::harness::READER), &["ca", "roots"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("ID"), "{out}");
     assert!(
@@ -186,17 +193,36 @@ async fn the_cli_mints_tokens_lists_rotates_and_drops_roots() {
         "{out}"
     );
 
-    let (code, out, err) = cli(&c, true, &["ca", "rotate"]);
+    let (code, out, err) = cli(&c, Some(crate::harness::TOKEN), &["ca", "rotate"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("is now the signer"), "{out}");
-    let (_, out, _) = cli(&c, false, &["ca", "roots", "-o", "json"]);
+    assert!(out.contains("pending"), "{out}");
+    // No sidecar is connected, so nobody is waited for.
+    eventually(Duration::from_secs(10), "the new root to sign", || async {
+        let (_, out, _) = cli(
+            &c,
+            Some(crate::harness::READER),
+            &["ca", "status", "-o", "json"],
+        );
+        let status: Value = serde_json::from_str(&out).ok()?;
+        status["pending"].is_null().then_some(())
+    })
+    .await;
+    let (_, out, _) = cli(
+        &c,
+        Some(crate::harness::READER),
+        &["ca", "roots", "-o", "json"],
+    );
     let listed: Vec<Value> = serde_json::from_str(&out).expect("json");
     assert_eq!(listed.len(), 2);
 
-    let (code, _, err) = cli(&c, true, &["ca", "drop", &old]);
+    let (code, _, err) = cli(&c, Some(crate::harness::TOKEN), &["ca", "drop", &old]);
     assert_eq!(code, 1);
     assert!(err.contains("409") && err.contains("unexpired"), "{err}");
-    let (code, out, err) = cli(&c, true, &["ca", "drop", &old, "--force"]);
+    let (code, out, err) = cli(
+        &c,
+        Some(crate::harness::TOKEN),
+        &["ca", "drop", &old, "--force"],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("dropped over 1"), "{out}");
     assert_eq!(roots(&c).await.len(), 1);

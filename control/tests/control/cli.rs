@@ -10,15 +10,19 @@ async fn apply_get_and_delete_from_the_cli() {
     let shop = file(c.dir.path(), "shop.yaml", SHOP);
     let shop = shop.to_str().expect("path");
 
-    let (code, out, err) = cli(&c, true, &["apply", "-f", shop, "--dry-run"]);
+    let (code, out, err) = cli(
+        &c,
+        Some(crate::harness::TOKEN),
+        &["apply", "-f", shop, "--dry-run"],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Service/payment created (dry run)"), "{out}");
     assert_eq!(c.get("/v1/services").await.1, json!([]));
 
-    let (code, out, _) = cli(&c, false, &["apply", "-f", shop]);
+    let (code, out, _) = cli(&c, Some(crate::harness::READER), &["apply", "-f", shop]);
     assert_eq!(code, 1, "no token: {out}");
 
-    let (code, out, err) = cli(&c, true, &["apply", "-f", shop]);
+    let (code, out, err) = cli(&c, Some(crate::harness::TOKEN), &["apply", "-f", shop]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Service/payment created"), "{out}");
     assert!(out.contains("Policy/order-inbound created"), "{out}");
@@ -28,7 +32,11 @@ async fn apply_get_and_delete_from_the_cli() {
         "bad.yaml",
         "kind: Service\nmetadata: {name: fine}\nspec: {}\n---\nkind: Route\nmetadata: {name: r}\nspec:\n  service: ghost\n",
     );
-    let (code, _, err) = cli(&c, true, &["apply", "-f", bad.to_str().expect("path")]);
+    let (code, _, err) = cli(
+        &c,
+        Some(crate::harness::TOKEN),
+        &["apply", "-f", bad.to_str().expect("path")],
+    );
     assert_eq!(code, 1);
     assert!(
         err.contains(
@@ -38,7 +46,7 @@ async fn apply_get_and_delete_from_the_cli() {
     );
     assert_eq!(c.get("/v1/services/fine").await.0, 404);
 
-    let (code, out, _) = cli(&c, false, &["get", "services"]);
+    let (code, out, _) = cli(&c, Some(crate::harness::READER), &["get", "services"]);
     assert_eq!(code, 0);
     let header = out.lines().next().expect("header");
     assert!(
@@ -51,24 +59,36 @@ async fn apply_get_and_delete_from_the_cli() {
         "{out}"
     );
 
-    let (code, out, _) = cli(&c, false, &["get", "service", "payment", "-o", "json"]);
+    let (code, out, _) = cli(
+        &c,
+        Some(crate::harness::READER),
+        &["get", "service", "payment", "-o", "json"],
+    );
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["kind"], "Service");
     for what in ["routes", "policies", "sidecars", "instances"] {
-        let (code, out, err) = cli(&c, false, &["get", what]);
+        let (code, out, err) = cli(&c, Some(crate::harness::READER), &["get", what]);
         assert_eq!(code, 0, "{what}: {err}");
         assert!(!out.is_empty());
     }
-    let (code, _, err) = cli(&c, false, &["get", "routes", "nope"]);
+    let (code, _, err) = cli(&c, Some(crate::harness::READER), &["get", "routes", "nope"]);
     assert_eq!(code, 1);
     assert!(err.contains("404"), "{err}");
 
-    let (code, out, err) = cli(&c, true, &["delete", "route", "reads"]);
+    let (code, out, err) = cli(
+        &c,
+        Some(crate::harness::TOKEN),
+        &["delete", "route", "reads"],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Route/reads deleted"));
     assert_eq!(c.get("/v1/routes/reads").await.0, 404);
-    let (code, _, err) = cli(&c, true, &["delete", "service", "payment"]);
+    let (code, _, err) = cli(
+        &c,
+        Some(crate::harness::TOKEN),
+        &["delete", "service", "payment"],
+    );
     assert_eq!(code, 1);
     assert!(err.contains("Route/charge"), "{err}");
 }
@@ -77,7 +97,11 @@ async fn apply_get_and_delete_from_the_cli() {
 async fn canary_shifts_the_split_from_the_cli_and_the_api() {
     let c = Control::start();
     c.apply(SHOP).await;
-    let (code, out, err) = cli(&c, true, &["canary", "payment", "v2=25"]);
+    let (code, out, err) = cli(
+        &c,
+        Some(crate::harness::TOKEN),
+        &["canary", "payment", "v2=25"],
+    );
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "payment: v1=75 v2=25");
     let (_, payment) = c.get("/v1/services/payment").await;
@@ -102,10 +126,18 @@ async fn canary_shifts_the_split_from_the_cli_and_the_api() {
     // user has no split: the weights must make 100, and the error names the live versions
     // left without one.
     c.register("user", "v1", 15101, 30).await;
-    let (code, _, err) = cli(&c, true, &["canary", "user", "v2=25"]);
+    let (code, _, err) = cli(
+        &c,
+        Some(crate::harness::TOKEN),
+        &["canary", "user", "v2=25"],
+    );
     assert_eq!(code, 1);
     assert!(err.contains("v1"), "{err}");
-    let (code, out, err) = cli(&c, true, &["canary", "user", "v1=75", "v2=25"]);
+    let (code, out, err) = cli(
+        &c,
+        Some(crate::harness::TOKEN),
+        &["canary", "user", "v1=75", "v2=25"],
+    );
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "user: v1=75 v2=25");
 
@@ -117,7 +149,11 @@ async fn canary_shifts_the_split_from_the_cli_and_the_api() {
         )
         .await;
     assert_eq!(status, 404);
-    let (code, _, err) = cli(&c, true, &["canary", "payment", "v2"]);
+    let (code, _, err) = cli(
+        &c,
+        Some(crate::harness::TOKEN),
+        &["canary", "payment", "v2"],
+    );
     assert_eq!(code, 1);
     assert!(err.contains("VERSION=WEIGHT"), "{err}");
 }

@@ -6,11 +6,7 @@ use bytes::Bytes;
 use http::{header, Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use outrigger_tests::https;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -159,7 +155,6 @@ impl Control {
         .await;
         assert_eq!(status, 200, "{signed}");
         Workload {
-            service: service.to_string(),
             cert_pem: signed["certificate_chain"]
                 .as_str()
                 .expect("chain")
@@ -252,7 +247,6 @@ fn spawn(data: &Path, args: &[&str]) -> (Child, SocketAddr, Arc<Mutex<Vec<String
 /// A sidecar's credentials: its workload certificate and key (PEM).
 #[derive(Clone)]
 pub struct Workload {
-    pub service: String,
     pub cert_pem: String,
     pub key_pem: String,
 }
@@ -264,39 +258,13 @@ pub enum As<'a> {
     Workload(&'a Workload),
 }
 
-/// An HTTPS client that trusts `bundle` and presents `who`'s certificate, if any.
-pub fn client(
-    bundle: &Path,
-    who: Option<&Workload>,
-) -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
+/// The workspace's HTTPS client, trusting `bundle` and presenting `who`'s certificate.
+pub fn client(bundle: &Path, who: Option<&Workload>) -> https::Client {
     let pem = std::fs::read(bundle).expect("the trust bundle file");
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert.expect("bundle PEM")).expect("a root");
+    match who {
+        None => https::client(&pem),
+        Some(w) => https::client_with_identity(&pem, w.cert_pem.as_bytes(), w.key_pem.as_bytes()),
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .expect("TLS 1.3")
-    .with_root_certificates(roots);
-    let config = match who {
-        None => builder.with_no_client_auth(),
-        Some(w) => builder
-            .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(w.cert_pem.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
-                    .expect("certificate PEM"),
-                PrivateKeyDer::from_pem_slice(w.key_pem.as_bytes()).expect("key PEM"),
-            )
-            .expect("client certificate"),
-    };
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
-        .https_only()
-        .enable_http1()
-        .build();
-    Client::builder(TokioExecutor::new()).build(https)
 }
 
 /// One request with a bearer token (or none): (status, JSON body, or the text as a JSON
@@ -326,28 +294,14 @@ pub async fn request(
             _ => None,
         },
     );
-    let mut req = Request::builder()
-        .method(method)
-        .uri(format!("https://{}{path}", c.addr));
-    if let As::Bearer(t) = who {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    let req = req
-        .body(Full::new(Bytes::from(body.unwrap_or_default().to_string())))
-        .expect("request");
-    let res = tokio::time::timeout(Duration::from_secs(20), client.request(req))
-        .await
-        .expect("answer in time")
-        .expect("request failed");
-    let status = res.status().as_u16();
-    let bytes = res.into_body().collect().await.expect("body").to_bytes();
-    let value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    let token = match who {
+        As::Bearer(t) => Some(t),
+        _ => None,
     };
-    (status, value)
+    let url = format!("https://{}{path}", c.addr);
+    https::try_call(&client, method, &url, body, token)
+        .await
+        .expect("an answer")
 }
 
 /// The workspace tests' poller: `check` until it returns `Some`, or fail after a timeout.
@@ -359,7 +313,7 @@ pub struct Stream {
     body: Incoming,
     buf: Vec<u8>,
     // Keeps the connection's client alive as long as the stream.
-    _client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    _client: https::Client,
 }
 
 impl Stream {
@@ -452,7 +406,7 @@ pub fn endpoints(line: &Value, name: &str) -> Vec<String> {
 }
 
 /// Runs the `outrigger` CLI against `control`: (exit code, stdout, stderr).
-pub fn cli(control: &Control, token: bool, args: &[&str]) -> (i32, String, String) {
+pub fn cli(control: &Control, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_outrigger"));
     cmd.args(args)
         .env(
@@ -462,8 +416,8 @@ pub fn cli(control: &Control, token: bool, args: &[&str]) -> (i32, String, Strin
         .env("OUTRIGGER_TRUST_ANCHORS", control.bundle())
         .env_remove("OUTRIGGER_TOKEN")
         .stdin(Stdio::null());
-    if token {
-        cmd.env("OUTRIGGER_TOKEN", TOKEN);
+    if let Some(t) = token {
+        cmd.env("OUTRIGGER_TOKEN", t);
     }
     let out = cmd.output().expect("run outrigger");
     (

@@ -1,9 +1,16 @@
-//! One multiplexed HTTP/2 connection per endpoint, opened on first use and replaced when it
-//! closes. Owning the connection (rather than a pool keyed by URI) lets each request carry the
-//! app's own `:authority` while it travels to the endpoint's address.
+//! One multiplexed HTTP/2 connection per endpoint and TLS setting, opened on first use and
+//! replaced when it closes. Owning the connection (rather than a pool keyed by URI) lets each
+//! request carry the app's own `:authority` while it travels to the endpoint's address.
+//!
+//! A slot belongs to one TLS setting (off, or mTLS expecting one peer identity under one set
+//! of roots) and connects only with it. A snapshot that changes the setting gets a new slot
+//! (`EndpointState::h2_slot`), so no request ever rides a connection that was verified under
+//! other rules; the old slot, and with it its connection, goes when the last snapshot using it
+//! does, after the requests in flight on it finish.
 
 use super::LimitedConnector;
 use crate::body::RequestBody;
+use crate::tls::config::{ClientTls, PeerTrust};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -21,14 +28,28 @@ pub enum H2Error {
     Http(#[from] hyper::Error),
 }
 
-/// The endpoint's connection, if one is open. The lock is only held to copy or swap the
-/// handle, never across an await.
-#[derive(Default)]
-pub struct H2Slot(Mutex<Option<SendRequest<RequestBody>>>);
+/// The endpoint's connection under one TLS setting, if one is open. The lock is only held to
+/// copy or swap the handle, never across an await.
+pub struct H2Slot {
+    conn: Mutex<Option<SendRequest<RequestBody>>>,
+    tls: Option<ClientTls>,
+}
 
 impl H2Slot {
+    pub fn new(tls: Option<ClientTls>) -> Self {
+        Self {
+            conn: Mutex::new(None),
+            tls,
+        }
+    }
+
+    /// Whether this slot's connections are made under `trust` (`None`: plaintext h2c).
+    pub fn made_for(&self, trust: Option<&PeerTrust>) -> bool {
+        self.tls.as_ref().map(|t| &t.trust) == trust
+    }
+
     fn current(&self) -> Option<SendRequest<RequestBody>> {
-        let s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let s = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         s.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
@@ -36,7 +57,7 @@ impl H2Slot {
     /// to use. (Two tasks racing at a cold start may open two; the loser's closes when its
     /// request is done.)
     fn install(&self, new: SendRequest<RequestBody>) -> SendRequest<RequestBody> {
-        let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut s = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         match s.as_ref().filter(|s| !s.is_closed()) {
             Some(live) => live.clone(),
             None => {
@@ -47,13 +68,12 @@ impl H2Slot {
     }
 
     fn clear(&self) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 }
 
-/// mTLS for a connection to a peer sidecar, and where to count its handshakes.
-pub struct Tls<'a> {
-    pub config: &'a std::sync::Arc<rustls::ClientConfig>,
+/// Where a destination counts its mTLS handshakes.
+pub struct TlsCounters<'a> {
     pub handshakes: &'a prometheus::IntCounter,
     pub failures: &'a prometheus::IntCounter,
 }
@@ -61,7 +81,8 @@ pub struct Tls<'a> {
 async fn connect(
     connector: &LimitedConnector,
     endpoint: http::Uri,
-    tls: Option<&Tls<'_>>,
+    tls: Option<&ClientTls>,
+    counters: &TlsCounters<'_>,
 ) -> Result<SendRequest<RequestBody>, H2Error> {
     match tls {
         None => {
@@ -74,11 +95,11 @@ async fn connect(
         }
         Some(t) => match connector.connect_tls(endpoint, t.config.clone()).await {
             Ok(io) => {
-                t.handshakes.inc();
+                counters.handshakes.inc();
                 handshake(io).await
             }
             Err(e) => {
-                t.failures.inc();
+                counters.failures.inc();
                 Err(H2Error::Connect(e))
             }
         },
@@ -104,20 +125,22 @@ where
     Ok(sender)
 }
 
-/// Sends `req` (whose URI carries the app's authority) to the endpoint at `endpoint`.
+/// Sends `req` (whose URI carries the app's authority) to the endpoint at `endpoint`, over
+/// the slot's connection or a new one made under the slot's TLS setting.
 pub async fn send(
     slot: &H2Slot,
     connector: &LimitedConnector,
     endpoint: &http::Uri,
-    tls: Option<&Tls<'_>>,
+    counters: &TlsCounters<'_>,
     req: http::Request<RequestBody>,
 ) -> Result<http::Response<Incoming>, H2Error> {
+    let tls = slot.tls.as_ref();
     let mut req = req;
     // One fresh connection is tried if the cached one turns out to be closing.
     for _ in 0..2 {
         let mut sender = match slot.current() {
             Some(s) => s,
-            None => slot.install(connect(connector, endpoint.clone(), tls).await?),
+            None => slot.install(connect(connector, endpoint.clone(), tls, counters).await?),
         };
         if sender.ready().await.is_err() {
             slot.clear();
@@ -135,7 +158,7 @@ pub async fn send(
             },
         }
     }
-    let sender = slot.install(connect(connector, endpoint.clone(), tls).await?);
+    let sender = slot.install(connect(connector, endpoint.clone(), tls, counters).await?);
     let mut sender = sender;
     sender.ready().await?;
     Ok(sender.send_request(req).await?)

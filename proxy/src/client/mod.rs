@@ -30,7 +30,9 @@ pub struct ClientKey {
     pub max_connections: u32,
 }
 
-/// How a destination's requests reach its endpoints.
+/// How a destination's requests reach its endpoints. mTLS only ever runs over HTTP/2, whose
+/// connections are keyed by their TLS setting per endpoint ([`h2::H2Slot`]); the HTTP/1 pool is
+/// always plaintext.
 #[derive(Clone)]
 pub enum Upstream {
     /// Pooled keep-alive connections, keyed by endpoint address. Boxed: the client is large
@@ -52,13 +54,13 @@ impl Upstream {
     pub async fn send(
         &self,
         ep: &EndpointTarget,
-        tls: Option<&h2::Tls<'_>>,
+        counters: &h2::TlsCounters<'_>,
         req: http::Request<RequestBody>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         match self {
             Upstream::Http1(c) => Ok(c.request(req).await?),
             Upstream::Http2(connector) => {
-                Ok(h2::send(&ep.state.h2, connector, &ep.uri, tls, req).await?)
+                Ok(h2::send(&ep.h2, connector, &ep.uri, counters, req).await?)
             }
         }
     }

@@ -1,35 +1,107 @@
 //! The sidecar's side of the control plane: subscribing to its service's snapshots (applying
 //! or rejecting each, and saying which with an ACK or NACK), and registering its own instance
 //! with heartbeats. Both reconnect on their own with capped, jittered backoff, and a control
-//! plane outage never touches the snapshot being served.
+//! plane outage never touches the snapshot being served. The channel itself is TLS, verified
+//! against the operator's trust anchors ([`trust`]), authenticated by the workload certificate
+//! ([`api`]); [`channel`] decides that from the flags.
 
 pub mod api;
+pub mod channel;
 pub mod register;
+pub mod secret;
 pub mod subscribe;
+pub mod trust;
 
+use crate::tls::identity::{Identity, Issuer};
+use api::{Api, ApiError};
+use channel::Channel;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+use trust::Trust;
 
 /// Where the control plane is and who this sidecar is.
 #[derive(Debug, Clone)]
 pub struct ControlPlane {
-    /// Base URL, e.g. `http://127.0.0.1:15010`.
+    /// Base URL, e.g. `https://127.0.0.1:15010`.
     pub url: http::Uri,
     pub service: String,
     pub version: String,
     pub sidecar_id: String,
-    /// Bearer token for writes (acks, registration). Never logged.
-    pub token: Option<String>,
+    /// How the channel is secured, and the credentials (whose `Debug` is redacted).
+    pub channel: Channel,
     /// The local app, filled into every snapshot's inbound side.
     pub app: Option<SocketAddr>,
     /// The address other sidecars reach this one on; `None` = do not register.
     pub advertise: Option<SocketAddr>,
     /// The admin listener as told to the control plane (see [`reported_admin`]).
     pub admin: Option<SocketAddr>,
-    /// Proves to the mesh CA which service this sidecar may get a certificate for; with it
-    /// the sidecar joins the mesh's mTLS. Never logged.
-    pub bootstrap_token: Option<String>,
     pub trust_domain: String,
+}
+
+/// The clients of the control channel, built once at start.
+pub struct Connection {
+    /// The stream, ACK/NACK, registration, heartbeats and deregistration.
+    pub api: Api,
+    /// The roots the channel trusts (TLS only); applied snapshots extend them.
+    pub trust: Option<Arc<Trust>>,
+    /// With a bootstrap token the sidecar joins the mesh's mTLS: its identity (it is not ready
+    /// without a certificate) and where certificates come from.
+    pub identity: Option<(Arc<Identity>, Issuer)>,
+}
+
+impl ControlPlane {
+    pub fn connect(&self) -> Result<Connection, ApiError> {
+        match &self.channel {
+            Channel::Tls {
+                anchors,
+                bootstrap_token,
+            } => {
+                let trust = Arc::new(
+                    Trust::new(anchors.clone()).map_err(|e| ApiError::Tls(e.to_string()))?,
+                );
+                let identity = Arc::new(Identity::default());
+                let api = Api::workload(&self.url, trust.clone(), identity.clone())?;
+                let issuer = Issuer {
+                    bootstrap: Some(Api::bootstrap(&self.url, trust.clone(), bootstrap_token)?),
+                    renew: api.clone(),
+                };
+                Ok(Connection {
+                    api,
+                    trust: Some(trust),
+                    identity: Some((identity, issuer)),
+                })
+            }
+            Channel::Plaintext {
+                operator_token,
+                bootstrap_token,
+            } => {
+                let api = Api::plaintext(&self.url, operator_token.as_ref())?;
+                let identity = match bootstrap_token {
+                    Some(token) => {
+                        let bootstrap = Api::plaintext(&self.url, Some(token))?;
+                        // Without TLS there is no client certificate to renew with: the
+                        // operator token if there is one, else the bootstrap token again.
+                        let renew = match operator_token {
+                            Some(_) => api.clone(),
+                            None => bootstrap.clone(),
+                        };
+                        let issuer = Issuer {
+                            bootstrap: Some(bootstrap),
+                            renew,
+                        };
+                        Some((Arc::new(Identity::default()), issuer))
+                    }
+                    None => None,
+                };
+                Ok(Connection {
+                    api,
+                    trust: None,
+                    identity,
+                })
+            }
+        }
+    }
 }
 
 /// The admin address to tell the control plane: the bound one, except that an unspecified IP

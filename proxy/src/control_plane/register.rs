@@ -58,6 +58,7 @@ pub fn spawn(cp: ControlPlane, api: Api, shared: Arc<Shared>) -> Lease {
     tokio::spawn(async move {
         let mut failures = 0u32;
         loop {
+            api.credential_ready().await;
             let mut ports = serde_json::Map::new();
             ports.insert("inbound".into(), advertise.port().into());
             if let Some(app) = cp.app {

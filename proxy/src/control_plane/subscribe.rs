@@ -2,8 +2,11 @@
 //! is decoded, completed with what only the sidecar knows (its app address and version),
 //! validated, applied, and ACKed; a line that fails any of that is NACKed with the reason and
 //! the last good snapshot keeps serving. A silent or broken stream is dropped and reopened.
+//! An applied snapshot's trust bundle joins the roots the channel trusts, which is how a
+//! rotated root reaches the sidecar before the control plane's certificate is signed by it.
 
 use super::api::Api;
+use super::trust::Trust;
 use super::{backoff, ControlPlane};
 use crate::state::Shared;
 use outrigger_config::path::FieldPath;
@@ -43,12 +46,14 @@ struct Message {
     snapshot: Option<serde_json::Value>,
 }
 
-pub fn spawn(cp: ControlPlane, api: Api, shared: Arc<Shared>) {
+pub fn spawn(cp: ControlPlane, api: Api, trust: Option<Arc<Trust>>, shared: Arc<Shared>) {
     tokio::spawn(async move {
         let mut failures = 0u32;
         loop {
+            // Without its certificate the sidecar could only be refused: wait for it instead.
+            api.credential_ready().await;
             let mut applied = false;
-            let result = session(&cp, &api, &shared, &mut applied).await;
+            let result = session(&cp, &api, trust.as_deref(), &shared, &mut applied).await;
             shared.metrics.control_plane_connected.set(0);
             if let Err(e) = result {
                 tracing::warn!(error = %e, "control plane stream lost; serving the last good snapshot");
@@ -67,6 +72,7 @@ pub fn spawn(cp: ControlPlane, api: Api, shared: Arc<Shared>) {
 async fn session(
     cp: &ControlPlane,
     api: &Api,
+    trust: Option<&Trust>,
     shared: &Shared,
     applied: &mut bool,
 ) -> Result<(), SessionError> {
@@ -97,7 +103,7 @@ async fn session(
         buf.extend_from_slice(&data);
         while let Some(end) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=end).collect();
-            if handle_line(cp, api, shared, &line[..end]) {
+            if handle_line(cp, api, trust, shared, &line[..end]) {
                 *applied = true;
             }
         }
@@ -108,7 +114,13 @@ async fn session(
 }
 
 /// Returns whether a snapshot was applied.
-fn handle_line(cp: &ControlPlane, api: &Api, shared: &Shared, line: &[u8]) -> bool {
+fn handle_line(
+    cp: &ControlPlane,
+    api: &Api,
+    trust: Option<&Trust>,
+    shared: &Shared,
+    line: &[u8],
+) -> bool {
     if line.iter().all(u8::is_ascii_whitespace) {
         return false;
     }
@@ -124,7 +136,11 @@ fn handle_line(cp: &ControlPlane, api: &Api, shared: &Shared, line: &[u8]) -> bo
     }
     match decode(cp, msg.version, msg.snapshot) {
         Ok(snapshot) => {
+            let bundle = trust.map(|_| snapshot.mtls.trust_bundle.clone());
             let version = shared.apply(snapshot, SOURCE);
+            if let (Some(trust), Some(bundle)) = (trust, bundle) {
+                trust.set_pushed(&bundle);
+            }
             tracing::info!(version, "applied snapshot from the control plane");
             ack(cp, api, msg.version, None);
             true
@@ -199,11 +215,13 @@ mod tests {
             service: "order".into(),
             version: "v2".into(),
             sidecar_id: "order-1".into(),
-            token: None,
+            channel: super::super::channel::Channel::Plaintext {
+                operator_token: None,
+                bootstrap_token: None,
+            },
             app: Some("127.0.0.1:8085".parse().unwrap()),
             advertise: None,
             admin: None,
-            bootstrap_token: None,
             trust_domain: "outrigger.local".into(),
         }
     }

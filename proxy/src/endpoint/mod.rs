@@ -1,10 +1,13 @@
-//! Per-endpoint state that outlives snapshots: latency estimate, outstanding requests and
-//! outlier-detection state. Keyed by destination and address, so a config push that keeps an
-//! endpoint keeps what was learned about it.
+//! Per-endpoint state that outlives snapshots: latency estimate, outstanding requests,
+//! outlier-detection state and the HTTP/2 connection. Keyed by destination and address, so a
+//! config push that keeps an endpoint keeps what was learned about it (and its connection, as
+//! long as the TLS setting stays the same).
 
 pub mod ewma;
 pub mod outlier;
 
+use crate::client::h2::H2Slot;
+use crate::tls::config::ClientTls;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,8 +17,8 @@ pub struct EndpointState {
     pub addr: SocketAddr,
     pub ewma: ewma::PeakEwma,
     pub outlier: outlier::Outlier,
-    /// The endpoint's HTTP/2 connection, when its destination speaks HTTP/2.
-    pub h2: crate::client::h2::H2Slot,
+    /// The slot compiled snapshots share for HTTP/2, while they agree on its TLS setting.
+    h2: Mutex<Weak<H2Slot>>,
     pending: AtomicUsize,
 }
 
@@ -25,9 +28,25 @@ impl EndpointState {
             addr,
             ewma: ewma::PeakEwma::new(default_rtt),
             outlier: outlier::Outlier::default(),
-            h2: Default::default(),
+            h2: Mutex::new(Weak::new()),
             pending: AtomicUsize::new(0),
         }
+    }
+
+    /// The HTTP/2 slot for requests under `tls`: the one in use if it was made under the same
+    /// setting, else a new one, which leaves the old connection to the snapshots still using
+    /// it. Called when compiling a snapshot, never per request.
+    pub fn h2_slot(&self, tls: Option<&ClientTls>) -> Arc<H2Slot> {
+        let mut current = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = current
+            .upgrade()
+            .filter(|s| s.made_for(tls.map(|t| &t.trust)))
+        {
+            return slot;
+        }
+        let slot = Arc::new(H2Slot::new(tls.cloned()));
+        *current = Arc::downgrade(&slot);
+        slot
     }
 
     pub fn pending(&self) -> usize {

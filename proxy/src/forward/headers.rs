@@ -1,11 +1,14 @@
 //! Header handling on the way through: hop-by-hop removal (RFC 9110 §7.6.1),
-//! `x-forwarded-for`, the `x-request-id` correlation id, and the header-size limit.
+//! `x-forwarded-for`, the `x-request-id` correlation id, the verified caller identity, and the
+//! header-size limit.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// The verified caller identity handed to the local app; always overwritten.
+pub const CLIENT_ID: HeaderName = HeaderName::from_static("x-outrigger-client-id");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -47,6 +50,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Makes `CLIENT_ID` say exactly `id`: every value that arrived is dropped, and with no
+/// verified identity (plaintext) the header is absent.
+pub fn set_client_id(headers: &mut HeaderMap, id: Option<&HeaderValue>) {
+    match id {
+        Some(v) => {
+            headers.insert(CLIENT_ID, v.clone());
+        }
+        None => {
+            headers.remove(CLIENT_ID);
+        }
     }
 }
 
@@ -152,6 +168,20 @@ mod tests {
             ("upgrade", "websocket")
         ])));
         assert!(!wants_upgrade(&map(&[("upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn client_id_replaces_every_arriving_value_or_is_absent() {
+        let mut h = map(&[
+            ("x-outrigger-client-id", "spiffe://forged/a"),
+            ("x-outrigger-client-id", "spiffe://forged/b"),
+        ]);
+        let real = HeaderValue::from_static("spiffe://outrigger.local/service/checkout");
+        set_client_id(&mut h, Some(&real));
+        let got: Vec<_> = h.get_all(&CLIENT_ID).iter().collect();
+        assert_eq!(got, [&real]);
+        set_client_id(&mut h, None);
+        assert!(!h.contains_key(&CLIENT_ID));
     }
 
     #[test]

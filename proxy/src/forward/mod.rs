@@ -3,6 +3,7 @@
 //! reported when it ends. Outbound and inbound share everything after destination choice.
 
 pub mod headers;
+pub mod strict;
 pub mod upgrade;
 
 use crate::balance;
@@ -23,8 +24,10 @@ use crate::telemetry::record::{LogContext, Record};
 use crate::trace::span::{ErrorType, Pending, SpanRecord};
 use crate::trace::{new_span_id, propagate, TraceCtx};
 use crate::Direction;
+pub use headers::CLIENT_ID;
 use headers::{
-    append_forwarded_for, ensure_request_id, header_block_size, strip_hop_by_hop, wants_upgrade,
+    append_forwarded_for, ensure_request_id, header_block_size, set_client_id, strip_hop_by_hop,
+    wants_upgrade,
 };
 use http::uri::{PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri, Version};
@@ -57,22 +60,15 @@ struct Ctx {
 pub async fn handle(
     shared: Arc<Shared>,
     direction: Direction,
-    peer: Peer,
+    peer: Arc<Peer>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let start = Instant::now();
     let client = peer.addr;
     if direction == Direction::Inbound {
         // The caller's identity comes only from its verified certificate, never from outside.
-        let h = req.headers_mut();
-        h.remove(&CLIENT_ID);
-        if let Some(id) = peer
-            .identity
-            .as_deref()
-            .and_then(|i| HeaderValue::from_str(i).ok())
-        {
-            h.insert(CLIENT_ID, id);
-        }
+        // Set now so route matching sees it, and again after hop-by-hop stripping.
+        set_client_id(req.headers_mut(), peer.client_id.as_ref());
     }
     let request_id = ensure_request_id(req.headers_mut());
     let trace = shared.tracer.incoming(req.headers());
@@ -155,6 +151,19 @@ pub async fn handle(
         Direction::Outbound => &state.unrouted_outbound,
         Direction::Inbound => &state.unrouted_inbound,
     };
+    // The mode of the snapshot this request runs on, not the one the connection was
+    // accepted under: strict applies to every request from the moment it is in force.
+    if direction == Direction::Inbound && strict::refuses(state.mtls, peer.mtls) {
+        peer.closer.close();
+        let res = strict::response(req.version());
+        return Ok(local_response(
+            &shared,
+            &mut ctx,
+            Some(unrouted),
+            strict::REASON,
+            res,
+        ));
+    }
     if header_block_size(req.headers(), req.uri()) > shared.settings.max_header_bytes {
         return Ok(local_error(
             &shared,
@@ -235,13 +244,14 @@ pub async fn handle(
             }
         }
     };
-    Ok(forward(&shared, &state, &dest, ctx, req).await)
+    Ok(forward(&shared, &state, &dest, &peer, ctx, req).await)
 }
 
 async fn forward(
     shared: &Shared,
     _state: &Compiled,
     dest: &Dest,
+    peer: &Peer,
     mut ctx: Ctx,
     mut req: Request<Incoming>,
 ) -> Response<ResponseBody> {
@@ -305,6 +315,10 @@ async fn forward(
     let (mut head, body) = req.into_parts();
     if let Err(e) = prepare(&mut head, dest.protocol, ctx.client, upgrade) {
         return local_error(shared, &mut ctx, Some(unpicked), e);
+    }
+    if ctx.direction == Direction::Inbound {
+        // After stripping: `Connection: x-outrigger-client-id` must not remove it.
+        set_client_id(&mut head.headers, peer.client_id.as_ref());
     }
     propagate::clear_stale(&mut head.headers, &ctx.trace);
     let received = ctx.log.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
@@ -378,14 +392,13 @@ async fn forward(
             _ => deadline,
         };
         let pending = ep.state.start();
-        let tls = dest.tls.as_ref().map(|config| crate::client::h2::Tls {
-            config,
+        let tls_counters = crate::client::h2::TlsCounters {
             handshakes: &dest.counters.tls_handshakes,
             failures: &dest.counters.tls_failures,
-        });
+        };
         let sent = tokio::time::timeout_at(
             try_deadline,
-            dest.client.send(ep, tls.as_ref(), upstream_req),
+            dest.client.send(ep, &tls_counters, upstream_req),
         )
         .await;
         drop(pending);
@@ -585,9 +598,6 @@ fn attempt_request(
 
 pub const ATTEMPT: http::HeaderName = http::HeaderName::from_static("x-outrigger-attempt");
 
-/// The verified caller identity handed to the local app; always overwritten.
-pub const CLIENT_ID: http::HeaderName = http::HeaderName::from_static("x-outrigger-client-id");
-
 enum Checked {
     Done(Response<UpstreamBody>),
     Retry(Failure, Response<UpstreamBody>),
@@ -769,20 +779,31 @@ fn local_error(
     metrics: Option<&Arc<StatusMetrics>>,
     err: ProxyError,
 ) -> Response<ResponseBody> {
+    local_response(shared, ctx, metrics, err.reason(), err.response())
+}
+
+/// A response the proxy makes itself, `reason` being its `x-outrigger-error`: counted, logged
+/// and traced like any other.
+fn local_response(
+    shared: &Shared,
+    ctx: &mut Ctx,
+    metrics: Option<&Arc<StatusMetrics>>,
+    reason: &'static str,
+    res: Response<bytes::Bytes>,
+) -> Response<ResponseBody> {
     shared
         .metrics
         .proxy_errors
-        .with_label_values(&[ctx.direction.as_str(), err.reason()])
+        .with_label_values(&[ctx.direction.as_str(), reason])
         .inc();
     let mut log = ctx.log.take();
     if let Some(l) = log.as_mut() {
-        l.entry.error = Some(err.reason());
+        l.entry.error = Some(reason);
     }
     let mut span = ctx.span.take();
     if let Some(s) = span.as_mut() {
-        s.rec.error = Some(ErrorType::Proxy(err.reason()));
+        s.rec.error = Some(ErrorType::Proxy(reason));
     }
-    let res = err.response();
     let record = match metrics {
         Some(m) => Some(Record {
             start: ctx.start,

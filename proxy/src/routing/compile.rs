@@ -8,6 +8,7 @@ use super::matcher::RouteMatcher;
 use super::split::Split;
 use super::table::AuthorityTable;
 use crate::breaker::Breaker;
+use crate::client::h2::H2Slot;
 use crate::client::{ClientKey, Clients, Upstream};
 use crate::endpoint::{EndpointRegistry, EndpointState};
 use crate::ratelimit::TokenBucket;
@@ -15,6 +16,7 @@ use crate::retry::budget::RetryBudget;
 use crate::retry::policy::CompiledRetry;
 use crate::telemetry::metrics::{Metrics, StatusMetrics};
 use crate::telemetry::stats::{SlidingHistogram, StatsRegistry};
+use crate::tls::config::ClientTls;
 use crate::Direction;
 use http::uri::Authority;
 use outrigger_config::{
@@ -62,8 +64,6 @@ pub struct Dest {
     pub outlier: OutlierDetection,
     pub breaker: Arc<Breaker>,
     pub budget: Arc<RetryBudget>,
-    /// mTLS to the endpoints (peer sidecars), verifying this identity.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub counters: DestCounters,
     /// Serialises ejection decisions (see `forward::observe`).
     pub eject_lock: Mutex<()>,
@@ -87,10 +87,22 @@ pub struct EndpointTarget {
     /// Index into each route's per-version metrics.
     pub version: usize,
     pub state: Arc<EndpointState>,
+    /// The HTTP/2 connection under this snapshot's TLS setting for the endpoint.
+    pub h2: Arc<H2Slot>,
 }
 
 impl EndpointTarget {
+    /// An endpoint reached in plaintext.
     pub fn new(addr: SocketAddr, version: usize, state: Arc<EndpointState>) -> Self {
+        Self::with_tls(addr, version, state, None)
+    }
+
+    pub fn with_tls(
+        addr: SocketAddr,
+        version: usize,
+        state: Arc<EndpointState>,
+        tls: Option<&ClientTls>,
+    ) -> Self {
         // A socket address always forms a valid authority.
         let authority = Authority::try_from(addr.to_string().as_str())
             .unwrap_or_else(|_| Authority::from_static("0.0.0.0"));
@@ -105,6 +117,7 @@ impl EndpointTarget {
             authority,
             uri,
             version,
+            h2: state.h2_slot(tls),
             state,
         }
     }
@@ -235,11 +248,15 @@ struct DestSpec<'a> {
     budget: outrigger_config::RetryBudget,
     split: Vec<outrigger_config::WeightedVersion>,
     sticky: Option<String>,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    tls: Option<ClientTls>,
 }
 
 impl Compiler<'_> {
     pub fn compile(&self, snapshot: Snapshot) -> Compiled {
+        // Legal but probably unintended settings: said once per snapshot, never per request.
+        for (field, warning) in outrigger_config::validate::warnings(&snapshot) {
+            tracing::warn!(version = snapshot.version, %field, "{warning}");
+        }
         let service: Arc<str> = snapshot.service.as_str().into();
         let mtls = snapshot.mtls.mode;
         // With mTLS on and an identity to present: the trusted roots, once per snapshot.
@@ -257,7 +274,7 @@ impl Compiler<'_> {
         for d in &snapshot.destinations {
             let mut spec = outbound_spec(d);
             if let (Some(expected), Some((roots, id))) = (&d.identity, &roots) {
-                match crate::tls::config::client(id.clone(), roots.clone(), expected) {
+                match crate::tls::config::client(id.clone(), roots, expected) {
                     Ok(cfg) => {
                         spec.tls = Some(cfg);
                         // Sidecars talk HTTP/2 to each other, whatever the app speaks.
@@ -292,7 +309,7 @@ impl Compiler<'_> {
         });
         self.endpoints.prune();
         let tls_server =
-            roots.and_then(|(roots, id)| match crate::tls::config::server(id, roots) {
+            roots.and_then(|(roots, id)| match crate::tls::config::server(id, &roots) {
                 Ok(cfg) => Some(cfg),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot build the inbound mTLS config");
@@ -336,7 +353,7 @@ impl Compiler<'_> {
                         versions.len() - 1
                     });
                 let state = self.endpoints.get(spec.name, addr, spec.ewma.default_rtt);
-                EndpointTarget::new(addr, version, state)
+                EndpointTarget::with_tls(addr, version, state, spec.tls.as_ref())
             })
             .collect();
         let dir = spec.direction.as_str();
@@ -425,7 +442,6 @@ impl Compiler<'_> {
             outlier: spec.outlier,
             breaker,
             budget,
-            tls: spec.tls,
             eject_lock: Mutex::new(()),
             counters: DestCounters {
                 tls_handshakes: m.tls_handshakes.with_label_values(&[dir, "ok"]),

@@ -86,7 +86,8 @@ impl SortBy {
     }
 }
 
-pub async fn run(client: &Client, url: &str, args: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
+    let url = client.url();
     let mut mesh = Mesh::new(client);
     if args.once {
         let frame = loop {

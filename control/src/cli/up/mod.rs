@@ -3,6 +3,11 @@
 //! (payment as two v1 instances plus a v2 canary), then plays storefront shoppers through the
 //! edge sidecar and shows, per service, what the mesh sees. Ctrl-C or the end of `--duration`
 //! stops every child process and exits 0.
+//!
+//! Secure with no flags: the control plane serves HTTPS only, `up` trusts it through the trust
+//! bundle it writes (`<workdir>/data/trust-bundle.pem`), keeps the admin token to itself, gives
+//! `top` and Prometheus a reader token, and gives each sidecar nothing but the trust anchors and
+//! a single-use bootstrap token for its first certificate.
 
 mod load;
 mod metrics_text;
@@ -10,6 +15,7 @@ mod procs;
 mod prometheus;
 pub(super) mod table;
 
+use super::client::{Client, Target};
 use procs::Procs;
 use serde::Serialize;
 use std::io::IsTerminal;
@@ -63,6 +69,14 @@ pub struct UpArgs {
     /// (what deploy/prometheus/prometheus.yml reads as targets/*.json); removed on exit.
     #[arg(long, value_name = "DIR")]
     pub prometheus_targets: Option<PathBuf>,
+    /// Lifetime of the certificates the control plane issues (its `--cert-lifetime`; default
+    /// its own, 24h); sidecars renew at 70 % of it.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub cert_lifetime: Option<Duration>,
+    /// How long each sidecar's single-use bootstrap token stays valid (minted just before the
+    /// sidecar starts).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub bootstrap_token_ttl: Duration,
 }
 
 fn sampling_ratio(s: &str) -> Result<f64, String> {
@@ -86,6 +100,10 @@ pub enum UpError {
     Timeout(String),
     #[error("the control plane refused the mesh: {0}")]
     Apply(String),
+    #[error("{0}")]
+    Control(String),
+    #[error("cannot make a token: {0}")]
+    Random(String),
     #[error("{0} exited during startup; see its log in {1}")]
     Exited(String, PathBuf),
 }
@@ -140,17 +158,33 @@ struct Mtls {
     /// Inbound requests that arrived over mTLS and in plaintext, all sidecars together.
     mtls_requests: u64,
     plaintext_requests: u64,
+    /// Certificates the sidecars got from the mesh CA (first ones and renewals), and requests
+    /// for one that failed, all sidecars together.
+    certificates: u64,
+    certificate_errors: u64,
 }
 
 #[derive(Serialize)]
 struct Summary {
     duration_secs: f64,
+    /// The control plane's trust bundle: the `--trust-anchors` of anything that talks to it.
+    trust_anchors: PathBuf,
     mtls: Mtls,
     orders: load::Outcome,
     browsing: load::Outcome,
     logins: load::Outcome,
     services: Vec<ServiceSummary>,
     workdir: PathBuf,
+}
+
+/// The files `up` keeps its credentials and the control plane's trust anchors in.
+struct Secrets {
+    /// The admin token: `up`'s own (apply, mint bootstrap tokens), never a sidecar's.
+    admin_token: PathBuf,
+    /// A reader token, for `top` and Prometheus.
+    reader_token: PathBuf,
+    /// `<data-dir>/trust-bundle.pem`, which the control plane writes.
+    trust_anchors: PathBuf,
 }
 
 pub async fn run(args: UpArgs) -> Result<(), UpError> {
@@ -165,38 +199,35 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
     let workdir = args.workdir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("outrigger-up-{}", std::process::id()))
     });
+    // Absolute: the paths are handed to other processes (and linked from Prometheus targets).
+    let workdir = std::path::absolute(&workdir).map_err(io("resolving the work directory"))?;
     let logs = workdir.join("logs");
     std::fs::create_dir_all(&logs).map_err(io(format!("creating {}", logs.display())))?;
-    let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-    let token_file = workdir.join("token");
-    write_secret(&token_file, &token)?;
+    let secrets = Secrets {
+        admin_token: workdir.join("admin.token"),
+        reader_token: workdir.join("reader.token"),
+        trust_anchors: workdir.join("data").join("trust-bundle.pem"),
+    };
+    write_secret(&secrets.admin_token, &new_token()?)?;
+    write_secret(&secrets.reader_token, &new_token()?)?;
+    // A bundle left by an earlier run in this work directory must not pass for this one's.
+    let _ = std::fs::remove_file(&secrets.trust_anchors);
     let mesh = match &args.mesh {
         Some(p) => std::fs::read_to_string(p).map_err(io(format!("reading {}", p.display())))?,
         None => SHOP_MESH.to_string(),
     };
 
     let mut procs = Procs::new(&logs);
-    let result = run_mesh(
-        &args,
-        &bins,
-        &workdir,
-        &token,
-        &token_file,
-        &mesh,
-        &mut procs,
-    )
-    .await;
+    let result = run_mesh(&args, &bins, &workdir, &secrets, &mesh, &mut procs).await;
     procs.stop(Duration::from_secs(10)).await;
     result
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_mesh(
     args: &UpArgs,
     bins: &Path,
     workdir: &Path,
-    token: &str,
-    token_file: &Path,
+    secrets: &Secrets,
     mesh: &str,
     procs: &mut Procs,
 ) -> Result<(), UpError> {
@@ -226,54 +257,89 @@ async fn run_mesh(
     }
     let (edge, edge_admin, edge_inbound) = (ports.take()?, ports.take()?, ports.take()?);
     drop(ports);
+
+    let control_url = format!("https://{control}");
+    let mut control_args = vec![
+        "--listen".into(),
+        control.to_string(),
+        "--data-dir".into(),
+        workdir.join("data").display().to_string(),
+        "--token-file".into(),
+        secrets.admin_token.display().to_string(),
+        "--reader-token-file".into(),
+        secrets.reader_token.display().to_string(),
+        "--mtls".into(),
+        args.mtls.clone(),
+    ];
+    if let Some(lifetime) = args.cert_lifetime {
+        control_args.extend([
+            "--cert-lifetime".into(),
+            humantime::format_duration(lifetime).to_string(),
+        ]);
+    }
+    procs.spawn("control", &bins.join("outrigger-control"), &control_args)?;
+    // The control plane writes its trust bundle at start; from then on, everything `up` says
+    // to it goes over HTTPS that checks its certificate against that bundle.
+    let anchors = secrets.trust_anchors.to_string_lossy().into_owned();
+    let client = wait_for(
+        procs,
+        &logs,
+        "the control plane (its trust bundle and /readyz over HTTPS)",
+        Duration::from_secs(30),
+        || async {
+            let client = Client::new(&Target {
+                url: &control_url,
+                trust_anchors: Some(&anchors),
+                token_file: Some(&secrets.admin_token),
+                insecure_dev_plaintext: false,
+            })
+            .ok()?;
+            let ready = client.send(http::Method::GET, "/readyz", None).await.ok()?;
+            ready.status.is_success().then_some(client)
+        },
+    )
+    .await?;
+    client
+        .send(
+            http::Method::POST,
+            "/v1/apply",
+            Some((bytes::Bytes::from(mesh.to_string()), "application/yaml")),
+        )
+        .await
+        .and_then(|r| r.ok())
+        .map_err(|e| UpError::Apply(format!("{e:#}")))?;
     let _targets = args
         .prometheus_targets
         .as_deref()
-        .map(|d| prometheus::Targets::write(d, control, &instances, edge_admin))
+        .map(|d| {
+            prometheus::Targets::write(
+                d,
+                control,
+                &instances,
+                edge_admin,
+                &prometheus::ControlAuth {
+                    ca: &secrets.trust_anchors,
+                    token: &secrets.reader_token,
+                },
+            )
+        })
         .transpose()?;
-
-    let control_url = format!("http://{control}");
-    procs.spawn(
-        "control",
-        &bins.join("outrigger-control"),
-        &[
-            "--listen".into(),
-            control.to_string(),
-            "--data-dir".into(),
-            workdir.join("data").display().to_string(),
-            "--token-file".into(),
-            token_file.display().to_string(),
-            "--mtls".into(),
-            args.mtls.clone(),
-        ],
-    )?;
-    let probe = Collector::new(Vec::new());
-    wait_for(
-        procs,
-        &logs,
-        "the control plane",
-        Duration::from_secs(30),
-        || async { probe.get(control, "/readyz").await.is_some() },
-    )
-    .await?;
-    apply(&control_url, token, mesh).await?;
-    // Each service's sidecars prove who they are to the mesh CA with a bootstrap token.
-    let mut bootstrap = std::collections::HashMap::new();
-    if args.mtls != "off" {
-        for service in [
-            "user",
-            "catalog",
-            "inventory",
-            "payment",
-            "order",
-            "storefront",
-        ] {
-            let t = bootstrap_token(&control_url, token, service).await?;
-            let path = workdir.join(format!("{service}.bootstrap"));
-            write_secret(&path, &t)?;
-            bootstrap.insert(service, path);
+    // Each sidecar proves who it is to the mesh CA once, with a single-use bootstrap token
+    // minted just before it starts; its certificate does from then on. Even with `--mtls off`:
+    // the sidecar's channel to the control plane is authenticated by that certificate.
+    let bootstrap = |id: String, service: &'static str| {
+        let client = &client;
+        async move {
+            let minted = super::token::mint(client, service, args.bootstrap_token_ttl, Some(1))
+                .await
+                .map_err(|e| {
+                    UpError::Control(format!("minting a bootstrap token for {service}: {e:#}"))
+                })?;
+            let path = workdir.join(format!("{id}.bootstrap"));
+            write_secret(&path, &minted.token)?;
+            Ok::<_, UpError>(path)
         }
-    }
+    };
 
     for (n, i) in instances.iter().enumerate() {
         let mut app_args = vec![i.service.to_string(), "--listen".into(), i.app.to_string()];
@@ -287,10 +353,12 @@ async fn run_mesh(
             app_args.extend(["--mesh".into(), format!("http://{}", i.outbound)]);
         }
         procs.spawn(&i.id(n), &bins.join("shop"), &app_args)?;
-        let mut sidecar = sidecar_args(
+        let token = bootstrap(i.id(n), i.service).await?;
+        let sidecar = sidecar_args(
             args,
             &control_url,
-            token_file,
+            &secrets.trust_anchors,
+            &token,
             i.service,
             i.version,
             &i.id(n),
@@ -299,9 +367,6 @@ async fn run_mesh(
             i.inbound,
             i.admin,
         );
-        if let Some(b) = bootstrap.get(i.service) {
-            sidecar.extend(["--bootstrap-token-file".into(), b.display().to_string()]);
-        }
         procs.spawn(
             &format!("{}-sidecar", i.id(n)),
             &bins.join("outrigger-proxy"),
@@ -309,10 +374,12 @@ async fn run_mesh(
         )?;
     }
     // The edge: the shoppers' own sidecar, with no app and nothing inbound.
-    let mut edge_args = sidecar_args(
+    let token = bootstrap("storefront".into(), "storefront").await?;
+    let edge_args = sidecar_args(
         args,
         &control_url,
-        token_file,
+        &secrets.trust_anchors,
+        &token,
         "storefront",
         "v1",
         "storefront",
@@ -321,9 +388,6 @@ async fn run_mesh(
         edge_inbound,
         edge_admin,
     );
-    if let Some(b) = bootstrap.get("storefront") {
-        edge_args.extend(["--bootstrap-token-file".into(), b.display().to_string()]);
-    }
     procs.spawn(
         "storefront-sidecar",
         &bins.join("outrigger-proxy"),
@@ -337,6 +401,7 @@ async fn run_mesh(
         .unwrap_or(edge_admin);
     let mut admins: Vec<SocketAddr> = instances.iter().map(|i| i.admin).collect();
     admins.push(edge_admin);
+    let probe = Collector::new(Vec::new());
     wait_for(
         procs,
         &logs,
@@ -344,11 +409,9 @@ async fn run_mesh(
         Duration::from_secs(60),
         || async {
             for a in &admins {
-                if probe.get(*a, "/ready").await.is_none() {
-                    return false;
-                }
+                probe.get(*a, "/ready").await?;
             }
-            true
+            Some(())
         },
     )
     .await?;
@@ -359,8 +422,9 @@ async fn run_mesh(
         "every endpoint to be registered",
         Duration::from_secs(60),
         || async {
-            endpoints(&probe, edge_admin, &["user", "catalog", "order"]).await >= 3
-                && endpoints(&probe, order_admin, &["catalog", "inventory", "payment"]).await >= 5
+            (endpoints(&probe, edge_admin, &["user", "catalog", "order"]).await >= 3
+                && endpoints(&probe, order_admin, &["catalog", "inventory", "payment"]).await >= 5)
+                .then_some(())
         },
     )
     .await?;
@@ -370,6 +434,13 @@ async fn run_mesh(
         "mesh up: control plane {control_url}, {} services + sidecars, edge sidecar {edge}; logs in {}",
         instances.len(),
         logs.display()
+    );
+    println!(
+        "trust anchors: {} (e.g. outrigger --control-plane {control_url} --trust-anchors {} \
+         --token-file {} top)",
+        secrets.trust_anchors.display(),
+        secrets.trust_anchors.display(),
+        secrets.reader_token.display()
     );
     println!(
         "mTLS: {} between sidecars (identities from the control plane's CA)",
@@ -438,6 +509,8 @@ async fn run_mesh(
         handshakes: 0,
         mtls_requests: 0,
         plaintext_requests: 0,
+        certificates: 0,
+        certificate_errors: 0,
     };
     for a in &admins {
         if let Some(text) = probe.get(*a, "/metrics").await {
@@ -457,10 +530,21 @@ async fn run_mesh(
                 "outrigger_inbound_requests_by_security_total",
                 &[("security", "plaintext")],
             ) as u64;
+            m.certificates += metrics_text::sum(
+                &text,
+                "outrigger_identity_renewals_total",
+                &[("result", "ok")],
+            ) as u64;
+            m.certificate_errors += metrics_text::sum(
+                &text,
+                "outrigger_identity_renewals_total",
+                &[("result", "error")],
+            ) as u64;
         }
     }
     let summary = Summary {
         duration_secs: elapsed.as_secs_f64(),
+        trust_anchors: secrets.trust_anchors.clone(),
         mtls: m,
         orders: counters.orders(),
         browsing: counters.browsing(),
@@ -498,7 +582,8 @@ fn collector_probes(edge_admin: SocketAddr, order_admin: SocketAddr) -> Vec<Prob
 fn sidecar_args(
     up: &UpArgs,
     control: &str,
-    token_file: &Path,
+    trust_anchors: &Path,
+    bootstrap_token: &Path,
     service: &str,
     version: &str,
     id: &str,
@@ -516,8 +601,10 @@ fn sidecar_args(
         version.into(),
         "--sidecar-id".into(),
         id.into(),
-        "--token-file".into(),
-        token_file.display().to_string(),
+        "--trust-anchors".into(),
+        trust_anchors.display().to_string(),
+        "--bootstrap-token-file".into(),
+        bootstrap_token.display().to_string(),
         "--outbound".into(),
         outbound.to_string(),
         "--inbound".into(),
@@ -565,21 +652,22 @@ async fn endpoints(probe: &Collector, admin: SocketAddr, dests: &[&str]) -> usiz
     total
 }
 
-async fn wait_for<F, Fut>(
+/// Polls `check` until it gives a value; fails when a child exits or `within` passes.
+async fn wait_for<T, F, Fut>(
     procs: &mut Procs,
     logs: &Path,
     what: &str,
     within: Duration,
     mut check: F,
-) -> Result<(), UpError>
+) -> Result<T, UpError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
+    Fut: std::future::Future<Output = Option<T>>,
 {
     let deadline = Instant::now() + within;
     loop {
-        if check().await {
-            return Ok(());
+        if let Some(v) = check().await {
+            return Ok(v);
         }
         if let Some(name) = procs.exited().into_iter().next() {
             return Err(UpError::Exited(name, logs.to_path_buf()));
@@ -591,69 +679,11 @@ where
     }
 }
 
-async fn bootstrap_token(control: &str, token: &str, service: &str) -> Result<String, UpError> {
-    let body = serde_json::json!({"service": service, "ttl_secs": 86_400});
-    let answer = post_json(
-        control,
-        token,
-        "/v1/identity/tokens",
-        body.to_string(),
-        "application/json",
-    )
-    .await?;
-    answer
-        .get("token")
-        .and_then(serde_json::Value::as_str)
-        .map(str::to_string)
-        .ok_or_else(|| UpError::Apply(format!("no bootstrap token for {service}: {answer}")))
-}
-
-async fn apply(control: &str, token: &str, mesh: &str) -> Result<(), UpError> {
-    post_json(
-        control,
-        token,
-        "/v1/apply",
-        mesh.to_string(),
-        "application/yaml",
-    )
-    .await
-    .map(|_| ())
-}
-
-async fn post_json(
-    control: &str,
-    token: &str,
-    path: &str,
-    body: String,
-    content_type: &str,
-) -> Result<serde_json::Value, UpError> {
-    use http_body_util::{BodyExt, Full};
-    let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let req = http::Request::post(format!("{control}{path}"))
-        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-        .header(http::header::CONTENT_TYPE, content_type)
-        .body(Full::new(bytes::Bytes::from(body)))
-        .map_err(|e| UpError::Apply(e.to_string()))?;
-    let res = client
-        .request(req)
-        .await
-        .map_err(|e| UpError::Apply(e.to_string()))?;
-    let status = res.status();
-    let body = res
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    if !status.is_success() {
-        return Err(UpError::Apply(format!(
-            "{path}: {status}: {}",
-            String::from_utf8_lossy(&body)
-        )));
-    }
-    Ok(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+/// A fresh operator token: 256 bits from the OS, in hex.
+fn new_token() -> Result<String, UpError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| UpError::Random(e.to_string()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn write_secret(path: &Path, secret: &str) -> Result<(), UpError> {
@@ -707,8 +737,15 @@ fn print_summary(s: &Summary) {
         s.logins.success_rate * 100.0
     );
     println!(
-        "mTLS: {}; {} inbound requests over mTLS, {} in plaintext; {} handshakes between sidecars",
-        s.mtls.mode, s.mtls.mtls_requests, s.mtls.plaintext_requests, s.mtls.handshakes
+        "mTLS: {}; {} inbound requests over mTLS, {} in plaintext; {} handshakes between sidecars; \
+         {} certificates issued to sidecars ({} requests failed)",
+        s.mtls.mode,
+        s.mtls.mtls_requests,
+        s.mtls.plaintext_requests,
+        s.mtls.handshakes,
+        s.mtls.certificates,
+        s.mtls.certificate_errors
     );
     println!("logs: {}", s.workdir.join("logs").display());
+    println!("trust anchors: {}", s.trust_anchors.display());
 }

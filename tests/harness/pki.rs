@@ -1,0 +1,103 @@
+//! Keys, CSRs and certificates made in the test (rcgen): CSRs for the mesh CA to sign, and a CA
+//! of the test's own that the mesh does not trust, for attack tests.
+
+use std::path::{Path, PathBuf};
+
+/// The identity a service's sidecars get: `spiffe://outrigger.local/service/<service>`.
+pub fn spiffe_id(service: &str) -> String {
+    format!(
+        "spiffe://{}/service/{service}",
+        crate::control::TRUST_DOMAIN
+    )
+}
+
+/// A certificate (leaf first, then any chain) and its private key, both PEM.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// When the leaf expires (seconds since the epoch), when known.
+    pub not_after_unix: Option<u64>,
+}
+
+impl Identity {
+    /// Writes `NAME.pem` and `NAME.key` (0600) into `dir`, for tools that want files (curl).
+    pub fn write(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let (cert, key) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, &self.cert_pem).expect("write certificate");
+        std::fs::write(&key, &self.key_pem).expect("write key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+        (cert, key)
+    }
+}
+
+/// A fresh P-256 key and a CSR for `uri` (its only SAN): (key PEM, CSR PEM).
+pub fn csr(uri: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key pair");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        uri.try_into().expect("an IA5 string URI"),
+    )];
+    let csr = params
+        .serialize_request(&key)
+        .expect("CSR")
+        .pem()
+        .expect("CSR PEM");
+    (key.serialize_pem(), csr)
+}
+
+/// A CA of the test's own, not the mesh's.
+pub struct ForeignCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub cert_pem: String,
+}
+
+impl ForeignCa {
+    pub fn new() -> Self {
+        let key = rcgen::KeyPair::generate().expect("key pair");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "not the mesh CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let cert_pem = params.self_signed(&key).expect("self-signed root").pem();
+        Self {
+            issuer: rcgen::Issuer::new(params, key),
+            cert_pem,
+        }
+    }
+
+    /// A leaf naming `uri` (e.g. [`spiffe_id`]) as the mesh's own would, signed by this CA.
+    pub fn leaf(&self, uri: &str) -> Identity {
+        let key = rcgen::KeyPair::generate().expect("key pair");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            uri.try_into().expect("an IA5 string URI"),
+        )];
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf");
+        Identity {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            not_after_unix: None,
+        }
+    }
+}
+
+impl Default for ForeignCa {
+    fn default() -> Self {
+        Self::new()
+    }
+}
