@@ -8,6 +8,7 @@ use outrigger_tests::client::{self, send};
 use outrigger_tests::control::Control;
 use outrigger_tests::eventually;
 use outrigger_tests::load::SteadyLoad;
+use outrigger_tests::pki::ForeignCa;
 use outrigger_tests::proxy::{Proxy, ProxyBuilder};
 use outrigger_tests::upstream::Upstream;
 use std::sync::Arc;
@@ -148,12 +149,15 @@ impl ScriptedControlPlane {
         let (streams_tx, lines) = tokio::sync::mpsc::channel(4);
         let acks = Arc::new(std::sync::Mutex::new(Vec::new()));
         let recorded = acks.clone();
+        // The sidecar is not ready before it holds a certificate: the script is its CA too.
+        let ca = Arc::new(ForeignCa::new());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (streams_tx, recorded) = (streams_tx.clone(), recorded.clone());
+                let (streams_tx, recorded, ca) = (streams_tx.clone(), recorded.clone(), ca.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (streams_tx, recorded) = (streams_tx.clone(), recorded.clone());
+                        let (streams_tx, recorded, ca) =
+                            (streams_tx.clone(), recorded.clone(), ca.clone());
                         async move {
                             use http_body_util::BodyExt;
                             if req.uri().path() == "/v1/stream" {
@@ -162,6 +166,15 @@ impl ScriptedControlPlane {
                                 return Ok::<_, std::convert::Infallible>(http::Response::new(
                                     body,
                                 ));
+                            }
+                            if req.uri().path() == "/v1/identity/certificates" {
+                                let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                                let answer = body
+                                    .ok()
+                                    .and_then(|b| ca.answer_csr(&b, Duration::from_secs(3600)))
+                                    .map(|a| a.to_string())
+                                    .unwrap_or_default();
+                                return Ok(http::Response::new(client::full(answer)));
                             }
                             let body = req
                                 .into_body()

@@ -1,14 +1,13 @@
 //! The control plane's Prometheus metrics. Label values are bounded: kinds, service names from
 //! the registry, route templates and status codes, never ids.
 
-use crate::state::View;
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    resources: IntGaugeVec,
-    instances: IntGaugeVec,
+    pub(crate) resources: IntGaugeVec,
+    pub(crate) instances: IntGaugeVec,
     pub revision: IntGauge,
     pub sidecars_connected: IntGauge,
     pub snapshots_pushed: IntCounter,
@@ -19,7 +18,7 @@ pub struct Metrics {
     pub certificates_issued: IntCounter,
     /// By reason: token, identity, malformed, signature.
     pub csr_rejected: IntCounterVec,
-    ca_roots: IntGauge,
+    pub(crate) ca_roots: IntGauge,
 }
 
 impl Metrics {
@@ -97,28 +96,6 @@ impl Metrics {
         Ok(m)
     }
 
-    /// Refreshes the gauges that describe the state.
-    pub fn observe(&self, view: &View) {
-        use outrigger_config::mesh::Kind;
-        for kind in [Kind::Service, Kind::Route, Kind::Policy] {
-            self.resources
-                .with_label_values(&[kind.as_str()])
-                .set(gauge(view.resources.count(kind)));
-        }
-        // Services whose last instance left disappear instead of lingering at 0.
-        self.instances.reset();
-        let mut counts = std::collections::BTreeMap::<&str, usize>::new();
-        for i in view.instances.iter() {
-            *counts.entry(i.service.as_str()).or_default() += 1;
-        }
-        for (service, n) in counts {
-            self.instances.with_label_values(&[service]).set(gauge(n));
-        }
-        self.revision
-            .set(i64::try_from(view.revision).unwrap_or(i64::MAX));
-        self.ca_roots.set(gauge(view.mtls.trust_bundle.len()));
-    }
-
     /// The Prometheus text exposition.
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let mut out = Vec::new();
@@ -127,6 +104,7 @@ impl Metrics {
     }
 }
 
-fn gauge(n: usize) -> i64 {
+/// A count as a gauge value.
+pub fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -203,7 +203,7 @@ pub fn start(store: Store, loaded: Loaded, ca: Authority, metrics: Metrics) -> H
         instances: instances.clone(),
         mtls: mtls.clone(),
     });
-    metrics.observe(&view);
+    observe(&metrics, &view);
     let (view_tx, view_rx) = watch::channel(view);
     let (tx, rx) = mpsc::channel(256);
     let actor = Actor {
@@ -453,9 +453,32 @@ impl Actor {
             instances: self.instances.clone(),
             mtls: self.mtls.clone(),
         });
-        self.metrics.observe(&view);
+        observe(&self.metrics, &view);
         self.view.send_replace(view);
     }
+}
+
+/// Refreshes the gauges that describe the state.
+fn observe(m: &Metrics, view: &View) {
+    use crate::metrics::gauge;
+    use outrigger_config::mesh::Kind;
+    for kind in [Kind::Service, Kind::Route, Kind::Policy] {
+        m.resources
+            .with_label_values(&[kind.as_str()])
+            .set(gauge(view.resources.count(kind)));
+    }
+    // Services whose last instance left disappear instead of lingering at 0.
+    m.instances.reset();
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for i in view.instances.iter() {
+        *counts.entry(i.service.as_str()).or_default() += 1;
+    }
+    for (service, n) in counts {
+        m.instances.with_label_values(&[service]).set(gauge(n));
+    }
+    m.revision
+        .set(i64::try_from(view.revision).unwrap_or(i64::MAX));
+    m.ca_roots.set(gauge(view.mtls.trust_bundle.len()));
 }
 
 #[cfg(test)]

@@ -4,6 +4,9 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 
+/// Any error a body or connection may end with, as hyper and tower pass them around.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 pub const ERROR_HEADER: &str = "x-outrigger-error";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

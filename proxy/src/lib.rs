@@ -19,6 +19,7 @@ pub mod grpc;
 pub mod hex;
 pub mod listener;
 pub mod logging;
+pub mod peer;
 pub mod ratelimit;
 pub mod retry;
 pub mod routing;

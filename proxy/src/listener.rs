@@ -5,16 +5,16 @@
 //! GOAWAY.
 
 use crate::forward;
+pub use crate::peer::{ConnCloser, Peer};
 use crate::state::Shared;
 use crate::Direction;
-use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -65,55 +65,6 @@ pub(crate) fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
         .max_header_list_size((limit + 64 * 1024) as u32)
         .max_concurrent_streams(1024);
     b
-}
-
-/// Who is on the other end of a connection. Made once per connection; requests share it.
-#[derive(Debug)]
-pub struct Peer {
-    pub addr: std::net::SocketAddr,
-    /// The verified SPIFFE identity, for mTLS connections.
-    pub identity: Option<Arc<str>>,
-    /// `identity` as the header value the local app is given, built once per connection.
-    pub client_id: Option<HeaderValue>,
-    pub mtls: bool,
-    /// Ends this connection gracefully once the request in flight is answered.
-    pub closer: ConnCloser,
-}
-
-impl Peer {
-    pub fn plaintext(addr: std::net::SocketAddr) -> Self {
-        Self {
-            addr,
-            identity: None,
-            client_id: None,
-            mtls: false,
-            closer: ConnCloser::default(),
-        }
-    }
-
-    /// A peer whose client certificate was verified; `identity` is its SPIFFE id, if the
-    /// certificate named exactly one.
-    pub fn mtls(addr: std::net::SocketAddr, identity: Option<Arc<str>>) -> Self {
-        Self {
-            client_id: identity
-                .as_deref()
-                .and_then(|i| HeaderValue::from_str(i).ok()),
-            identity,
-            mtls: true,
-            ..Self::plaintext(addr)
-        }
-    }
-}
-
-/// Lets a request end the connection it came on. `Notify` keeps the wake-up when the
-/// connection is not waiting for it at that moment, so a close is never lost.
-#[derive(Debug, Default)]
-pub struct ConnCloser(Notify);
-
-impl ConnCloser {
-    pub fn close(&self) {
-        self.0.notify_one();
-    }
 }
 
 enum Accepted {
@@ -210,7 +161,7 @@ pub(crate) async fn serve<I>(
                 conn.as_mut().graceful_shutdown();
                 ending = true;
             }
-            _ = me.closer.0.notified(), if !ending => {
+            _ = me.closer.closed(), if !ending => {
                 conn.as_mut().graceful_shutdown();
                 ending = true;
             }

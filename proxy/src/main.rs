@@ -78,8 +78,9 @@ struct Cli {
     sidecar_id: Option<String>,
 
     /// Only with --insecure-dev-plaintext: file holding an operator token (or the
-    /// OUTRIGGER_TOKEN environment variable), sent as bearer on every call. Refused with https:
-    /// sidecars never hold operator tokens.
+    /// OUTRIGGER_TOKEN environment variable), sent as bearer on every call, and used for the
+    /// workload certificate when no bootstrap token is given (the sidecar is not ready until it
+    /// holds one). Refused with https: sidecars never hold operator tokens.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
 

@@ -5,6 +5,7 @@
 
 use crate::admin;
 use crate::control_plane::api::ApiError;
+use crate::control_plane::renew::{self, RenewalMetrics};
 use crate::control_plane::trust::Trust;
 use crate::control_plane::{self, register, subscribe, ControlPlane};
 use crate::listener::Listener;
@@ -12,8 +13,7 @@ use crate::shutdown;
 use crate::state::Shared;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
-use crate::tls;
-use crate::tls::identity::{Identity, RenewalMetrics};
+use crate::tls::identity::Identity;
 use crate::trace::export::{ResourceInfo, SpanExport};
 use crate::watch;
 use crate::Direction;
@@ -135,7 +135,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
                     renewals: shared.metrics.identity_renewals.clone(),
                 };
                 let spiffe = outrigger_config::identity(&cp.trust_domain, &cp.service);
-                tls::identity::spawn(id, issuer, spiffe, metrics);
+                renew::spawn(id, issuer, spiffe, metrics);
             }
             let api = connection.api;
             subscribe::spawn(cp.clone(), api.clone(), trust, shared.clone());

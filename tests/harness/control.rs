@@ -42,6 +42,8 @@ pub struct Control {
     /// Holds [`READER_TOKEN`].
     pub reader_token_file: PathBuf,
     extra: Vec<String>,
+    /// Started with `--insecure-dev-plaintext`: its URL is `http://`.
+    plaintext: bool,
 }
 
 impl Control {
@@ -52,6 +54,18 @@ impl Control {
 
     /// Like [`Control::start`], with extra flags (e.g. `--cert-lifetime 5s`).
     pub async fn start_with(extra: &[&str]) -> Self {
+        Self::launch(extra, false).await
+    }
+
+    /// A developer's control plane: `--insecure-dev-plaintext` (plain HTTP, still with the
+    /// tokens and the CA), and `extra` flags.
+    pub async fn start_dev_plaintext(extra: &[&str]) -> Self {
+        let mut flags = vec!["--insecure-dev-plaintext"];
+        flags.extend_from_slice(extra);
+        Self::launch(&flags, true).await
+    }
+
+    async fn launch(extra: &[&str], plaintext: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let token_file = dir.path().join("admin.token");
         std::fs::write(&token_file, TOKEN).expect("token file");
@@ -67,13 +81,15 @@ impl Control {
             token_file,
             reader_token_file,
             extra,
+            plaintext,
         };
         me.ready().await;
         me
     }
 
     pub fn url(&self) -> String {
-        format!("https://{}", self.addr)
+        let scheme = if self.plaintext { "http" } else { "https" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The control plane's `--data-dir`.
@@ -215,11 +231,16 @@ impl Control {
 
     /// A fresh single-use bootstrap token for `service` (10 minutes), minted with the admin token.
     pub async fn bootstrap_token(&self, service: &str) -> String {
+        self.bootstrap_token_with(service, 600, 1).await
+    }
+
+    /// A bootstrap token for `service` that lives `ttl_secs` and is good for `uses` CSRs.
+    pub async fn bootstrap_token_with(&self, service: &str, ttl_secs: u64, uses: u32) -> String {
         let (status, body) = self
             .send(
                 Method::POST,
                 "/v1/identity/tokens",
-                serde_json::json!({"service": service, "ttl_secs": 600, "uses": 1}),
+                serde_json::json!({"service": service, "ttl_secs": ttl_secs, "uses": uses}),
             )
             .await;
         assert_eq!(status, 201, "a bootstrap token for {service}: {body}");
@@ -228,9 +249,19 @@ impl Control {
 
     /// [`Control::bootstrap_token`] in a file of its own (for `--bootstrap-token-file`).
     pub async fn bootstrap_token_file(&self, service: &str) -> PathBuf {
+        self.bootstrap_token_file_with(service, 600, 1).await
+    }
+
+    /// [`Control::bootstrap_token_with`] in a file of its own.
+    pub async fn bootstrap_token_file_with(
+        &self,
+        service: &str,
+        ttl_secs: u64,
+        uses: u32,
+    ) -> PathBuf {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static N: AtomicUsize = AtomicUsize::new(0);
-        let token = self.bootstrap_token(service).await;
+        let token = self.bootstrap_token_with(service, ttl_secs, uses).await;
         let path = self.dir.path().join(format!(
             "{service}-{}.bootstrap",
             N.fetch_add(1, Ordering::Relaxed)

@@ -10,6 +10,7 @@ pub mod otlp;
 pub mod pki;
 pub mod prometheus;
 pub mod proxy;
+pub mod relay;
 pub mod up;
 pub mod upstream;
 

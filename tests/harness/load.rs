@@ -46,6 +46,11 @@ impl SteadyLoad {
         self.ok.load(Ordering::SeqCst)
     }
 
+    /// Requests that failed so far.
+    pub fn failed(&self) -> usize {
+        self.failed.load(Ordering::SeqCst)
+    }
+
     /// Waits until `n` more requests than now have succeeded.
     pub async fn progress(&self, n: usize, within: Duration, what: &str) {
         let seen = self.ok();

@@ -96,6 +96,44 @@ impl ForeignCa {
     }
 }
 
+impl ForeignCa {
+    /// Answers a sidecar's `POST /v1/identity/certificates` body (`{"csr": PEM}`) as the mesh CA
+    /// would: the leaf for the CSR's one URI SAN, this CA as the trust bundle, and an expiry
+    /// `lifetime` from now. `None` for a body that is no such request. For scripted control
+    /// planes that must hand a sidecar its certificate before it is ready.
+    pub fn answer_csr(
+        &self,
+        body: &[u8],
+        lifetime: std::time::Duration,
+    ) -> Option<serde_json::Value> {
+        let req: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let mut csr =
+            rcgen::CertificateSigningRequestParams::from_pem(req["csr"].as_str()?).ok()?;
+        let identity = match csr.params.subject_alt_names.as_slice() {
+            [rcgen::SanType::URI(uri)] => uri.as_str().to_string(),
+            _ => return None,
+        };
+        csr.params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let not_after = std::time::SystemTime::now() + lifetime;
+        csr.params.not_after = not_after.into();
+        let leaf = csr.signed_by(&self.issuer).ok()?;
+        let not_after_unix = not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        Some(serde_json::json!({
+            "certificate_chain": leaf.pem(),
+            "trust_bundle": [self.cert_pem],
+            "identity": identity,
+            "expires_at": "",
+            "not_after_unix": not_after_unix,
+        }))
+    }
+}
+
 impl Default for ForeignCa {
     fn default() -> Self {
         Self::new()

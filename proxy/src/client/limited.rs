@@ -23,7 +23,7 @@ pub struct LimitedConnector {
     max: u32,
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::error::BoxError;
 
 impl LimitedConnector {
     pub fn new(inner: HttpConnector, max: u32) -> Self {

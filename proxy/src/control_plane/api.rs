@@ -4,7 +4,8 @@
 //!   so the connection that carried the token is never reused for anything else;
 //! - [`Api::workload`]: the workload certificate as client certificate and no bearer; a new
 //!   certificate starts a new pool, so no call rides a connection made with an older one;
-//! - [`Api::plaintext`]: `--insecure-dev-plaintext`, plain HTTP with the operator token.
+//! - [`Api::plaintext`]: `--insecure-dev-plaintext`, plain HTTP with the operator token (or,
+//!   [`Api::plaintext_bootstrap`], the bootstrap token).
 
 use super::secret::Secret;
 use super::trust::Trust;
@@ -112,8 +113,26 @@ impl Api {
         )
     }
 
-    /// Development only: plain HTTP, with `token` (if any) as bearer on every call.
+    /// Development only: plain HTTP, with the operator `token` (if any) as bearer on every call.
     pub fn plaintext(url: &http::Uri, token: Option<&Secret>) -> Result<Self, ApiError> {
+        let credential = if token.is_some() {
+            "operator token"
+        } else {
+            "no credential"
+        };
+        Self::plaintext_with(url, token, credential)
+    }
+
+    /// Development only: plain HTTP with a bootstrap token as bearer.
+    pub fn plaintext_bootstrap(url: &http::Uri, token: &Secret) -> Result<Self, ApiError> {
+        Self::plaintext_with(url, Some(token), "bootstrap token")
+    }
+
+    fn plaintext_with(
+        url: &http::Uri,
+        token: Option<&Secret>,
+        credential: &'static str,
+    ) -> Result<Self, ApiError> {
         // Never used for https (the flags allow plaintext only with an http:// URL); without
         // roots it could not complete a handshake anyway.
         let tls = ClientConfig::builder_with_provider(crate::tls::provider())
@@ -122,11 +141,6 @@ impl Api {
             .with_root_certificates(RootCertStore::empty())
             .with_no_client_auth();
         let client = pooled(&connector(tls, false));
-        let credential = if token.is_some() {
-            "token"
-        } else {
-            "no credential"
-        };
         Self::new(url, token, Conn::Fixed(Box::new(client)), credential)
     }
 

@@ -8,13 +8,15 @@
 pub mod api;
 pub mod channel;
 pub mod register;
+pub mod renew;
 pub mod secret;
 pub mod subscribe;
 pub mod trust;
 
-use crate::tls::identity::{Identity, Issuer};
+use crate::tls::identity::Identity;
 use api::{Api, ApiError};
 use channel::Channel;
+use renew::Issuer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,23 +79,9 @@ impl ControlPlane {
                 bootstrap_token,
             } => {
                 let api = Api::plaintext(&self.url, operator_token.as_ref())?;
-                let identity = match bootstrap_token {
-                    Some(token) => {
-                        let bootstrap = Api::plaintext(&self.url, Some(token))?;
-                        // Without TLS there is no client certificate to renew with: the
-                        // operator token if there is one, else the bootstrap token again.
-                        let renew = match operator_token {
-                            Some(_) => api.clone(),
-                            None => bootstrap.clone(),
-                        };
-                        let issuer = Issuer {
-                            bootstrap: Some(bootstrap),
-                            renew,
-                        };
-                        Some((Arc::new(Identity::default()), issuer))
-                    }
-                    None => None,
-                };
+                let operator = operator_token.as_ref().map(|_| &api);
+                let identity = dev_issuer(&self.url, operator, bootstrap_token.as_ref())?
+                    .map(|issuer| (Arc::new(Identity::default()), issuer));
                 Ok(Connection {
                     api,
                     trust: None,
@@ -102,6 +90,35 @@ impl ControlPlane {
             }
         }
     }
+}
+
+/// Where certificates come from in `--insecure-dev-plaintext` mode, given the client that
+/// carries the operator token (if one was given) and the bootstrap token (likewise). Without
+/// TLS there is no client certificate to renew with, so a held certificate renews with the
+/// operator token if there is one, else with the bootstrap token again. A sidecar with only an
+/// operator token gets every certificate with it (the control plane signs any service's CSR
+/// for an admin), so a dev sidecar in a strict mesh holds a certificate before it is ready, as
+/// an https one does, instead of being ready while its peers refuse it. With neither token
+/// nothing could get a certificate (or the snapshot), and the sidecar runs without an identity.
+fn dev_issuer(
+    url: &http::Uri,
+    operator: Option<&Api>,
+    bootstrap_token: Option<&secret::Secret>,
+) -> Result<Option<Issuer>, ApiError> {
+    Ok(match (bootstrap_token, operator) {
+        (Some(token), _) => {
+            let bootstrap = Api::plaintext_bootstrap(url, token)?;
+            Some(Issuer {
+                renew: operator.unwrap_or(&bootstrap).clone(),
+                bootstrap: Some(bootstrap),
+            })
+        }
+        (None, Some(operator)) => Some(Issuer {
+            bootstrap: None,
+            renew: operator.clone(),
+        }),
+        (None, None) => None,
+    })
 }
 
 /// The admin address to tell the control plane: the bound one, except that an unspecified IP
@@ -151,6 +168,62 @@ mod tests {
             reported_admin(a("10.9.9.9:15000"), Some(a("10.1.2.3:15006"))),
             a("10.9.9.9:15000")
         );
+    }
+
+    #[test]
+    fn a_dev_sidecar_gets_its_certificates_with_whatever_token_it_has() {
+        use crate::tls::identity::tests::issued;
+        use secret::Secret;
+        use std::time::SystemTime;
+        let url: http::Uri = "http://127.0.0.1:1".parse().expect("uri");
+        let (admin, otb) = (Secret::new("admin"), Secret::new("otb"));
+        let operator = Api::plaintext(&url, Some(&admin)).expect("api");
+        let now = SystemTime::now();
+        let valid = issued("spiffe://td/service/a", now + Duration::from_secs(60));
+        let expired = issued("spiffe://td/service/a", now);
+        // The credential for: no certificate yet, a valid one, an expired one.
+        let via = |issuer: Option<Issuer>| {
+            let issuer = issuer.expect("the sidecar gets an identity");
+            [None, Some(&valid), Some(&expired)]
+                .map(|held| issuer.for_holding(held, now).credential())
+        };
+
+        // Only the operator token: it gets every certificate, so the sidecar is not ready
+        // without one (rather than ready and refused by strict peers).
+        let only_operator = dev_issuer(&url, Some(&operator), None).expect("issuer");
+        assert_eq!(via(only_operator), ["operator token"; 3]);
+        // A bootstrap token gets in (and back in after an expiry); the operator token renews.
+        let both = dev_issuer(&url, Some(&operator), Some(&otb)).expect("issuer");
+        assert_eq!(
+            via(both),
+            ["bootstrap token", "operator token", "bootstrap token"]
+        );
+        // Only a bootstrap token: nothing else to renew with.
+        let only_bootstrap = dev_issuer(&url, None, Some(&otb)).expect("issuer");
+        assert_eq!(via(only_bootstrap), ["bootstrap token"; 3]);
+        // Neither: no way to a certificate, no identity.
+        assert!(dev_issuer(&url, None, None).expect("issuer").is_none());
+
+        // connect() follows it: an operator-token-only dev sidecar has an identity to wait for.
+        let cp = ControlPlane {
+            url: url.clone(),
+            service: "a".into(),
+            version: "v1".into(),
+            sidecar_id: "a-1".into(),
+            channel: Channel::Plaintext {
+                operator_token: Some(admin),
+                bootstrap_token: None,
+            },
+            app: None,
+            advertise: None,
+            admin: None,
+            trust_domain: "td".into(),
+        };
+        let connection = cp.connect().expect("connect");
+        assert_eq!(connection.api.credential(), "operator token");
+        let (_, issuer) = connection.identity.expect("an identity");
+        assert!(issuer.bootstrap.is_none());
+        assert_eq!(issuer.renew.credential(), "operator token");
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! `handle.try_clone()` on every attempt, the first included (when that is `None` the body is
 //! too large to replay: send the handle itself, once).
 
-use crate::body::BoxError;
+use crate::error::BoxError;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};

@@ -41,7 +41,7 @@ pub struct Compiled {
     pub allow: Box<[Box<str>]>,
     pub snapshot: Arc<Snapshot>,
     pub service: Arc<str>,
-    pub outbound: AuthorityTable,
+    pub outbound: AuthorityTable<Dest>,
     pub inbound: Option<Arc<Dest>>,
     /// Metrics for requests that never reached a destination, per direction.
     pub unrouted_outbound: Arc<StatusMetrics>,

@@ -1,18 +1,26 @@
 //! Authority → destination lookup. Hosts are matched without their port and without case;
-//! a `*` destination catches every authority nothing else claims.
+//! a `*` destination catches every authority nothing else claims. The table does not know
+//! what a destination is (the compiler's `Dest`), only how to find one.
 
-use super::compile::Dest;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-#[derive(Default)]
-pub struct AuthorityTable {
-    by_host: HashMap<Box<str>, Arc<Dest>>,
-    wildcard: Option<Arc<Dest>>,
+pub struct AuthorityTable<D> {
+    by_host: HashMap<Box<str>, Arc<D>>,
+    wildcard: Option<Arc<D>>,
 }
 
-impl AuthorityTable {
-    pub fn insert(&mut self, host: &str, dest: Arc<Dest>) {
+impl<D> Default for AuthorityTable<D> {
+    fn default() -> Self {
+        Self {
+            by_host: HashMap::new(),
+            wildcard: None,
+        }
+    }
+}
+
+impl<D> AuthorityTable<D> {
+    pub fn insert(&mut self, host: &str, dest: Arc<D>) {
         if host == "*" {
             self.wildcard = Some(dest);
         } else {
@@ -20,7 +28,7 @@ impl AuthorityTable {
         }
     }
 
-    pub fn lookup(&self, authority: Option<&str>) -> Option<&Arc<Dest>> {
+    pub fn lookup(&self, authority: Option<&str>) -> Option<&Arc<D>> {
         let found = authority.map(host_of).and_then(|h| {
             if h.bytes().any(|b| b.is_ascii_uppercase()) {
                 self.by_host.get(h.to_ascii_lowercase().as_str())

@@ -16,7 +16,7 @@ pub struct Record {
     pub stats: Option<Arc<SlidingHistogram>>,
     pub log: Option<Box<LogContext>>,
     /// The final attempt's span, ended with the response.
-    pub span: Option<Box<crate::trace::span::Pending>>,
+    pub span: Option<Box<crate::trace::export::Pending>>,
     pub bytes_sent: u64,
     /// The destination's in-flight slot, released when the response ends.
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,

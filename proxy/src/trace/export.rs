@@ -4,14 +4,19 @@
 //! exporter under a timeout. A collector that is down or slow costs dropped spans, counted
 //! by reason, and nothing else. The SDK's batch processor is not used because it neither
 //! exposes its drop count nor lets the queue bound be shared with our metrics.
+//!
+//! A [`Pending`] span is recorded on the request path and carries its sink, so ending it is
+//! one `try_send`; the box travels through the queue as it is, no second allocation.
 
-use super::span::{to_span_data, Pending, SpanRecord};
+use super::span::{to_span_data, ErrorType, SpanRecord};
+use crate::Direction;
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::SpanExporter;
 use opentelemetry_sdk::Resource;
 use prometheus::IntCounter;
 use std::time::Duration;
+use std::time::SystemTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -31,6 +36,70 @@ pub struct SpanCounters {
     pub exported: IntCounter,
     pub dropped_queue_full: IntCounter,
     pub dropped_export_failed: IntCounter,
+}
+
+/// A span being recorded on the request path, with where it goes when it ends.
+pub struct Pending {
+    sink: SpanExport,
+    started: Instant,
+    pub rec: SpanRecord,
+}
+
+impl Pending {
+    pub fn new(sink: SpanExport, rec: SpanRecord) -> Self {
+        Self {
+            sink,
+            started: Instant::now(),
+            rec,
+        }
+    }
+
+    /// Starts the span of a later attempt: a sibling of the previous one.
+    pub fn next_attempt(&self, span_id: u64, attempt: u32) -> Box<Pending> {
+        let mut rec = self.rec.clone();
+        rec.span_id = span_id;
+        rec.attempt = attempt;
+        rec.start = SystemTime::now();
+        rec.status = None;
+        rec.error = None;
+        Box::new(Pending {
+            sink: self.sink.clone(),
+            started: Instant::now(),
+            rec,
+        })
+    }
+
+    /// Ends the span now and queues it for export; never waits.
+    pub fn finish(self: Box<Self>, status: Option<u16>, error: Option<ErrorType>) {
+        self.finish_at(Instant::now(), status, error)
+    }
+
+    /// Ends the span at `end` (a failed attempt ends when its failure was seen, not after
+    /// the backoff that follows).
+    pub fn finish_at(
+        mut self: Box<Self>,
+        end: Instant,
+        status: Option<u16>,
+        error: Option<ErrorType>,
+    ) {
+        self.rec.duration = end.saturating_duration_since(self.started);
+        self.rec.status = status.or(self.rec.status);
+        self.rec.error = error.or(self.rec.error).or_else(|| {
+            // OpenTelemetry HTTP conventions: a server span fails on 5xx; a client span also
+            // on 4xx, since the caller did not get what it asked for.
+            let failed = match self.rec.direction {
+                Direction::Inbound => 500,
+                Direction::Outbound => 400,
+            };
+            status.filter(|&s| s >= failed).map(ErrorType::Status)
+        });
+        let sink = self.sink.clone();
+        sink.send(self);
+    }
+
+    pub fn into_record(self: Box<Self>) -> SpanRecord {
+        self.rec
+    }
 }
 
 /// Who this sidecar is, for the spans' resource.

@@ -2,7 +2,6 @@
 //! request path fills them, and only the exporter's task turns them into OpenTelemetry
 //! [`SpanData`] with the HTTP semantic-convention attributes.
 
-use super::export::SpanExport;
 use crate::Direction;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
@@ -13,7 +12,6 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
-use tokio::time::Instant;
 
 /// Why a span failed: the proxy's own reason (`timeout`, `connect_failure`...) or an
 /// upstream status.
@@ -43,70 +41,6 @@ pub struct SpanRecord {
     pub client: SocketAddr,
     pub status: Option<u16>,
     pub error: Option<ErrorType>,
-}
-
-/// A span being recorded on the request path, with where it goes when it ends.
-pub struct Pending {
-    sink: SpanExport,
-    started: Instant,
-    pub rec: SpanRecord,
-}
-
-impl Pending {
-    pub fn new(sink: SpanExport, rec: SpanRecord) -> Self {
-        Self {
-            sink,
-            started: Instant::now(),
-            rec,
-        }
-    }
-
-    /// Starts the span of a later attempt: a sibling of the previous one.
-    pub fn next_attempt(&self, span_id: u64, attempt: u32) -> Box<Pending> {
-        let mut rec = self.rec.clone();
-        rec.span_id = span_id;
-        rec.attempt = attempt;
-        rec.start = SystemTime::now();
-        rec.status = None;
-        rec.error = None;
-        Box::new(Pending {
-            sink: self.sink.clone(),
-            started: Instant::now(),
-            rec,
-        })
-    }
-
-    /// Ends the span now and queues it for export; never waits.
-    pub fn finish(self: Box<Self>, status: Option<u16>, error: Option<ErrorType>) {
-        self.finish_at(Instant::now(), status, error)
-    }
-
-    /// Ends the span at `end` (a failed attempt ends when its failure was seen, not after
-    /// the backoff that follows).
-    pub fn finish_at(
-        mut self: Box<Self>,
-        end: Instant,
-        status: Option<u16>,
-        error: Option<ErrorType>,
-    ) {
-        self.rec.duration = end.saturating_duration_since(self.started);
-        self.rec.status = status.or(self.rec.status);
-        self.rec.error = error.or(self.rec.error).or_else(|| {
-            // OpenTelemetry HTTP conventions: a server span fails on 5xx; a client span also
-            // on 4xx, since the caller did not get what it asked for.
-            let failed = match self.rec.direction {
-                Direction::Inbound => 500,
-                Direction::Outbound => 400,
-            };
-            status.filter(|&s| s >= failed).map(ErrorType::Status)
-        });
-        let sink = self.sink.clone();
-        sink.send(self);
-    }
-
-    pub fn into_record(self: Box<Self>) -> SpanRecord {
-        self.rec
-    }
 }
 
 /// The OpenTelemetry span for a record (in the exporter's task, off the request path).
