@@ -123,8 +123,8 @@ struct Cli {
     #[arg(long)]
     no_access_log: bool,
 
-    /// How long shutdown waits for in-flight requests (e.g. 30s).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    /// How long shutdown waits for in-flight requests (e.g. 30s; at most a day).
+    #[arg(long, value_name = "DURATION", value_parser = drain_timeout)]
     drain_timeout: Option<Duration>,
 
     /// Export spans over OTLP/gRPC to this collector (e.g. http://127.0.0.1:4317).
@@ -152,6 +152,19 @@ struct Cli {
 
 fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// The same bound as `proxy.drain_timeout` in a config file: a deadline past it could overflow.
+fn drain_timeout(s: &str) -> Result<Duration, String> {
+    use outrigger_config::duration::{display, Family};
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d > Family::Timeout.max() {
+        return Err(format!(
+            "must be at most {}",
+            display(Family::Timeout.max())
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -321,5 +334,22 @@ fn quick_start(cli: &Cli, listen: SocketAddr, upstream: SocketAddr) -> SidecarFi
             }],
             mtls: Default::default(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_drain_timeout_of_centuries_is_refused_at_the_flag() {
+        assert_eq!(
+            super::drain_timeout("30s"),
+            Ok(std::time::Duration::from_secs(30))
+        );
+        assert!(super::drain_timeout("1day").is_ok());
+        assert_eq!(
+            super::drain_timeout("300years").err().as_deref(),
+            Some("must be at most 1day")
+        );
+        assert!(super::drain_timeout("soon").is_err());
     }
 }
