@@ -10,8 +10,9 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 use outrigger_config::{ProxySettings, Snapshot};
 use outrigger_proxy::routing::Compiled;
-use outrigger_proxy::state::Shared;
+use outrigger_proxy::snapshot::CurrentSnapshot;
 use outrigger_proxy::telemetry::metrics::Metrics;
+use outrigger_proxy::telemetry::Telemetry;
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -82,13 +83,15 @@ pub fn snapshot_yaml() -> String {
     y
 }
 
-/// [`snapshot`] compiled by [`Shared::apply`], as the proxy applies every snapshot. Going
-/// through `Shared` rather than `routing::compile::Compiler` keeps the fixture independent of
-/// which registries the compiler borrows. The metric handles stay valid after `Shared` is gone.
+/// [`snapshot`] compiled by [`CurrentSnapshot::apply`], as the proxy applies every snapshot.
+/// Going through it rather than `routing::compile::Compiler` keeps the fixture independent of
+/// which registries the compiler borrows. The metric handles stay valid after the
+/// `CurrentSnapshot` and `Telemetry` are gone.
 pub fn compiled() -> Arc<Compiled> {
-    let shared = Shared::new(ProxySettings::default(), None, Metrics::new());
-    shared.apply(snapshot(), "bench");
-    shared.current().expect("a snapshot was just applied")
+    let telemetry = Telemetry::new(&ProxySettings::default(), None, Metrics::new());
+    let current = CurrentSnapshot::new(None);
+    current.apply(snapshot(), "bench", &telemetry);
+    current.current().expect("a snapshot was just applied")
 }
 
 /// The request headers a browser sends for a same-origin `fetch` (12 headers, no

@@ -1,7 +1,7 @@
 //! The admin server (loopback by default): liveness, readiness, Prometheus metrics, the applied
 //! snapshot, exact percentiles, the runtime log filter, and a loopback-only shutdown trigger.
 
-use crate::state::Shared;
+use crate::sidecar::Sidecar;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-pub fn spawn(listener: TcpListener, shared: Arc<Shared>) {
+pub fn spawn(listener: TcpListener, sidecar: Arc<Sidecar>) {
     tokio::spawn(async move {
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -26,11 +26,11 @@ pub fn spawn(listener: TcpListener, shared: Arc<Shared>) {
                     continue;
                 }
             };
-            let shared = shared.clone();
+            let sidecar = sidecar.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
-                    let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(route(shared, peer, req).await) }
+                    let sidecar = sidecar.clone();
+                    async move { Ok::<_, Infallible>(route(sidecar, peer, req).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -43,14 +43,14 @@ pub fn spawn(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 async fn route(
-    shared: Arc<Shared>,
+    sidecar: Arc<Sidecar>,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
-        (&Method::GET, "/metrics") => metrics(shared).await,
-        (&Method::GET, "/ready") => match shared.readiness() {
+        (&Method::GET, "/metrics") => metrics(sidecar).await,
+        (&Method::GET, "/ready") => match sidecar.lifecycle.readiness(&sidecar.snapshot) {
             Ok(()) => text(StatusCode::OK, "ready\n"),
             // The reason, so whoever sees the probe fail knows what to fix.
             Err(reason) => {
@@ -59,7 +59,7 @@ async fn route(
                 r
             }
         },
-        (&Method::GET, "/config") => match shared.current() {
+        (&Method::GET, "/config") => match sidecar.snapshot.current() {
             Some(c) => json_response(
                 StatusCode::OK,
                 &json!({"version": c.version, "snapshot": &*c.snapshot}),
@@ -72,9 +72,9 @@ async fn route(
         (&Method::GET, "/stats") => json_response(
             StatusCode::OK,
             &json!({
-                "window_secs": shared.stats.window().as_secs(),
-                "service": shared.current().map(|c| c.service.to_string()),
-                "destinations": shared.stats.rows(),
+                "window_secs": sidecar.telemetry.stats.window().as_secs(),
+                "service": sidecar.snapshot.current().map(|c| c.service.to_string()),
+                "destinations": sidecar.telemetry.stats.rows(),
             }),
         ),
         (&Method::POST, "/shutdown") => {
@@ -84,7 +84,7 @@ async fn route(
                     "shutdown is only accepted from loopback\n",
                 );
             }
-            shared.shutdown.notify_one();
+            sidecar.lifecycle.request_shutdown();
             text(StatusCode::OK, "shutting down\n")
         }
         (_, "/logging") => logging(peer, req.method(), req.uri().query()),
@@ -136,8 +136,8 @@ fn logging(peer: SocketAddr, method: &Method, query: Option<&str>) -> Response<F
 
 /// `/metrics`, encoded on the blocking pool: with hundreds of series an encode takes
 /// milliseconds, which on a single-worker runtime would stall every request for as long.
-async fn metrics(shared: Arc<Shared>) -> Response<Full<Bytes>> {
-    let body = match tokio::task::spawn_blocking(move || shared.metrics.encode()).await {
+async fn metrics(sidecar: Arc<Sidecar>) -> Response<Full<Bytes>> {
+    let body = match tokio::task::spawn_blocking(move || sidecar.telemetry.metrics.encode()).await {
         Ok(text) => text,
         Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n"),
     };

@@ -6,11 +6,12 @@
 
 use crate::forward;
 pub use crate::peer::{ConnCloser, Peer};
-use crate::state::Shared;
+use crate::sidecar::Sidecar;
 use crate::Direction;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use outrigger_config::ProxySettings;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -31,9 +32,9 @@ pub struct Listener {
 struct Drain(watch::Sender<bool>);
 
 impl Listener {
-    pub fn spawn(listener: TcpListener, direction: Direction, shared: Arc<Shared>) -> Self {
+    pub fn spawn(listener: TcpListener, direction: Direction, sidecar: Arc<Sidecar>) -> Self {
         let (stop, stopped) = oneshot::channel();
-        let accepting = tokio::spawn(accept_loop(listener, direction, shared, stopped));
+        let accepting = tokio::spawn(accept_loop(listener, direction, sidecar, stopped));
         Self { stop, accepting }
     }
 
@@ -51,8 +52,8 @@ impl Listener {
     }
 }
 
-pub(crate) fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
-    let limit = shared.settings.max_header_bytes;
+pub(crate) fn builder(settings: &ProxySettings) -> auto::Builder<TokioExecutor> {
+    let limit = settings.max_header_bytes;
     let mut b = auto::Builder::new(TokioExecutor::new());
     // hyper's own limits sit above ours, so that an oversized header block usually reaches
     // the proxy and gets its explained 431 rather than hyper's bare one.
@@ -82,13 +83,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// the first snapshot the mode is unknown, so nothing is taken: a sidecar fed by the control
 /// plane is never open while it waits for its first push. The mode can change after accept;
 /// `forward` checks it again on every request.
-async fn secure(shared: &Shared, stream: TcpStream) -> Option<Accepted> {
+async fn secure(sidecar: &Sidecar, stream: TcpStream) -> Option<Accepted> {
     use outrigger_config::MtlsMode;
-    let (ok, failed) = (
-        &shared.metrics.inbound.handshakes_ok,
-        &shared.metrics.inbound.handshakes_failed,
-    );
-    let Some(state) = shared.current() else {
+    let inbound = &sidecar.telemetry.metrics.inbound;
+    let (ok, failed) = (&inbound.handshakes_ok, &inbound.handshakes_failed);
+    let Some(state) = sidecar.snapshot.current() else {
         failed.inc();
         tracing::debug!("inbound connection refused: no snapshot applied yet");
         return None;
@@ -141,7 +140,7 @@ pub(crate) async fn serve<I>(
     builder: &auto::Builder<TokioExecutor>,
     mut draining: watch::Receiver<bool>,
     io: I,
-    shared: Arc<Shared>,
+    sidecar: Arc<Sidecar>,
     direction: Direction,
     peer: Peer,
 ) where
@@ -149,7 +148,7 @@ pub(crate) async fn serve<I>(
 {
     let peer = Arc::new(peer);
     let me = peer.clone();
-    let svc = service_fn(move |req| forward::handle(shared.clone(), direction, peer.clone(), req));
+    let svc = service_fn(move |req| forward::handle(sidecar.clone(), direction, peer.clone(), req));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut ending = false;
@@ -175,14 +174,15 @@ pub(crate) async fn serve<I>(
 async fn accept_loop(
     listener: TcpListener,
     direction: Direction,
-    shared: Arc<Shared>,
+    sidecar: Arc<Sidecar>,
     mut stopped: oneshot::Receiver<()>,
 ) -> Drain {
     let (drain, _) = watch::channel(false);
-    let builder = Arc::new(builder(&shared));
+    let builder = Arc::new(builder(&sidecar.settings));
     let dir = direction.as_str();
-    let accepted = shared.metrics.connections.with_label_values(&[dir]);
-    let open = shared.metrics.connections_open.with_label_values(&[dir]);
+    let metrics = &sidecar.telemetry.metrics;
+    let accepted = metrics.connections.with_label_values(&[dir]);
+    let open = metrics.connections_open.with_label_values(&[dir]);
     loop {
         let (stream, addr) = tokio::select! {
             biased;
@@ -201,22 +201,22 @@ async fn accept_loop(
         accepted.inc();
         open.inc();
         let open = open.clone();
-        let shared = shared.clone();
+        let sidecar = sidecar.clone();
         let builder = builder.clone();
         let draining = drain.subscribe();
         tokio::spawn(async move {
             let accepted = match direction {
                 Direction::Outbound => Some(Accepted::Plain(stream)),
-                Direction::Inbound => secure(&shared, stream).await,
+                Direction::Inbound => secure(&sidecar, stream).await,
             };
             match accepted {
                 Some(Accepted::Plain(stream)) => {
                     let peer = Peer::plaintext(addr);
-                    serve(&builder, draining, stream, shared, direction, peer).await
+                    serve(&builder, draining, stream, sidecar, direction, peer).await
                 }
                 Some(Accepted::Tls(stream, identity)) => {
                     let peer = Peer::mtls(addr, identity);
-                    serve(&builder, draining, *stream, shared, direction, peer).await
+                    serve(&builder, draining, *stream, sidecar, direction, peer).await
                 }
                 None => {}
             }

@@ -10,9 +10,10 @@ use crate::control_plane::trust::Trust;
 use crate::control_plane::{self, register, subscribe, ControlPlane};
 use crate::listener::Listener;
 use crate::shutdown;
-use crate::state::Shared;
+use crate::sidecar::Sidecar;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::Telemetry;
 use crate::tls::identity::Identity;
 use crate::trace::export::{ResourceInfo, SpanExport};
 use crate::watch;
@@ -97,17 +98,17 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         .as_ref()
         .and_then(|(_, c)| c.identity.as_ref())
         .map(|(id, _)| id.clone());
-    let mut shared = Shared::with_identity(settings.clone(), access_log, metrics, identity);
+    let mut telemetry = Telemetry::new(&settings, access_log, metrics);
     if let Some(endpoint) = &settings.tracing.otlp_endpoint {
-        shared.tracer.export = Some(SpanExport::otlp(
+        telemetry.tracer.export = Some(SpanExport::otlp(
             endpoint,
             resource,
             settings.tracing.queue,
-            shared.metrics.spans.clone(),
+            telemetry.metrics.spans.clone(),
         )?);
         tracing::info!(%endpoint, sampling = settings.tracing.sampling, "exporting spans over OTLP");
     }
-    let shared = Arc::new(shared);
+    let sidecar = Arc::new(Sidecar::new(settings.clone(), telemetry, identity));
 
     let admin = bind("admin", settings.admin).await?;
     if !settings.admin.ip().is_loopback() {
@@ -115,11 +116,13 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     }
     let admin_addr = admin.local_addr().unwrap_or(settings.admin);
     tracing::info!(addr = %admin_addr, "admin listening");
-    admin::spawn(admin, shared.clone());
+    admin::spawn(admin, sidecar.clone());
 
     let mut watch_file = None;
     if let Some((snapshot, watch)) = initial {
-        let version = shared.apply(*snapshot, watch::SOURCE);
+        let version = sidecar
+            .snapshot
+            .apply(*snapshot, watch::SOURCE, &sidecar.telemetry);
         tracing::info!(version, "applied initial config");
         watch_file = watch;
     }
@@ -129,16 +132,16 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
             cp.admin = Some(control_plane::reported_admin(admin_addr, cp.advertise));
             let trust = connection.trust;
             if let Some((id, issuer)) = connection.identity {
-                follow_certificates(&id, trust.clone(), shared.clone());
+                follow_certificates(&id, trust.clone(), sidecar.clone());
                 let metrics = RenewalMetrics {
-                    expiry: shared.metrics.identity_expiry.clone(),
-                    renewals: shared.metrics.identity_renewals.clone(),
+                    expiry: sidecar.telemetry.metrics.identity_expiry.clone(),
+                    renewals: sidecar.telemetry.metrics.identity_renewals.clone(),
                 };
                 let spiffe = outrigger_config::identity(&cp.trust_domain, &cp.service);
                 renew::spawn(id, issuer, spiffe, metrics);
             }
             let api = connection.api;
-            subscribe::spawn(cp.clone(), api.clone(), trust, shared.clone());
+            subscribe::spawn(cp.clone(), api.clone(), trust, sidecar.clone());
             Some((cp, api))
         }
     };
@@ -151,23 +154,23 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         if let Some(addr) = addr {
             let l = bind(dir.as_str(), addr).await?;
             tracing::info!(direction = dir.as_str(), addr = %l.local_addr().unwrap_or(addr), "listening");
-            listeners.push(Listener::spawn(l, dir, shared.clone()));
+            listeners.push(Listener::spawn(l, dir, sidecar.clone()));
         }
     }
-    shared.set_listeners_bound();
+    sidecar.lifecycle.set_listeners_bound();
     if let Some((path, text)) = watch_file {
-        watch::spawn(path, text, shared.clone());
+        watch::spawn(path, text, sidecar.clone());
     }
     let lease = control_plane.as_ref().map(|(cp, api)| {
         (
-            register::spawn(cp.clone(), api.clone(), shared.clone()),
+            register::spawn(cp.clone(), api.clone(), sidecar.clone()),
             api,
         )
     });
     tracing::info!("listeners bound");
 
-    shutdown::requested(&shared).await;
-    shared.start_draining();
+    shutdown::requested(&sidecar.lifecycle).await;
+    sidecar.lifecycle.start_draining();
     // Leave the registry first, so callers stop choosing this instance while it drains.
     if let Some((lease, api)) = &lease {
         lease.deregister(api).await;
@@ -178,7 +181,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     for l in listeners {
         clean &= l.drain(deadline).await;
     }
-    if let Some(export) = &shared.tracer.export {
+    if let Some(export) = &sidecar.telemetry.tracer.export {
         // The last requests' spans, if the collector answers quickly.
         export.flush(std::time::Duration::from_secs(2)).await;
     }
@@ -193,7 +196,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
 /// Each new certificate: the roots that came with it join the control channel's, and the
 /// snapshot in force is compiled again (TLS configurations that needed a certificate's bundle
 /// are built now).
-fn follow_certificates(identity: &Identity, trust: Option<Arc<Trust>>, shared: Arc<Shared>) {
+fn follow_certificates(identity: &Identity, trust: Option<Arc<Trust>>, sidecar: Arc<Sidecar>) {
     let mut renewals = identity.subscribe();
     tokio::spawn(async move {
         while renewals.changed().await.is_ok() {
@@ -201,7 +204,7 @@ fn follow_certificates(identity: &Identity, trust: Option<Arc<Trust>>, shared: A
             if let (Some(trust), Some(issued)) = (&trust, &issued) {
                 trust.set_issued(&issued.bundle);
             }
-            shared.recompile();
+            sidecar.snapshot.recompile(&sidecar.telemetry);
         }
     });
 }

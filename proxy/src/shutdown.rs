@@ -1,8 +1,8 @@
 //! What starts a shutdown: SIGTERM, SIGINT, or `POST /shutdown` on the admin port.
 
-use crate::state::Shared;
+use crate::lifecycle::Lifecycle;
 
-pub async fn requested(shared: &Shared) {
+pub async fn requested(lifecycle: &Lifecycle) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -18,12 +18,12 @@ pub async fn requested(shared: &Shared) {
         tokio::select! {
             _ = sigterm => tracing::info!("SIGTERM received"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-            _ = shared.shutdown.notified() => tracing::info!("shutdown requested on the admin port"),
+            _ = lifecycle.shutdown_requested() => tracing::info!("shutdown requested on the admin port"),
         }
     }
     #[cfg(not(unix))]
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
-        _ = shared.shutdown.notified() => {}
+        _ = lifecycle.shutdown_requested() => {}
     }
 }

@@ -3,7 +3,7 @@
 //! is applied at once; an invalid one is logged with its reason, counted, and ignored, so the
 //! last good snapshot keeps serving.
 
-use crate::state::Shared;
+use crate::sidecar::Sidecar;
 use outrigger_config::{from_yaml_validated, ConfigError, SidecarFile};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,7 +44,7 @@ pub fn load(path: &Path) -> Result<(SidecarFile, String), LoadError> {
 }
 
 /// Watches `path` for changes to the text last applied (`applied`).
-pub fn spawn(path: PathBuf, mut applied: String, shared: Arc<Shared>) {
+pub fn spawn(path: PathBuf, mut applied: String, sidecar: Arc<Sidecar>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -56,7 +56,7 @@ pub fn spawn(path: PathBuf, mut applied: String, shared: Arc<Shared>) {
                 Err(e) => {
                     if rejected.as_deref() != Some("") {
                         tracing::warn!(path = %path.display(), error = %e, "config file unreadable; keeping the current snapshot");
-                        shared.reject(SOURCE);
+                        sidecar.snapshot.reject(SOURCE, &sidecar.telemetry);
                         rejected = Some(String::new());
                     }
                     continue;
@@ -67,19 +67,21 @@ pub fn spawn(path: PathBuf, mut applied: String, shared: Arc<Shared>) {
             }
             match parse(&path, &text) {
                 Ok(file) => {
-                    if file.proxy != shared.settings {
+                    if file.proxy != sidecar.settings {
                         tracing::warn!(
                             "the `proxy` section changed; it takes effect only after a restart"
                         );
                     }
-                    let version = shared.apply(file.snapshot, SOURCE);
+                    let version = sidecar
+                        .snapshot
+                        .apply(file.snapshot, SOURCE, &sidecar.telemetry);
                     tracing::info!(version, path = %path.display(), "applied new config");
                     applied = text;
                     rejected = None;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "rejected config change; the previous snapshot keeps serving");
-                    shared.reject(SOURCE);
+                    sidecar.snapshot.reject(SOURCE, &sidecar.telemetry);
                     rejected = Some(text);
                 }
             }

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A real gRPC server and client (grpcio, generic handlers, raw bytes: no protoc) for
-tests/protocols.rs, which runs the client against the proxy and the server behind it.
+tests/integration/protocols.rs, which runs the client against the proxy and the server behind it.
 
   grpc_peer.py server [--port P]   listens on 127.0.0.1:P (0 = any free port) and prints
                                    "READY <port>" on stdout once it accepts calls.

@@ -300,6 +300,12 @@ impl Proxy {
         metric_value(&self.metrics().await, name, labels)
     }
 
+    /// As [`Proxy::metric`], with a series that does not exist (yet) read as 0: a counter
+    /// before its first increment.
+    pub async fn metric_or_zero(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.metric(name, labels).await.unwrap_or(0.0)
+    }
+
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
     }

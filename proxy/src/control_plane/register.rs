@@ -5,7 +5,7 @@
 
 use super::api::{Api, ApiError};
 use super::{backoff, subscribe::encode, ControlPlane};
-use crate::state::Shared;
+use crate::sidecar::Sidecar;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -49,7 +49,7 @@ impl Lease {
     }
 }
 
-pub fn spawn(cp: ControlPlane, api: Api, shared: Arc<Shared>) -> Lease {
+pub fn spawn(cp: ControlPlane, api: Api, sidecar: Arc<Sidecar>) -> Lease {
     let lease = Lease::default();
     let Some(advertise) = cp.advertise else {
         return lease;
@@ -92,7 +92,7 @@ pub fn spawn(cp: ControlPlane, api: Api, shared: Arc<Shared>) -> Lease {
             };
             failures = 0;
             held.set(Some(reg.id.clone()));
-            shared.metrics.registered.set(1);
+            sidecar.telemetry.metrics.registered.set(1);
             tracing::info!(instance = %reg.id, %advertise, "registered with the control plane");
             let every = Duration::from_secs(reg.ttl_secs.unwrap_or(TTL_SECS).max(1)) / 3;
             let path = format!("/v1/registry/instances/{}/heartbeat", encode(&reg.id));
@@ -109,7 +109,7 @@ pub fn spawn(cp: ControlPlane, api: Api, shared: Arc<Shared>) -> Lease {
                     Err(e) => tracing::warn!(error = %e, "heartbeat failed; will retry"),
                 }
             }
-            shared.metrics.registered.set(0);
+            sidecar.telemetry.metrics.registered.set(0);
             held.set(None);
         }
     });

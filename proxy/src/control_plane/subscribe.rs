@@ -8,7 +8,7 @@
 use super::api::Api;
 use super::trust::Trust;
 use super::{backoff, ControlPlane};
-use crate::state::Shared;
+use crate::sidecar::Sidecar;
 use outrigger_config::path::FieldPath;
 use outrigger_config::{Snapshot, Validate, Validator};
 use serde::Deserialize;
@@ -46,19 +46,19 @@ struct Message {
     snapshot: Option<serde_json::Value>,
 }
 
-pub fn spawn(cp: ControlPlane, api: Api, trust: Option<Arc<Trust>>, shared: Arc<Shared>) {
+pub fn spawn(cp: ControlPlane, api: Api, trust: Option<Arc<Trust>>, sidecar: Arc<Sidecar>) {
     tokio::spawn(async move {
         let mut failures = 0u32;
         loop {
             // Without its certificate the sidecar could only be refused: wait for it instead.
             api.credential_ready().await;
             let mut applied = false;
-            let result = session(&cp, &api, trust.as_deref(), &shared, &mut applied).await;
-            shared.metrics.control_plane_connected.set(0);
+            let result = session(&cp, &api, trust.as_deref(), &sidecar, &mut applied).await;
+            sidecar.telemetry.metrics.control_plane_connected.set(0);
             if let Err(e) = result {
                 tracing::warn!(error = %e, "control plane stream lost; serving the last good snapshot");
             }
-            shared.metrics.control_plane_reconnects.inc();
+            sidecar.telemetry.metrics.control_plane_reconnects.inc();
             failures = if applied {
                 0
             } else {
@@ -73,7 +73,7 @@ async fn session(
     cp: &ControlPlane,
     api: &Api,
     trust: Option<&Trust>,
-    shared: &Shared,
+    sidecar: &Sidecar,
     applied: &mut bool,
 ) -> Result<(), SessionError> {
     let mut path = format!(
@@ -87,7 +87,7 @@ async fn session(
         path.push_str(&format!("&admin={}", encode(&admin.to_string())));
     }
     let mut body = api.stream(&path).await?;
-    shared.metrics.control_plane_connected.set(1);
+    sidecar.telemetry.metrics.control_plane_connected.set(1);
     tracing::info!(service = %cp.service, sidecar = %cp.sidecar_id, "subscribed to the control plane");
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -103,7 +103,7 @@ async fn session(
         buf.extend_from_slice(&data);
         while let Some(end) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=end).collect();
-            if handle_line(cp, api, trust, shared, &line[..end]) {
+            if handle_line(cp, api, trust, sidecar, &line[..end]) {
                 *applied = true;
             }
         }
@@ -118,7 +118,7 @@ fn handle_line(
     cp: &ControlPlane,
     api: &Api,
     trust: Option<&Trust>,
-    shared: &Shared,
+    sidecar: &Sidecar,
     line: &[u8],
 ) -> bool {
     if line.iter().all(u8::is_ascii_whitespace) {
@@ -137,7 +137,7 @@ fn handle_line(
     match decode(cp, msg.version, msg.snapshot) {
         Ok(snapshot) => {
             let bundle = trust.map(|_| snapshot.mtls.trust_bundle.clone());
-            let version = shared.apply(snapshot, SOURCE);
+            let version = sidecar.snapshot.apply(snapshot, SOURCE, &sidecar.telemetry);
             if let (Some(trust), Some(bundle)) = (trust, bundle) {
                 trust.set_pushed(&bundle);
             }
@@ -146,7 +146,7 @@ fn handle_line(
             true
         }
         Err(reason) => {
-            shared.reject(SOURCE);
+            sidecar.snapshot.reject(SOURCE, &sidecar.telemetry);
             tracing::warn!(version = msg.version, %reason, "rejected snapshot; the last good one keeps serving");
             ack(cp, api, msg.version, Some(reason));
             false

@@ -8,7 +8,7 @@ pub mod upgrade;
 
 use crate::balance;
 use crate::body::{Counting, RequestBody, ResponseBody, UpstreamBody};
-use crate::breaker::Overload;
+use crate::concurrency::Overload;
 use crate::endpoint::outlier::{ProbeSlot, Transition};
 use crate::error::ProxyError;
 use crate::fault;
@@ -17,10 +17,11 @@ use crate::peer::Peer;
 use crate::retry::policy::{classify, is_gateway_status, CompiledRetry, Failure};
 use crate::retry::replay::ReplayBody;
 use crate::routing::{Compiled, Dest, EndpointTarget};
-use crate::state::Shared;
+use crate::sidecar::Sidecar;
 use crate::telemetry::access_log::Entry;
 use crate::telemetry::metrics::StatusMetrics;
 use crate::telemetry::record::{LogContext, Record};
+use crate::telemetry::Telemetry;
 use crate::trace::export::Pending;
 use crate::trace::span::{ErrorType, SpanRecord};
 use crate::trace::{new_span_id, propagate, TraceCtx};
@@ -59,7 +60,7 @@ struct Ctx {
 }
 
 pub async fn handle(
-    shared: Arc<Shared>,
+    sidecar: Arc<Sidecar>,
     direction: Direction,
     peer: Arc<Peer>,
     mut req: Request<Incoming>,
@@ -72,9 +73,10 @@ pub async fn handle(
         set_client_id(req.headers_mut(), peer.client_id.as_ref());
     }
     let request_id = ensure_request_id(req.headers_mut());
-    let trace = shared.tracer.incoming(req.headers());
+    let telemetry = &sidecar.telemetry;
+    let trace = telemetry.tracer.incoming(req.headers());
     let span_id = new_span_id();
-    let span = shared.tracer.sink(&trace).map(|sink| {
+    let span = telemetry.tracer.sink(&trace).map(|sink| {
         Box::new(Pending::new(
             sink.clone(),
             SpanRecord {
@@ -114,16 +116,16 @@ pub async fn handle(
         span_id,
         span,
     };
-    let Some(state) = shared.current() else {
+    let Some(state) = sidecar.snapshot.current() else {
         // Not ready yet: nothing to route with.
         return Ok(local_error(
-            &shared,
+            telemetry,
             &mut ctx,
             None,
             ProxyError::NoEndpoints,
         ));
     };
-    if let Some(sink) = &shared.access_log {
+    if let Some(sink) = &telemetry.access_log {
         ctx.log = Some(Box::new(LogContext {
             sink: sink.clone(),
             entry: Entry {
@@ -158,16 +160,16 @@ pub async fn handle(
         peer.closer.close();
         let res = strict::response(req.version());
         return Ok(local_response(
-            &shared,
+            telemetry,
             &mut ctx,
             Some(unrouted),
             strict::REASON,
             res,
         ));
     }
-    if header_block_size(req.headers(), req.uri()) > shared.settings.max_header_bytes {
+    if header_block_size(req.headers(), req.uri()) > sidecar.settings.max_header_bytes {
         return Ok(local_error(
-            &shared,
+            telemetry,
             &mut ctx,
             Some(unrouted),
             ProxyError::HeadersTooLarge,
@@ -175,7 +177,7 @@ pub async fn handle(
     }
     if req.method() == http::Method::CONNECT {
         return Ok(local_error(
-            &shared,
+            telemetry,
             &mut ctx,
             Some(unrouted),
             ProxyError::BadRequest,
@@ -186,7 +188,7 @@ pub async fn handle(
             let host = authority(&req);
             if host.is_none() && req.version() == Version::HTTP_11 {
                 return Ok(local_error(
-                    &shared,
+                    telemetry,
                     &mut ctx,
                     Some(unrouted),
                     ProxyError::MissingAuthority,
@@ -196,7 +198,7 @@ pub async fn handle(
                 Some(d) => d.clone(),
                 None => {
                     return Ok(local_error(
-                        &shared,
+                        telemetry,
                         &mut ctx,
                         Some(unrouted),
                         ProxyError::UnknownAuthority,
@@ -205,7 +207,7 @@ pub async fn handle(
             }
         }
         Direction::Inbound => {
-            let inbound = &shared.metrics.inbound;
+            let inbound = &telemetry.metrics.inbound;
             if peer.mtls {
                 &inbound.mtls
             } else {
@@ -220,13 +222,13 @@ pub async fn handle(
                     .as_deref()
                     .is_some_and(|id| state.allow.iter().any(|a| &**a == id));
             if !allowed {
-                shared
+                telemetry
                     .metrics
                     .authz_denied
                     .with_label_values(&[&state.service])
                     .inc();
                 return Ok(local_error(
-                    &shared,
+                    telemetry,
                     &mut ctx,
                     Some(unrouted),
                     ProxyError::Forbidden,
@@ -236,7 +238,7 @@ pub async fn handle(
                 Some(d) => d.clone(),
                 None => {
                     return Ok(local_error(
-                        &shared,
+                        telemetry,
                         &mut ctx,
                         Some(unrouted),
                         ProxyError::NoInbound,
@@ -245,11 +247,11 @@ pub async fn handle(
             }
         }
     };
-    Ok(forward(&shared, &state, &dest, &peer, ctx, req).await)
+    Ok(forward(telemetry, &state, &dest, &peer, ctx, req).await)
 }
 
 async fn forward(
-    shared: &Shared,
+    telemetry: &Telemetry,
     _state: &Compiled,
     dest: &Dest,
     peer: &Peer,
@@ -271,7 +273,7 @@ async fn forward(
     if let Some(bucket) = &route.rate_limit {
         if !bucket.try_acquire() {
             route.counters.rate_limited.inc();
-            return local_error(shared, &mut ctx, Some(unpicked), ProxyError::RateLimited);
+            return local_error(telemetry, &mut ctx, Some(unpicked), ProxyError::RateLimited);
         }
     }
     if let Some(f) = &route.fault {
@@ -283,7 +285,7 @@ async fn forward(
         if let Some(status) = roll.abort {
             route.counters.fault_aborts.inc();
             return local_error(
-                shared,
+                telemetry,
                 &mut ctx,
                 Some(unpicked),
                 ProxyError::FaultInjected(status.as_u16()),
@@ -291,7 +293,7 @@ async fn forward(
         }
     }
     let deadline = ctx.start + route.timeout;
-    let permit = match dest.breaker.acquire(deadline).await {
+    let permit = match dest.concurrency.acquire(deadline).await {
         Ok(p) => p,
         Err(o) => {
             match o {
@@ -299,7 +301,7 @@ async fn forward(
                 Overload::Deadline => dest.counters.overload_deadline.inc(),
                 Overload::Connections => dest.counters.overload_connections.inc(),
             }
-            return local_error(shared, &mut ctx, Some(unpicked), ProxyError::Overloaded);
+            return local_error(telemetry, &mut ctx, Some(unpicked), ProxyError::Overloaded);
         }
     };
 
@@ -315,7 +317,7 @@ async fn forward(
     };
     let (mut head, body) = req.into_parts();
     if let Err(e) = prepare(&mut head, dest.protocol, ctx.client, upgrade) {
-        return local_error(shared, &mut ctx, Some(unpicked), e);
+        return local_error(telemetry, &mut ctx, Some(unpicked), e);
     }
     if ctx.direction == Direction::Inbound {
         // After stripping: `Connection: x-outrigger-client-id` must not remove it.
@@ -361,7 +363,7 @@ async fn forward(
             avoid,
             version,
         ) else {
-            return local_error(shared, &mut ctx, Some(unpicked), ProxyError::NoEndpoints);
+            return local_error(telemetry, &mut ctx, Some(unpicked), ProxyError::NoEndpoints);
         };
         let ep = &dest.endpoints[pick.index];
         let mut probe = ProbeSlot::new(&ep.state.outlier, pick.probe);
@@ -376,7 +378,12 @@ async fn forward(
         let Some(body) = next_body.take().or_else(|| source.next_attempt(attempt)) else {
             // The body outgrew the replay cap while the previous attempt was still sending it.
             route.counters.body_too_large.inc();
-            return local_error(shared, &mut ctx, Some(metrics), ProxyError::UpstreamReset);
+            return local_error(
+                telemetry,
+                &mut ctx,
+                Some(metrics),
+                ProxyError::UpstreamReset,
+            );
         };
         let target = app_authority.as_ref().unwrap_or(&ep.authority);
         let mut upstream_req = attempt_request(&head, target, attempt, may_retry, body);
@@ -384,7 +391,7 @@ async fn forward(
             upstream_req.headers_mut(),
             &ctx.trace,
             ctx.span_id,
-            shared.tracer.b3,
+            telemetry.tracer.b3,
         );
 
         let started = Instant::now();
@@ -418,7 +425,7 @@ async fn forward(
                             stats: &dest.stats,
                             permit,
                         };
-                        return finish.response(shared, res, downstream_upgrade);
+                        return finish.response(telemetry, res, downstream_upgrade);
                     }
                     Checked::Retry(failure, res) => (failure, Some(res)),
                 }
@@ -441,7 +448,7 @@ async fn forward(
             }
             Err(_) => {
                 observe(dest, ep, probe.consume(), true);
-                return local_error(shared, &mut ctx, Some(metrics), ProxyError::Timeout);
+                return local_error(telemetry, &mut ctx, Some(metrics), ProxyError::Timeout);
             }
         };
         if failure == Failure::Overloaded {
@@ -502,10 +509,10 @@ async fn forward(
                     stats: &dest.stats,
                     permit,
                 };
-                return finish.response(shared, res, None);
+                return finish.response(telemetry, res, None);
             }
             (_, None) => {
-                return local_error(shared, &mut ctx, Some(metrics), give_up_error(failure));
+                return local_error(telemetry, &mut ctx, Some(metrics), give_up_error(failure));
             }
         }
     }
@@ -703,14 +710,14 @@ struct Finish<'a> {
 impl Finish<'_> {
     fn response(
         mut self,
-        shared: &Shared,
+        telemetry: &Telemetry,
         mut res: Response<UpstreamBody>,
         downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Response<ResponseBody> {
         let switching = res.status() == http::StatusCode::SWITCHING_PROTOCOLS;
         match (switching, downstream_upgrade) {
             (true, Some(down)) => {
-                shared
+                telemetry
                     .metrics
                     .upgrades
                     .with_label_values(&[self.ctx.direction.as_str()])
@@ -775,24 +782,24 @@ fn authority<B>(req: &Request<B>) -> Option<&str> {
 }
 
 fn local_error(
-    shared: &Shared,
+    telemetry: &Telemetry,
     ctx: &mut Ctx,
     metrics: Option<&Arc<StatusMetrics>>,
     err: ProxyError,
 ) -> Response<ResponseBody> {
-    local_response(shared, ctx, metrics, err.reason(), err.response())
+    local_response(telemetry, ctx, metrics, err.reason(), err.response())
 }
 
 /// A response the proxy makes itself, `reason` being its `x-outrigger-error`: counted, logged
 /// and traced like any other.
 fn local_response(
-    shared: &Shared,
+    telemetry: &Telemetry,
     ctx: &mut Ctx,
     metrics: Option<&Arc<StatusMetrics>>,
     reason: &'static str,
     res: Response<bytes::Bytes>,
 ) -> Response<ResponseBody> {
-    shared
+    telemetry
         .metrics
         .proxy_errors
         .with_label_values(&[ctx.direction.as_str(), reason])

@@ -1,11 +1,12 @@
-//! Attacks on the sidecar's security edges, in process with real sockets: the proxy's shared
-//! state with snapshots applied, its real listeners on 127.0.0.1:0, real hyper clients, and a
+//! Attacks on the sidecar's security edges, in process with real sockets: a [`Sidecar`] with
+//! snapshots applied, its real listeners on 127.0.0.1:0, real hyper clients, and a
 //! local app that echoes the headers it received. Each test fails on a proxy that opens the
 //! door: inbound before the first snapshot, plaintext after strict applies, a removable or
 //! forgeable caller identity, a pooled connection reused under other TLS settings.
 
 use super::*;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::Telemetry;
 use crate::tls::identity::Identity;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -32,27 +33,28 @@ fn snapshot(yaml: &str) -> Snapshot {
     outrigger_config::from_yaml(yaml).expect("test snapshot")
 }
 
-fn shared(identity: Option<Arc<Identity>>) -> Arc<Shared> {
+fn sidecar(identity: Option<Arc<Identity>>) -> Arc<Sidecar> {
     let settings = ProxySettings {
         access_log: false,
         ..ProxySettings::default()
     };
-    Arc::new(Shared::with_identity(
-        settings,
-        None,
-        Metrics::new(),
-        identity,
-    ))
+    let telemetry = Telemetry::new(&settings, None, Metrics::new());
+    Arc::new(Sidecar::new(settings, telemetry, identity))
 }
 
-async fn listen(shared: &Arc<Shared>, direction: Direction) -> (Listener, SocketAddr) {
+fn apply(sidecar: &Sidecar, snapshot: Snapshot) -> u64 {
+    sidecar.snapshot.apply(snapshot, "test", &sidecar.telemetry)
+}
+
+async fn listen(sidecar: &Arc<Sidecar>, direction: Direction) -> (Listener, SocketAddr) {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
-    (Listener::spawn(l, direction, shared.clone()), addr)
+    (Listener::spawn(l, direction, sidecar.clone()), addr)
 }
 
-fn inbound_failures(shared: &Shared) -> u64 {
-    shared
+fn inbound_failures(sidecar: &Sidecar) -> u64 {
+    sidecar
+        .telemetry
         .metrics
         .tls_handshakes
         .with_label_values(&["inbound", "error"])
@@ -155,15 +157,15 @@ async fn body_json(res: Response<Incoming>) -> serde_json::Value {
 
 #[tokio::test]
 async fn before_the_first_snapshot_inbound_refuses_plaintext_h2c_and_counts_it() {
-    let shared = shared(None);
-    let (_inbound, addr) = listen(&shared, Direction::Inbound).await;
+    let sidecar = sidecar(None);
+    let (_inbound, addr) = listen(&sidecar, Direction::Inbound).await;
 
     // A plaintext h2c caller gets nothing at all: not even an error response.
     assert!(h2c_refused(addr).await, "served before any snapshot");
-    assert_eq!(inbound_failures(&shared), 1, "the refusal is counted");
+    assert_eq!(inbound_failures(&sidecar), 1, "the refusal is counted");
 
     // The same listener serves once a snapshot says how.
-    shared.apply(inbound_snapshot(echo_app().await, "off"), "test");
+    apply(&sidecar, inbound_snapshot(echo_app().await, "off"));
     let (mut send, _conn) = h2(addr).await;
     let req = get(http::Version::HTTP_2, "http://payment/")
         .body(Empty::new())
@@ -178,9 +180,9 @@ async fn before_the_first_snapshot_inbound_refuses_plaintext_h2c_and_counts_it()
 async fn an_http1_connection_opened_under_permissive_is_refused_at_its_next_request_once_strict_applies(
 ) {
     let app = echo_app().await;
-    let shared = shared(None);
-    shared.apply(inbound_snapshot(app, "permissive"), "test");
-    let (_inbound, addr) = listen(&shared, Direction::Inbound).await;
+    let sidecar = sidecar(None);
+    apply(&sidecar, inbound_snapshot(app, "permissive"));
+    let (_inbound, addr) = listen(&sidecar, Direction::Inbound).await;
 
     let (mut send, conn) = h1(addr).await;
     let req = || {
@@ -199,7 +201,7 @@ async fn an_http1_connection_opened_under_permissive_is_refused_at_its_next_requ
     );
     body_json(res).await;
 
-    shared.apply(inbound_snapshot(app, "strict"), "test");
+    apply(&sidecar, inbound_snapshot(app, "strict"));
     within("the connection to be ready", send.ready())
         .await
         .expect("kept alive");
@@ -217,7 +219,8 @@ async fn an_http1_connection_opened_under_permissive_is_refused_at_its_next_requ
         .expect("conn task");
     assert!(send.is_closed());
     assert_eq!(
-        shared
+        sidecar
+            .telemetry
             .metrics
             .proxy_errors
             .with_label_values(&["inbound", "mtls-required"])
@@ -229,9 +232,9 @@ async fn an_http1_connection_opened_under_permissive_is_refused_at_its_next_requ
 #[tokio::test]
 async fn an_h2c_connection_opened_under_permissive_is_refused_and_ended_once_strict_applies() {
     let app = echo_app().await;
-    let shared = shared(None);
-    shared.apply(inbound_snapshot(app, "permissive"), "test");
-    let (_inbound, addr) = listen(&shared, Direction::Inbound).await;
+    let sidecar = sidecar(None);
+    apply(&sidecar, inbound_snapshot(app, "permissive"));
+    let (_inbound, addr) = listen(&sidecar, Direction::Inbound).await;
 
     let (mut send, conn) = h2(addr).await;
     let req = || {
@@ -244,7 +247,7 @@ async fn an_h2c_connection_opened_under_permissive_is_refused_and_ended_once_str
         .expect("served");
     assert_eq!(res.status(), StatusCode::OK);
 
-    shared.apply(inbound_snapshot(app, "strict"), "test");
+    apply(&sidecar, inbound_snapshot(app, "strict"));
     let res = within("the strict request", send.send_request(req()))
         .await
         .expect("an answer");
@@ -259,25 +262,25 @@ async fn an_h2c_connection_opened_under_permissive_is_refused_and_ended_once_str
     assert!(again.is_err(), "a request went through after GOAWAY");
 
     // A new plaintext connection is not even accepted now.
-    let before = inbound_failures(&shared);
+    let before = inbound_failures(&sidecar);
     assert!(h2c_refused(addr).await);
-    assert_eq!(inbound_failures(&shared), before + 1);
+    assert_eq!(inbound_failures(&sidecar), before + 1);
 }
 
 /// Serves one connection as if its client certificate had been verified as `peer` names: the
 /// header path is what is under test, not the handshake.
 async fn connect_as(
-    shared: &Arc<Shared>,
+    sidecar: &Arc<Sidecar>,
     peer: impl FnOnce(SocketAddr) -> Peer + Send + 'static,
 ) -> H1 {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
-    let shared = shared.clone();
+    let sidecar = sidecar.clone();
     tokio::spawn(async move {
         let (drain, draining) = watch::channel(false);
         if let Ok((s, from)) = l.accept().await {
-            let b = builder(&shared);
-            serve(&b, draining, s, shared, Direction::Inbound, peer(from)).await;
+            let b = builder(&sidecar.settings);
+            serve(&b, draining, s, sidecar, Direction::Inbound, peer(from)).await;
         }
         drop(drain);
     });
@@ -302,10 +305,10 @@ async fn client_ids_seen(send: &mut H1, headers: &[(&str, &str)]) -> serde_json:
 #[tokio::test]
 async fn the_caller_identity_can_be_neither_removed_nor_forged() {
     const CHECKOUT: &str = "spiffe://outrigger.local/service/checkout";
-    let shared = shared(None);
-    shared.apply(inbound_snapshot(echo_app().await, "permissive"), "test");
+    let sidecar = sidecar(None);
+    apply(&sidecar, inbound_snapshot(echo_app().await, "permissive"));
 
-    let mut verified = connect_as(&shared, |a| Peer::mtls(a, Some(Arc::from(CHECKOUT)))).await;
+    let mut verified = connect_as(&sidecar, |a| Peer::mtls(a, Some(Arc::from(CHECKOUT)))).await;
     // Naming it in `Connection` used to make hop-by-hop stripping delete it.
     let seen = client_ids_seen(
         &mut verified,
@@ -323,7 +326,7 @@ async fn the_caller_identity_can_be_neither_removed_nor_forged() {
     assert_eq!(seen, serde_json::json!([CHECKOUT]));
 
     // Plaintext: whatever the caller claims, the app sees no identity.
-    let mut plain = connect_as(&shared, Peer::plaintext).await;
+    let mut plain = connect_as(&sidecar, Peer::plaintext).await;
     for headers in [
         &[(
             "x-outrigger-client-id",
@@ -464,26 +467,21 @@ async fn pooled_http2_connections_are_not_reused_across_a_tls_change() {
     let count = |c: &Arc<AtomicUsize>| c.load(Ordering::SeqCst);
     // An identity without a certificate yet: enough to build client configs (the upstream
     // asks for no client certificate).
-    let shared = shared(Some(Arc::new(Identity::default())));
-    let apply = |s: Snapshot| shared.apply(s, "test");
-    apply(outbound_snapshot(
-        "permissive",
-        &[&old_root.pem],
-        PAYMENT,
-        up.addr,
-    ));
-    let (_outbound, out) = listen(&shared, Direction::Outbound).await;
+    let sidecar = sidecar(Some(Arc::new(Identity::default())));
+    apply(
+        &sidecar,
+        outbound_snapshot("permissive", &[&old_root.pem], PAYMENT, up.addr),
+    );
+    let (_outbound, out) = listen(&sidecar, Direction::Outbound).await;
 
     assert_eq!(call_payment(out).await, (StatusCode::OK, None));
     assert_eq!(call_payment(out).await, (StatusCode::OK, None));
     assert_eq!(count(&up.tls), 1, "one multiplexed mTLS connection");
     // A push that leaves the TLS setting alone keeps the connection.
-    apply(outbound_snapshot(
-        "permissive",
-        &[&old_root.pem],
-        PAYMENT,
-        up.addr,
-    ));
+    apply(
+        &sidecar,
+        outbound_snapshot("permissive", &[&old_root.pem], PAYMENT, up.addr),
+    );
     assert_eq!(call_payment(out).await, (StatusCode::OK, None));
     assert_eq!(
         count(&up.tls),
@@ -493,12 +491,10 @@ async fn pooled_http2_connections_are_not_reused_across_a_tls_change() {
 
     // A new trust bundle (a root joining during rotation): a new connection, verified
     // under it, and the old one closes.
-    apply(outbound_snapshot(
-        "strict",
-        &[&old_root.pem, &new_root.pem],
-        PAYMENT,
-        up.addr,
-    ));
+    apply(
+        &sidecar,
+        outbound_snapshot("strict", &[&old_root.pem, &new_root.pem], PAYMENT, up.addr),
+    );
     assert_eq!(call_payment(out).await, (StatusCode::OK, None));
     assert_eq!(count(&up.tls), 2, "the new bundle made a new connection");
     let mut open = up.open.clone();
@@ -508,28 +504,32 @@ async fn pooled_http2_connections_are_not_reused_across_a_tls_change() {
 
     // Another expected identity: the pooled connection (verified as payment) must not carry
     // the request; a new handshake finds the mismatch.
-    apply(outbound_snapshot(
-        "strict",
-        &[&old_root.pem, &new_root.pem],
-        "spiffe://outrigger.local/service/ledger",
-        up.addr,
-    ));
+    apply(
+        &sidecar,
+        outbound_snapshot(
+            "strict",
+            &[&old_root.pem, &new_root.pem],
+            "spiffe://outrigger.local/service/ledger",
+            up.addr,
+        ),
+    );
     let (status, reason) = call_payment(out).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(reason.as_deref(), Some("peer-identity-mismatch"));
 
     // A bundle without the root the upstream's certificate chains to: refused the same way.
-    apply(outbound_snapshot(
-        "strict",
-        &[&new_root.pem],
-        PAYMENT,
-        up.addr,
-    ));
+    apply(
+        &sidecar,
+        outbound_snapshot("strict", &[&new_root.pem], PAYMENT, up.addr),
+    );
     let (status, _) = call_payment(out).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
 
     // mTLS off: plaintext h2c on a connection of its own, never a TLS one made before.
-    apply(outbound_snapshot("off", &[&old_root.pem], PAYMENT, up.addr));
+    apply(
+        &sidecar,
+        outbound_snapshot("off", &[&old_root.pem], PAYMENT, up.addr),
+    );
     assert_eq!(call_payment(out).await, (StatusCode::OK, None));
     assert_eq!(count(&up.plain), 1, "off means a plaintext connection");
 }

@@ -7,9 +7,9 @@
 use super::matcher::RouteMatcher;
 use super::split::Split;
 use super::table::AuthorityTable;
-use crate::breaker::Breaker;
 use crate::client::h2::H2Slot;
 use crate::client::{ClientKey, Clients, Upstream};
+use crate::concurrency::ConcurrencyLimit;
 use crate::endpoint::{EndpointRegistry, EndpointState};
 use crate::ratelimit::TokenBucket;
 use crate::retry::budget::RetryBudget;
@@ -62,7 +62,7 @@ pub struct Dest {
     pub rr: AtomicUsize,
     pub ewma_decay: Duration,
     pub outlier: OutlierDetection,
-    pub breaker: Arc<Breaker>,
+    pub concurrency: Arc<ConcurrencyLimit>,
     pub budget: Arc<RetryBudget>,
     pub counters: DestCounters,
     /// Serialises ejection decisions (see `forward::observe`).
@@ -192,7 +192,7 @@ pub struct DestRegistry {
 struct DestShared {
     limits: Limits,
     budget_cfg: outrigger_config::RetryBudget,
-    breaker: Arc<Breaker>,
+    concurrency: Arc<ConcurrencyLimit>,
     budget: Arc<RetryBudget>,
 }
 
@@ -203,25 +203,25 @@ impl DestRegistry {
         name: &str,
         limits: &Limits,
         budget: &outrigger_config::RetryBudget,
-    ) -> (Arc<Breaker>, Arc<RetryBudget>) {
+    ) -> (Arc<ConcurrencyLimit>, Arc<RetryBudget>) {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         let e = map
             .entry((dir, name.to_string()))
             .or_insert_with(|| DestShared {
                 limits: limits.clone(),
                 budget_cfg: budget.clone(),
-                breaker: Arc::new(Breaker::new(limits)),
+                concurrency: Arc::new(ConcurrencyLimit::new(limits)),
                 budget: Arc::new(RetryBudget::new(budget)),
             });
         if e.limits != *limits {
             e.limits = limits.clone();
-            e.breaker = Arc::new(Breaker::new(limits));
+            e.concurrency = Arc::new(ConcurrencyLimit::new(limits));
         }
         if e.budget_cfg != *budget {
             e.budget_cfg = budget.clone();
             e.budget = Arc::new(RetryBudget::new(budget));
         }
-        (e.breaker.clone(), e.budget.clone())
+        (e.concurrency.clone(), e.budget.clone())
     }
 }
 
@@ -411,7 +411,7 @@ impl Compiler<'_> {
                 }
             })
             .collect();
-        let (breaker, budget) =
+        let (concurrency, budget) =
             self.dests
                 .get(spec.direction, spec.name, &spec.limits, &spec.budget);
         let overload = |l: &str| m.overloads.with_label_values(&[dir, service, spec.name, l]);
@@ -440,7 +440,7 @@ impl Compiler<'_> {
             rr: AtomicUsize::new(0),
             ewma_decay: spec.ewma.decay,
             outlier: spec.outlier,
-            breaker,
+            concurrency,
             budget,
             eject_lock: Mutex::new(()),
             counters: DestCounters {

@@ -1,5 +1,6 @@
-//! Overload protection per destination: requests in flight, requests waiting for a slot, and
-//! upstream connections are all bounded. Past a bound the request fails at once (503
+//! The per-destination concurrency limit: how many requests may be in flight and how many may
+//! wait for a slot, and why a request was turned away ([`Overload`], which also names the
+//! upstream connection bound the client enforces). Past a bound the request fails at once (503
 //! `overloaded`) instead of joining an unbounded queue.
 
 use outrigger_config::Limits;
@@ -28,13 +29,14 @@ impl Overload {
     }
 }
 
-pub struct Breaker {
+/// Slots for requests in flight to one destination, with a bounded queue for a free one.
+pub struct ConcurrencyLimit {
     in_flight: Arc<Semaphore>,
     waiting: AtomicUsize,
     max_pending: usize,
 }
 
-impl Breaker {
+impl ConcurrencyLimit {
     pub fn new(limits: &Limits) -> Self {
         Self {
             in_flight: Arc::new(Semaphore::new(limits.max_requests as usize)),
@@ -85,7 +87,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn queue_is_bounded_and_waiters_get_freed_slots() {
-        let b = Arc::new(Breaker::new(&Limits {
+        let b = Arc::new(ConcurrencyLimit::new(&Limits {
             max_connections: 10,
             max_pending_requests: 1,
             max_requests: 2,

@@ -517,6 +517,7 @@ async fn websocket_upgrade_is_tunnelled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy stage: run with --ignored"]
 async fn gigabyte_bodies_stream_in_bounded_memory() {
     let app = Upstream::start("app").await;
     let proxy = proxy_for(&app).await;

@@ -56,10 +56,6 @@ async fn join(
     builder.spawn().ready().await
 }
 
-async fn metric(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
-    proxy.metric(name, labels).await.unwrap_or(0.0)
-}
-
 async fn call_payment(caller: &Proxy) -> u16 {
     let req = client::request("GET", &format!("http://{}/", caller.outbound()))
         .header("host", "payment")
@@ -238,8 +234,8 @@ async fn renewal_never_lapses_over_twenty_certificate_lifetimes_under_load() {
         "renewal: set up in {setup:?}; {elapsed:?}, {ok} ok / {failed} failed, {samples} \
          /ready samples, {} addresses; renewals checkout {} payment {}",
         moving.moves,
-        metric(&checkout, RENEWALS, &[("result", "ok")]).await,
-        metric(&payment, RENEWALS, &[("result", "ok")]).await,
+        checkout.metric_or_zero(RENEWALS, &[("result", "ok")]).await,
+        payment.metric_or_zero(RENEWALS, &[("result", "ok")]).await,
     );
 
     assert_eq!(failed, 0, "failed requests over {elapsed:?} ({ok} ok)");
@@ -254,13 +250,15 @@ async fn renewal_never_lapses_over_twenty_certificate_lifetimes_under_load() {
         (&checkout, "checkout", "outbound"),
         (&payment, "payment", "inbound"),
     ] {
-        let renewed = metric(sidecar, RENEWALS, &[("result", "ok")]).await - 1.0;
+        let renewed = sidecar.metric_or_zero(RENEWALS, &[("result", "ok")]).await - 1.0;
         assert!(
             renewed >= 20.0,
             "{name} renewed {renewed} times in {elapsed:?}"
         );
         assert_eq!(
-            metric(sidecar, RENEWALS, &[("result", "error")]).await,
+            sidecar
+                .metric_or_zero(RENEWALS, &[("result", "error")])
+                .await,
             0.0,
             "{name} had a failed renewal: {}",
             sidecar.stderr()
@@ -274,14 +272,18 @@ async fn renewal_never_lapses_over_twenty_certificate_lifetimes_under_load() {
             sidecar.stderr()
         );
         let handshakes = [("direction", direction), ("result", "ok")];
-        let made = metric(sidecar, HANDSHAKES, &handshakes).await;
+        let made = sidecar.metric_or_zero(HANDSHAKES, &handshakes).await;
         assert!(
             made >= moving.moves as f64,
             "{name}: {made} {direction} handshakes for {} addresses",
             moving.moves
         );
         let refused = [("direction", direction), ("result", "error")];
-        assert_eq!(metric(sidecar, HANDSHAKES, &refused).await, 0.0, "{name}");
+        assert_eq!(
+            sidecar.metric_or_zero(HANDSHAKES, &refused).await,
+            0.0,
+            "{name}"
+        );
     }
 }
 
@@ -343,9 +345,9 @@ async fn a_sidecar_cut_off_during_a_root_rotation_trusts_its_peers_when_it_retur
     load.progress(20, Duration::from_secs(10), "traffic before the rotation")
         .await;
 
-    let expires = metric(&checkout, EXPIRY, &[]).await;
+    let expires = checkout.metric_or_zero(EXPIRY, &[]).await;
     assert_eq!(
-        metric(&checkout, RENEWALS, &[("result", "ok")]).await,
+        checkout.metric_or_zero(RENEWALS, &[("result", "ok")]).await,
         1.0,
         "checkout still holds its first certificate"
     );
@@ -405,13 +407,17 @@ async fn a_sidecar_cut_off_during_a_root_rotation_trusts_its_peers_when_it_retur
 
     // Back: checkout renews over mTLS, and its stream brings the bundle with the new root.
     let outbound = |result| [("direction", "outbound"), ("result", result)];
-    let handshakes_before = metric(&checkout, HANDSHAKES, &outbound("ok")).await;
-    let refused_before = metric(&checkout, HANDSHAKES, &outbound("error")).await;
+    let handshakes_before = checkout.metric_or_zero(HANDSHAKES, &outbound("ok")).await;
+    let refused_before = checkout
+        .metric_or_zero(HANDSHAKES, &outbound("error"))
+        .await;
     relay.set(Path::Open);
     eventually(
         Duration::from_secs(15),
         "checkout to renew with the path open",
-        || async { (metric(&checkout, RENEWALS, &[("result", "ok")]).await > 1.0).then_some(()) },
+        || async {
+            (checkout.metric_or_zero(RENEWALS, &[("result", "ok")]).await > 1.0).then_some(())
+        },
     )
     .await;
     let spare = expires - unix_now();
@@ -444,13 +450,15 @@ async fn a_sidecar_cut_off_during_a_root_rotation_trusts_its_peers_when_it_retur
         "traffic to payment's new address",
     )
     .await;
-    let handshakes = metric(&checkout, HANDSHAKES, &outbound("ok")).await - handshakes_before;
+    let handshakes = checkout.metric_or_zero(HANDSHAKES, &outbound("ok")).await - handshakes_before;
     assert!(
         handshakes >= 2.0,
         "{handshakes} handshakes after the return"
     );
     assert_eq!(
-        metric(&checkout, HANDSHAKES, &outbound("error")).await,
+        checkout
+            .metric_or_zero(HANDSHAKES, &outbound("error"))
+            .await,
         refused_before,
         "a handshake to payment failed after the return"
     );
@@ -481,13 +489,17 @@ async fn a_sidecar_rides_out_a_control_plane_restart_and_says_when_its_certifica
     assert_eq!(control.apply(MESH).await.0, 200);
     let checkout = join(&control, &control.url(), "checkout", None, &[]).await;
     let ready = ReadyWatch::start(vec![checkout.admin]);
-    let first_expires = metric(&checkout, EXPIRY, &[]).await;
+    let first_expires = checkout.metric_or_zero(EXPIRY, &[]).await;
     control.kill();
     eventually(
         Duration::from_secs(12),
         "a renewal to fail with the control plane gone",
         || async {
-            (metric(&checkout, RENEWALS, &[("result", "error")]).await >= 1.0).then_some(())
+            (checkout
+                .metric_or_zero(RENEWALS, &[("result", "error")])
+                .await
+                >= 1.0)
+                .then_some(())
         },
     )
     .await;
@@ -495,7 +507,9 @@ async fn a_sidecar_rides_out_a_control_plane_restart_and_says_when_its_certifica
     eventually(
         Duration::from_secs(10),
         "checkout to renew on its own with the control plane back",
-        || async { (metric(&checkout, RENEWALS, &[("result", "ok")]).await >= 2.0).then_some(()) },
+        || async {
+            (checkout.metric_or_zero(RENEWALS, &[("result", "ok")]).await >= 2.0).then_some(())
+        },
     )
     .await;
     eprintln!(
@@ -510,7 +524,7 @@ async fn a_sidecar_rides_out_a_control_plane_restart_and_says_when_its_certifica
     );
 
     // Gone for good: once the certificate expires, checkout is not ready and says why.
-    let expires = metric(&checkout, EXPIRY, &[]).await;
+    let expires = checkout.metric_or_zero(EXPIRY, &[]).await;
     control.kill();
     let body = eventually(
         Duration::from_secs(20),
@@ -562,7 +576,7 @@ async fn a_dev_sidecar_with_only_an_operator_token_holds_a_certificate_before_it
     let checkout = dev("checkout", None).await;
     for (sidecar, name) in [(&payment, "payment"), (&checkout, "checkout")] {
         assert!(
-            metric(sidecar, EXPIRY, &[]).await > unix_now(),
+            sidecar.metric_or_zero(EXPIRY, &[]).await > unix_now(),
             "{name} is ready without a valid certificate"
         );
         assert_eq!(
@@ -574,12 +588,12 @@ async fn a_dev_sidecar_with_only_an_operator_token_holds_a_certificate_before_it
     }
     reaches_payment(&checkout).await;
     assert!(
-        metric(
-            &payment,
-            "outrigger_inbound_requests_by_security_total",
-            &[("security", "mtls")]
-        )
-        .await
+        payment
+            .metric_or_zero(
+                "outrigger_inbound_requests_by_security_total",
+                &[("security", "mtls")]
+            )
+            .await
             >= 1.0
     );
 }

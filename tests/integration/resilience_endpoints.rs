@@ -52,18 +52,15 @@ fn upstream_name(res: &Response<Bytes>) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
-/// A sample's value; 0 when the series does not exist (yet).
-async fn metric(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
-    proxy.metric(name, labels).await.unwrap_or(0.0)
-}
-
 const PAYMENT: &[(&str, &str)] = &[("service", "order"), ("dst_service", "payment")];
 
 async fn ejections(proxy: &Proxy, dst: &str) -> (f64, f64) {
     let l = [("service", "order"), ("dst_service", dst)];
     (
-        metric(proxy, "outrigger_ejections_total", &l).await,
-        metric(proxy, "outrigger_endpoints_ejected", &l).await,
+        proxy.metric_or_zero("outrigger_ejections_total", &l).await,
+        proxy
+            .metric_or_zero("outrigger_endpoints_ejected", &l)
+            .await,
     )
 }
 
@@ -394,21 +391,15 @@ async fn in_flight_and_pending_limits_fail_the_excess_fast() {
         labels
     };
     assert_eq!(
-        metric(
-            &proxy,
-            "outrigger_overload_rejections_total",
-            &limit("pending")
-        )
-        .await,
+        proxy
+            .metric_or_zero("outrigger_overload_rejections_total", &limit("pending"))
+            .await,
         3.0
     );
     assert_eq!(
-        metric(
-            &proxy,
-            "outrigger_overload_rejections_total",
-            &limit("deadline")
-        )
-        .await,
+        proxy
+            .metric_or_zero("outrigger_overload_rejections_total", &limit("deadline"))
+            .await,
         0.0
     );
     eprintln!("limits: successes at {ok_times:?}");
@@ -460,7 +451,11 @@ async fn a_client_that_hangs_up_while_queued_gives_its_place_back() {
         Duration::from_secs(5),
         "the proxy to see B hang up",
         || async {
-            (metric(&proxy, "outrigger_connections_open", &open).await == 1.0).then_some(())
+            (proxy
+                .metric_or_zero("outrigger_connections_open", &open)
+                .await
+                == 1.0)
+                .then_some(())
         },
     )
     .await;
@@ -492,7 +487,9 @@ async fn a_client_that_hangs_up_while_queued_gives_its_place_back() {
     let mut labels = PAYMENT.to_vec();
     labels.push(("limit", "pending"));
     assert_eq!(
-        metric(&proxy, "outrigger_overload_rejections_total", &labels).await,
+        proxy
+            .metric_or_zero("outrigger_overload_rejections_total", &labels)
+            .await,
         1.0
     );
 }
@@ -537,7 +534,9 @@ async fn connection_limit_fails_the_excess_fast_and_reuses_the_one_connection() 
     let mut labels = PAYMENT.to_vec();
     labels.push(("limit", "connections"));
     assert_eq!(
-        metric(&proxy, "outrigger_overload_rejections_total", &labels).await,
+        proxy
+            .metric_or_zero("outrigger_overload_rejections_total", &labels)
+            .await,
         2.0
     );
 
@@ -752,21 +751,21 @@ async fn faults_abort_and_delay_exactly_as_configured() {
         "aborted requests never reach the upstream"
     );
     assert_eq!(
-        metric(
-            &proxy,
-            "outrigger_faults_injected_total",
-            &route("abort", &[("kind", "abort")])
-        )
-        .await,
+        proxy
+            .metric_or_zero(
+                "outrigger_faults_injected_total",
+                &route("abort", &[("kind", "abort")])
+            )
+            .await,
         10.0
     );
     eventually(Duration::from_secs(5), "418s counted", || async {
-        let n = metric(
-            &proxy,
-            "outrigger_requests_total",
-            &route("abort", &[("status_code", "418")]),
-        )
-        .await;
+        let n = proxy
+            .metric_or_zero(
+                "outrigger_requests_total",
+                &route("abort", &[("status_code", "418")]),
+            )
+            .await;
         (n == 10.0).then_some(())
     })
     .await;
@@ -781,12 +780,12 @@ async fn faults_abort_and_delay_exactly_as_configured() {
     }
     assert_eq!(up.requests(), 3);
     assert_eq!(
-        metric(
-            &proxy,
-            "outrigger_faults_injected_total",
-            &route("delay", &[("kind", "delay")])
-        )
-        .await,
+        proxy
+            .metric_or_zero(
+                "outrigger_faults_injected_total",
+                &route("delay", &[("kind", "delay")])
+            )
+            .await,
         3.0
     );
 
@@ -818,12 +817,12 @@ async fn faults_abort_and_delay_exactly_as_configured() {
     assert!((150..=250).contains(&aborted), "{aborted} of 400 aborted");
     assert_eq!(up.requests(), 3 + 400 - aborted);
     assert_eq!(
-        metric(
-            &proxy,
-            "outrigger_faults_injected_total",
-            &route("half", &[("kind", "abort")])
-        )
-        .await,
+        proxy
+            .metric_or_zero(
+                "outrigger_faults_injected_total",
+                &route("half", &[("kind", "abort")])
+            )
+            .await,
         aborted as f64
     );
     eprintln!("faults: 50% abort hit {aborted} of 400");
@@ -884,7 +883,9 @@ async fn rate_limits_admit_the_burst_then_429() {
             ("route", route),
         ];
         assert_eq!(
-            metric(&proxy, "outrigger_rate_limited_total", &labels).await,
+            proxy
+                .metric_or_zero("outrigger_rate_limited_total", &labels)
+                .await,
             (20 - ok) as f64,
             "{direction}"
         );

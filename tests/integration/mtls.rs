@@ -240,6 +240,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy stage: run with --ignored"]
 async fn no_plaintext_http_crosses_the_wire_between_sidecars() {
     let control = Control::start().await;
     assert_eq!(control.apply(MESH).await.0, 200);

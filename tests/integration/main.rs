@@ -1,0 +1,32 @@
+//! Integration and system tests of the workspace: real binaries on ephemeral loopback ports,
+//! driven by the harness in `tests/harness/` (the `outrigger-tests` library). One test binary
+//! with one module per area keeps linking cheap on small machines; its tests run in parallel
+//! threads like any test binary's, so none may assume it runs alone.
+//!
+//! Two tests are the heavy stage, ignored by a plain `cargo test` and run by `.ci/run` after
+//! it with `cargo test --workspace --test integration -- --ignored`: 1 GiB each way through
+//! the proxy (`protocols`) and the loopback capture with tcpdump (`mtls`).
+
+mod admin;
+mod canary;
+mod config_reload;
+mod control_channel;
+mod control_plane;
+mod errors;
+mod logs;
+mod mesh_tracing;
+mod mesh_up;
+mod module_cycles;
+mod mtls;
+mod pooling;
+mod prometheus;
+mod protocols;
+mod quantiles;
+mod resilience_endpoints;
+mod resilience_retries;
+mod shutdown;
+mod strict;
+mod telemetry;
+mod top;
+mod tracing;
+mod trust_day2;
