@@ -212,9 +212,6 @@ pub async fn start(
                     let now = views.borrow_and_update().mtls.trust_bundle.clone();
                     if now == bundle { continue }
                     bundle = now;
-                    if let Err(e) = write_bundle(&bundle_file, &bundle) {
-                        tracing::error!(error = %e, "cannot write the trust bundle file");
-                    }
                 }
                 _ = tokio::time::sleep(renew_in) => {}
                 _ = async { drop(shutdown.wait_for(|stop| *stop).await) } => return,
@@ -232,6 +229,12 @@ pub async fn start(
                     RETRY
                 }
             };
+            // Only now: a client that reads the new bundle must find a certificate it
+            // verifies. After a root drop the old certificate chains to the dropped root, so
+            // the file changes after the serving certificate does, never before.
+            if let Err(e) = write_bundle(&bundle_file, &bundle) {
+                tracing::error!(error = %e, "cannot write the trust bundle file");
+            }
         }
     });
     Ok(Some(tls))
