@@ -3,14 +3,12 @@
 //! destination identity. Both present the current workload certificate through a resolver, so
 //! a renewal needs no rebuild.
 
-use super::identity::Identity;
+use super::identity::{Identity, PresentCurrent};
 use super::verify::SpiffeServerVerifier;
-use rustls::client::ResolvesClientCert;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,36 +19,6 @@ pub enum TlsConfigError {
     Rustls(#[from] rustls::Error),
     #[error("client verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
-}
-
-/// Presents whatever certificate the identity holds right now.
-#[derive(Debug)]
-struct Current(Arc<Identity>);
-
-impl std::fmt::Debug for Identity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Identity")
-    }
-}
-
-impl ResolvesServerCert for Current {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.current().map(|i| i.certified.clone())
-    }
-}
-
-impl ResolvesClientCert for Current {
-    fn resolve(
-        &self,
-        _issuers: &[&[u8]],
-        _schemes: &[SignatureScheme],
-    ) -> Option<Arc<CertifiedKey>> {
-        self.0.current().map(|i| i.certified.clone())
-    }
-
-    fn has_certs(&self) -> bool {
-        self.0.is_ready()
-    }
 }
 
 /// The roots a snapshot trusts: the store rustls verifies with, and the certificates it was
@@ -98,7 +66,7 @@ pub fn server(identity: Arc<Identity>, roots: &Roots) -> Result<Arc<ServerConfig
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(Current(identity)));
+        .with_cert_resolver(Arc::new(PresentCurrent(identity)));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -134,7 +102,7 @@ pub fn client(
             expected.to_string(),
             algs,
         )))
-        .with_client_cert_resolver(Arc::new(Current(identity)));
+        .with_client_cert_resolver(Arc::new(PresentCurrent(identity)));
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(ClientTls {
         config: Arc::new(cfg),

@@ -113,9 +113,23 @@ impl Identity {
     }
 }
 
-/// Presents the identity's current certificate as a TLS client (to the control plane).
+/// Presents whatever certificate the identity holds right now, on every handshake: as a
+/// client (to the control plane and peer sidecars) and as a server (inbound mTLS), so a
+/// renewal needs no configuration rebuilt.
 #[derive(Debug)]
 pub struct PresentCurrent(pub Arc<Identity>);
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Identity")
+    }
+}
+
+impl rustls::server::ResolvesServerCert for PresentCurrent {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.current().map(|i| i.certified.clone())
+    }
+}
 
 impl ResolvesClientCert for PresentCurrent {
     fn resolve(
