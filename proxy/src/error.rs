@@ -41,6 +41,8 @@ pub enum ProxyError {
     PeerIdentityMismatch,
     /// The caller's identity is not on this service's allow-list.
     Forbidden,
+    /// Strict mTLS is in force and the request came in plaintext; its connection is ended.
+    MtlsRequired,
 }
 
 impl ProxyError {
@@ -52,7 +54,7 @@ impl ProxyError {
             ProxyError::ConnectFailure
             | ProxyError::UpstreamReset
             | ProxyError::PeerIdentityMismatch => StatusCode::BAD_GATEWAY,
-            ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::Forbidden | ProxyError::MtlsRequired => StatusCode::FORBIDDEN,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
@@ -82,6 +84,7 @@ impl ProxyError {
             ProxyError::FaultInjected(_) => "fault-injected",
             ProxyError::PeerIdentityMismatch => "peer-identity-mismatch",
             ProxyError::Forbidden => "forbidden",
+            ProxyError::MtlsRequired => "mtls-required",
         }
     }
 
@@ -104,7 +107,15 @@ impl ProxyError {
                 "the upstream proved another identity than the destination's"
             }
             ProxyError::Forbidden => "the caller's identity is not allowed to call this service",
+            ProxyError::MtlsRequired => {
+                "this service accepts only mutual TLS; the connection is closed"
+            }
         }
+    }
+
+    /// The proxy ends the connection the request came on.
+    pub fn closes_connection(self) -> bool {
+        self == ProxyError::MtlsRequired
     }
 
     /// The response, with its JSON body.

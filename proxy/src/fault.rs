@@ -2,7 +2,9 @@
 //! demos and game days; injected faults are counted and marked `x-outrigger-error:
 //! fault-injected`.
 
+use crate::error::ProxyError;
 use outrigger_config::Fault;
+use prometheus::IntCounter;
 use std::time::Duration;
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -30,10 +32,57 @@ pub fn roll(f: &Fault) -> Roll {
     }
 }
 
+/// The fault step: delays and aborts as the route's fault section asks, counting each.
+pub async fn inject(
+    fault: Option<&Fault>,
+    delays: &IntCounter,
+    aborts: &IntCounter,
+) -> Result<(), ProxyError> {
+    let Some(f) = fault else {
+        return Ok(());
+    };
+    let roll = roll(f);
+    if let Some(d) = roll.delay {
+        delays.inc();
+        tokio::time::sleep(d).await;
+    }
+    match roll.abort {
+        Some(status) => {
+            aborts.inc();
+            Err(ProxyError::FaultInjected(status.as_u16()))
+        }
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use outrigger_config::{FaultAbort, FaultDelay};
+
+    #[tokio::test(start_paused = true)]
+    async fn the_step_delays_then_aborts_and_counts_both() {
+        let f = Fault {
+            delay: Some(FaultDelay {
+                percent: 100.0,
+                duration: Duration::from_millis(300),
+            }),
+            abort: Some(FaultAbort {
+                percent: 100.0,
+                status: 418,
+            }),
+        };
+        let c = |n: &str| IntCounter::new(n, n).expect("counter");
+        let (delays, aborts) = (c("delays"), c("aborts"));
+        let start = tokio::time::Instant::now();
+        assert_eq!(
+            inject(Some(&f), &delays, &aborts).await,
+            Err(ProxyError::FaultInjected(418))
+        );
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
+        assert_eq!((delays.get(), aborts.get()), (1, 1));
+        assert_eq!(inject(None, &delays, &aborts).await, Ok(()));
+    }
 
     #[test]
     fn percentages_hold() {

@@ -1,6 +1,12 @@
-//! A local token-bucket rate limit, per route or in front of the local app.
+//! A local token-bucket rate limit, per route or in front of the local app, and the step on
+//! the request path that applies it (429 `rate-limited`).
+//!
+//! Not `tower::limit::RateLimit`: it makes callers wait for the next period instead of
+//! refusing at once, and has no burst.
 
+use crate::error::ProxyError;
 use outrigger_config::RateLimit;
+use prometheus::IntCounter;
 use std::sync::{Mutex, PoisonError};
 use tokio::time::Instant;
 
@@ -36,10 +42,35 @@ impl TokenBucket {
     }
 }
 
+/// The rate-limit step: on when the route has a limit and its bucket is empty.
+pub fn admit(bucket: Option<&TokenBucket>, refused: &IntCounter) -> Result<(), ProxyError> {
+    match bucket {
+        Some(b) if !b.try_acquire() => {
+            refused.inc();
+            Err(ProxyError::RateLimited)
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_step_refuses_and_counts_past_the_burst() {
+        let b = TokenBucket::new(&RateLimit {
+            requests_per_second: 1.0,
+            burst: 2,
+        });
+        let refused = IntCounter::new("refused", "refused").expect("counter");
+        assert_eq!(admit(Some(&b), &refused), Ok(()));
+        assert_eq!(admit(Some(&b), &refused), Ok(()));
+        assert_eq!(admit(Some(&b), &refused), Err(ProxyError::RateLimited));
+        assert_eq!(refused.get(), 1);
+        assert_eq!(admit(None, &refused), Ok(()), "no limit, no refusal");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn allows_burst_then_the_rate() {

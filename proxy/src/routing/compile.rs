@@ -9,10 +9,11 @@ use super::split::Split;
 use super::table::AuthorityTable;
 use crate::client::h2::H2Slot;
 use crate::client::{ClientKey, Clients, Upstream};
-use crate::concurrency::ConcurrencyLimit;
+use crate::concurrency::{ConcurrencyLimit, Overload};
 use crate::endpoint::{EndpointRegistry, EndpointState};
 use crate::ratelimit::TokenBucket;
 use crate::retry::budget::RetryBudget;
+use crate::retry::layer::RetryCounters;
 use crate::retry::policy::CompiledRetry;
 use crate::telemetry::metrics::{Metrics, StatusMetrics};
 use crate::telemetry::stats::{SlidingHistogram, StatsRegistry};
@@ -65,7 +66,7 @@ pub struct Dest {
     pub concurrency: Arc<ConcurrencyLimit>,
     pub budget: Arc<RetryBudget>,
     pub counters: DestCounters,
-    /// Serialises ejection decisions (see `forward::observe`).
+    /// Serialises ejection decisions (see `forward::attempt`).
     pub eject_lock: Mutex<()>,
 }
 
@@ -77,6 +78,18 @@ pub struct DestCounters {
     pub overload_connections: IntCounter,
     pub ejections: IntCounter,
     pub ejected: IntGauge,
+}
+
+impl DestCounters {
+    /// Counts a request turned away by one of the destination's bounds.
+    pub fn overloaded(&self, why: Overload) {
+        match why {
+            Overload::Pending => &self.overload_pending,
+            Overload::Deadline => &self.overload_deadline,
+            Overload::Connections => &self.overload_connections,
+        }
+        .inc();
+    }
 }
 
 pub struct EndpointTarget {
@@ -138,10 +151,7 @@ pub struct RouteEntry {
 }
 
 pub struct RouteCounters {
-    pub retried: IntCounter,
-    pub budget_exhausted: IntCounter,
-    pub not_retryable: IntCounter,
-    pub body_too_large: IntCounter,
+    pub retry: RetryCounters,
     pub per_try_timeouts: IntCounter,
     pub fault_delays: IntCounter,
     pub fault_aborts: IntCounter,
@@ -398,10 +408,12 @@ impl Compiler<'_> {
                         },
                     ),
                     counters: RouteCounters {
-                        retried: outcome("retried"),
-                        budget_exhausted: outcome("budget_exhausted"),
-                        not_retryable: outcome("not_retryable"),
-                        body_too_large: outcome("body_too_large"),
+                        retry: RetryCounters {
+                            retried: outcome("retried"),
+                            budget_exhausted: outcome("budget_exhausted"),
+                            not_retryable: outcome("not_retryable"),
+                            body_too_large: outcome("body_too_large"),
+                        },
                         per_try_timeouts: m.per_try_timeouts.with_label_values(&labels),
                         fault_delays: fault("delay"),
                         fault_aborts: fault("abort"),

@@ -367,6 +367,11 @@ impl LazyCounter {
             .get_or_init(|| self.vec.with_label_values(self.labels))
             .inc();
     }
+
+    /// The count so far (0 before the series appears).
+    pub fn get(&self) -> u64 {
+        self.cell.get().map_or(0, IntCounter::get)
+    }
 }
 
 /// Pre-resolved request metrics for one route and destination version, indexed by status.
