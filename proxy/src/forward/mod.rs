@@ -39,6 +39,8 @@ pub mod upgrade;
 pub mod upstream;
 
 #[cfg(test)]
+mod compose_tests;
+#[cfg(test)]
 pub(crate) mod test_support;
 
 use crate::body::{Counting, ResponseBody};
