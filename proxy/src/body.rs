@@ -1,6 +1,10 @@
 //! Body wrappers on the request path. All stream frame by frame, so memory stays bounded
 //! whatever the body size; they count bytes, keep a copy for replay when a retry may need it,
 //! and notice the end of the response.
+//!
+//! Not tower-http's body wrappers: its `Limited`/`MapResponseBody` do one thing each, and the
+//! response body here must also carry the request's [`Record`] and report it exactly once.
+//! Pinning is projected with pin-project-lite rather than by hand.
 
 use crate::retry::replay::ReplayBody;
 use crate::telemetry::record::Record;
@@ -17,29 +21,33 @@ use std::task::{ready, Context, Poll};
 
 use crate::error::BoxError;
 
-/// The downstream request body, counting what it delivers.
-pub struct Counting {
-    inner: Incoming,
-    received: Option<Arc<AtomicU64>>,
+pin_project_lite::pin_project! {
+    /// The downstream request body, counting what it delivers. Generic over the body so it
+    /// needs no `Unpin`; the proxy wraps hyper's `Incoming`.
+    pub struct Counting<B = Incoming> {
+        #[pin]
+        inner: B,
+        received: Option<Arc<AtomicU64>>,
+    }
 }
 
-impl Counting {
-    pub fn new(inner: Incoming, received: Option<Arc<AtomicU64>>) -> Self {
+impl<B> Counting<B> {
+    pub fn new(inner: B, received: Option<Arc<AtomicU64>>) -> Self {
         Self { inner, received }
     }
 }
 
-impl Body for Counting {
+impl<B: Body<Data = Bytes>> Body for Counting<B> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if let (Some(Ok(f)), Some(n)) = (&frame, &this.received) {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let (Some(Ok(f)), Some(n)) = (&frame, this.received.as_ref()) {
             if let Some(d) = f.data_ref() {
                 n.fetch_add(d.len() as u64, Ordering::Relaxed);
             }

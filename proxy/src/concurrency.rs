@@ -2,6 +2,10 @@
 //! wait for a slot, and why a request was turned away ([`Overload`], which also names the
 //! upstream connection bound the client enforces). Past a bound the request fails at once (503
 //! `overloaded`) instead of joining an unbounded queue.
+//!
+//! Not `tower::limit::ConcurrencyLimit` with `load_shed`: the former queues without bound or
+//! deadline, and the latter sheds as soon as no slot is free, with no queue at all. This is
+//! both: a bounded queue that waits at most until the request's deadline.
 
 use outrigger_config::Limits;
 use std::sync::atomic::{AtomicUsize, Ordering};
