@@ -39,3 +39,66 @@ pub fn forwarded(
     let record = ctx.record(res.status(), metrics, stats, permit);
     res.map(|b| ResponseBody::upstream(b, record))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::test_support::sidecar;
+    use crate::peer::Peer;
+    use crate::Direction;
+    use http_body_util::BodyExt;
+    use std::collections::VecDeque;
+    use tokio::sync::Semaphore;
+
+    #[tokio::test]
+    async fn hop_by_hop_headers_go_and_the_slot_is_held_until_the_body_ends() {
+        let sidecar = sidecar(
+            "service: order\ndestinations:\n  - name: payment\n    \
+             endpoints: [{address: \"127.0.0.1:9001\"}]\n",
+        );
+        let state = sidecar.snapshot.current().expect("applied");
+        let dest = state.outbound.lookup(Some("payment")).expect("payment");
+        let route = &dest.routes[0];
+        let telemetry = &sidecar.telemetry;
+        let peer = Peer::plaintext("127.0.0.1:1".parse().expect("addr"));
+        let req = http::Request::get("/").body(()).expect("req");
+        let mut ctx = RequestTelemetry::begin(telemetry, Direction::Outbound, &peer, &req);
+        let slots = Arc::new(Semaphore::new(1));
+        let permit = slots.clone().try_acquire_owned().expect("slot");
+        let upstream = Response::builder()
+            .header("connection", "x-internal")
+            .header("x-internal", "1")
+            .header("keep-alive", "timeout=5")
+            .header("x-app", "kept")
+            .body(UpstreamBody::ReadAhead(
+                VecDeque::from([http_body::Frame::data(bytes::Bytes::from_static(b"ok"))]),
+                None,
+            ))
+            .expect("response");
+        let res = forwarded(
+            telemetry,
+            &mut ctx,
+            (route.metrics_for(None), &dest.stats),
+            permit,
+            upstream,
+            None,
+        );
+        for gone in ["connection", "x-internal", "keep-alive"] {
+            assert!(!res.headers().contains_key(gone), "{gone} passed through");
+        }
+        assert_eq!(res.headers()["x-app"], "kept");
+        assert_eq!(slots.available_permits(), 0, "held while the body is out");
+        let body = res.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body, "ok");
+        assert_eq!(
+            slots.available_permits(),
+            1,
+            "given back when the body ended"
+        );
+        assert_eq!(
+            dest.stats.percentiles().count,
+            1,
+            "the request was recorded once"
+        );
+    }
+}

@@ -75,3 +75,74 @@ pub async fn judge(
         _ => Verdict::Done(res),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outrigger_config::{GrpcStatus, RetryOn, RetryPolicy};
+
+    fn policy() -> CompiledRetry {
+        CompiledRetry::new(&RetryPolicy {
+            attempts: 3,
+            on: vec![RetryOn::GatewayError],
+            grpc_statuses: vec![GrpcStatus::Unavailable],
+            ..RetryPolicy::default()
+        })
+    }
+
+    fn response(status: u16, headers: &[(&str, &str)]) -> Response<UpstreamBody> {
+        let mut b = Response::builder().status(status);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(UpstreamBody::ReadAhead(VecDeque::new(), None))
+            .expect("response")
+    }
+
+    fn later() -> Instant {
+        Instant::now() + std::time::Duration::from_secs(1)
+    }
+
+    #[tokio::test]
+    async fn a_listed_status_is_retried_unless_the_attempt_is_the_last() {
+        let p = policy();
+        assert!(matches!(
+            judge(&p, false, response(503, &[]), later()).await,
+            Verdict::Retry(Failure::Status(s), _) if s == 503
+        ));
+        assert!(matches!(
+            judge(&p, true, response(503, &[]), later()).await,
+            Verdict::Done(r) if r.status() == 503
+        ));
+        assert!(matches!(
+            judge(&p, false, response(500, &[]), later()).await,
+            Verdict::Done(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_grpc_status_in_the_headers_is_judged_by_the_grpc_list() {
+        let p = policy();
+        let grpc = |code: &'static str| {
+            response(
+                200,
+                &[("content-type", "application/grpc"), ("grpc-status", code)],
+            )
+        };
+        // 14 is UNAVAILABLE, listed; 5 is NOT_FOUND, not.
+        assert!(matches!(
+            judge(&p, false, grpc("14"), later()).await,
+            Verdict::Retry(Failure::Grpc(14), _)
+        ));
+        assert!(matches!(
+            judge(&p, false, grpc("5"), later()).await,
+            Verdict::Done(_)
+        ));
+        // Not gRPC at all: a grpc-status header means nothing.
+        let plain = response(200, &[("grpc-status", "14")]);
+        assert!(matches!(
+            judge(&p, false, plain, later()).await,
+            Verdict::Done(_)
+        ));
+    }
+}
