@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,8 @@ pub struct Up {
     pub edge: SocketAddr,
     /// Every stdout line so far.
     lines: Arc<Mutex<Vec<String>>>,
+    /// Set once stdout is at its end: `up` has exited (its children write to log files).
+    eof: Arc<AtomicBool>,
     stderr: PathBuf,
     workdir: PathBuf,
     _dir: tempfile::TempDir,
@@ -50,11 +53,13 @@ impl Up {
             .expect("start outrigger up");
         let stdout = child.stdout.take().expect("up's stdout");
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
+        let eof = Arc::new(AtomicBool::new(false));
+        let (sink, at_end) = (lines.clone(), eof.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             }
+            at_end.store(true, Ordering::SeqCst);
         });
         let mut up = Self {
             child,
@@ -63,6 +68,7 @@ impl Up {
             reader_token_file: PathBuf::new(),
             edge: SocketAddr::from(([127, 0, 0, 1], 0)),
             lines,
+            eof,
             stderr,
             workdir,
             _dir: dir,
@@ -126,10 +132,10 @@ impl Up {
         let deadline = Instant::now() + within;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                // The reader thread may still hold the last lines: wait for it to drain.
-                let n = self.output().len();
-                let settle = Instant::now() + Duration::from_secs(2);
-                while Instant::now() < settle && self.output().len() == n {
+                // The reader thread may still hold the last lines: wait for it to reach the end
+                // of stdout (at once, unless something `up` started outlived it holding it).
+                let drained = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < drained && !self.eof.load(Ordering::SeqCst) {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 return Some(status);

@@ -3,6 +3,9 @@
 //! with one module per area keeps linking cheap on small machines; its tests run in parallel
 //! threads like any test binary's, so none may assume it runs alone.
 //!
+//! The system tests share one `outrigger up` mesh (`system`): `up` itself, Prometheus with the
+//! dashboards, the mesh trace and `top`, one step after the other.
+//!
 //! Two tests are the heavy stage, ignored by a plain `cargo test` and run by `.ci/run` after
 //! it with `cargo test --workspace --test integration -- --ignored`: 1 GiB each way through
 //! the proxy (`protocols`) and the loopback capture with tcpdump (`mtls`).
@@ -14,18 +17,16 @@ mod control_channel;
 mod control_plane;
 mod errors;
 mod logs;
-mod mesh_tracing;
-mod mesh_up;
 mod module_cycles;
 mod mtls;
 mod pooling;
-mod prometheus;
 mod protocols;
 mod quantiles;
 mod resilience_endpoints;
 mod resilience_retries;
 mod shutdown;
 mod strict;
+mod system;
 mod telemetry;
 mod top;
 mod tracing;

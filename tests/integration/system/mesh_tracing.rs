@@ -1,13 +1,5 @@
-//! A real trace across the mesh (issue 6, point 3): a real OTLP/gRPC receiver built from the
-//! official OpenTelemetry protobuf definitions (`tests/otlp/receiver.py`) collects the spans
-//! of every sidecar of `outrigger up --otlp-endpoint`, while storefront load places orders
-//! and the payment v2 canary fails half its charges. Among the spans there must be an order
-//! whose one trace holds the order sidecar's SERVER span, its CLIENT spans to inventory and
-//! payment as children, and under each of those the SERVER span of the callee's sidecar; and
-//! an order whose charge was retried, with one sibling CLIENT span per attempt, each with
-//! payment's SERVER span under it. Orders the test places itself, each with a traceparent of
-//! its own, must join that trace: the edge sidecar's span is a child of the span it named. The shop links the hops by forwarding the traceparent it
-//! received (services/src/trace.rs); the sidecars make every span.
+//! The mesh trace step of the shared system test (`super`): an order is one trace across
+//! the sidecars, with every attempt of a retried charge.
 
 use outrigger_tests::otlp::{Receiver, Span};
 use outrigger_tests::up::Up;
@@ -145,23 +137,27 @@ fn describe(spans: &[Span]) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_order_is_one_trace_across_both_sidecars_of_each_hop_with_every_attempt() {
-    let mut rx = Receiver::start().await;
-    // 30 orders/s: ~10 % of charges on the canary, half of which fail at first and are
-    // retried by the `charge` route (gateway-error, 3 attempts): dozens of retries a minute.
-    let mut up = Up::start(&[
-        "--orders-per-sec",
-        "30",
-        "--canary-error-rate",
-        "0.5",
-        "--trace-sampling",
-        "1",
-        "--otlp-endpoint",
-        &rx.endpoint(),
-    ])
-    .await;
-
+/// A real trace across the mesh (issue 6, point 3): a real OTLP/gRPC receiver built from the
+/// official OpenTelemetry protobuf definitions (`tests/otlp/receiver.py`) collects the spans
+/// of every sidecar of `outrigger up --otlp-endpoint`, while storefront load places orders
+/// and the payment v2 canary fails half its charges. Among the spans there must be an order
+/// whose one trace holds the order sidecar's SERVER span, its CLIENT spans to inventory and
+/// payment as children, and under each of those the SERVER span of the callee's sidecar; and
+/// an order whose charge was retried, with one sibling CLIENT span per attempt, each with
+/// payment's SERVER span under it. Orders the test places itself, each with a traceparent of
+/// its own, must join that trace: the edge sidecar's span is a child of the span it named.
+/// The shop links the hops by forwarding the traceparent it received (services/src/trace.rs);
+/// the sidecars make every span.
+///
+/// `up` runs with `--orders-per-sec 30 --canary-error-rate 0.5 --trace-sampling 1
+/// --otlp-endpoint` [`Receiver::endpoint`]: 30 orders/s, ~10 % of charges on the canary, half
+/// of which fail at first and are retried by the `charge` route (gateway-error, 3 attempts):
+/// dozens of retries a minute. `up`'s stop and summary are checked by
+/// [`the_receiver_outlived_the_mesh_and_up_printed_its_summary`].
+pub(super) async fn an_order_is_one_trace_across_both_sidecars_of_each_hop_with_every_attempt(
+    up: &mut Up,
+    rx: &Receiver,
+) {
     // Orders of our own, as an instrumented storefront would send them: each carries a
     // traceparent naming a span of ours, which the mesh must join rather than replace.
     let client = outrigger_tests::client::h1();
@@ -204,13 +200,6 @@ async fn an_order_is_one_trace_across_both_sidecars_of_each_hop_with_every_attem
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let status = up.stop(Duration::from_secs(60)).await;
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "outrigger up did not stop cleanly ({status:?}):\n{}",
-        up.log()
-    );
-    assert!(rx.is_running(), "the receiver died");
     let found = orders(&spans);
 
     // One order, end to end: storefront's edge sidecar → order's sidecar (SERVER) → order's
@@ -299,6 +288,15 @@ async fn an_order_is_one_trace_across_both_sidecars_of_each_hop_with_every_attem
         "the edge's span must be a child of the span our traceparent named: {edge:?}"
     );
     assert_eq!(edge.service, "storefront", "{edge:?}");
+}
+
+/// The end of the trace step, once `up` has stopped (cleanly: [`super`] checks its exit
+/// status): the receiver is still running, and `up` printed its summary.
+pub(super) fn the_receiver_outlived_the_mesh_and_up_printed_its_summary(
+    up: &Up,
+    rx: &mut Receiver,
+) {
+    assert!(rx.is_running(), "the receiver died");
     assert!(
         up.output().iter().any(|l| l.starts_with("summary after")),
         "{}",

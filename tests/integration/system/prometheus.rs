@@ -1,16 +1,11 @@
-//! Prometheus for real, and the Grafana dashboards proven against it (issue 6, points 4 and 5).
-//! One `outrigger up` run with traffic, scraped by a real Prometheus (Debian's package) that
-//! runs `deploy/prometheus/prometheus.yml` as shipped (but for a 1 s scrape interval), with the
-//! targets `up --prometheus-targets` writes. Every sidecar and the control plane must be a
-//! healthy target; then every PromQL expression in `deploy/grafana/*.json` (panel targets,
-//! nested row panels, and the template variable queries) runs against that Prometheus and
-//! must answer with data.
-
+//! The Prometheus step of the shared system test (`super`): a real Prometheus scrapes the
+//! mesh, and every Grafana dashboard query has data.
 use outrigger_tests::prometheus::Prometheus;
 use outrigger_tests::up::Up;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tempfile::TempDir;
 use tokio::time::Instant;
 
 /// The service the detail dashboard's `$service` is set to: it has routes, retries, a canary
@@ -143,26 +138,52 @@ fn check_structure(name: &str, d: &Value) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_scrapes_the_mesh_and_every_dashboard_query_has_data() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let shipped = std::fs::read_to_string(repo().join("deploy/prometheus/prometheus.yml"))
-        .expect("deploy/prometheus/prometheus.yml");
-    // The shipped config scrapes every 15 s; this copy scrapes every second so that rates
-    // have samples within seconds. Nothing else changes.
-    let config = shipped.replace("scrape_interval: 15s", "scrape_interval: 1s");
-    assert_ne!(config, shipped, "the scrape interval to shorten");
-    std::fs::write(dir.path().join("prometheus.yml"), config).expect("write config");
-    // The targets directory exists before Prometheus starts, so its watch catches `up`'s files.
-    std::fs::create_dir_all(dir.path().join("targets")).expect("targets dir");
-    let prom = Prometheus::start(&dir.path().join("prometheus.yml"), dir.path()).await;
-    let targets_dir = dir.path().join("targets");
-    let mut up = Up::start(&[
-        "--prometheus-targets",
-        targets_dir.to_str().expect("utf-8 temp path"),
-    ])
-    .await;
+/// A real Prometheus (Debian's package) that runs `deploy/prometheus/prometheus.yml` as
+/// shipped (but for a 1 s scrape interval), in a directory of its own whose `targets/` is
+/// where `up --prometheus-targets` must write. Started before `up`.
+pub(super) struct Scraper {
+    pub prom: Prometheus,
+    dir: TempDir,
+}
 
+impl Scraper {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shipped = std::fs::read_to_string(repo().join("deploy/prometheus/prometheus.yml"))
+            .expect("deploy/prometheus/prometheus.yml");
+        // The shipped config scrapes every 15 s; this copy scrapes every second so that rates
+        // have samples within seconds. Nothing else changes.
+        let config = shipped.replace("scrape_interval: 15s", "scrape_interval: 1s");
+        assert_ne!(config, shipped, "the scrape interval to shorten");
+        std::fs::write(dir.path().join("prometheus.yml"), config).expect("write config");
+        // The targets directory exists before Prometheus starts, so its watch catches `up`'s
+        // files.
+        std::fs::create_dir_all(dir.path().join("targets")).expect("targets dir");
+        let prom = Prometheus::start(&dir.path().join("prometheus.yml"), dir.path()).await;
+        Self { prom, dir }
+    }
+
+    /// `up --prometheus-targets` for this Prometheus.
+    pub fn targets(&self) -> PathBuf {
+        self.dir.path().join("targets")
+    }
+}
+
+/// Prometheus for real, and the Grafana dashboards proven against it (issue 6, points 4 and 5).
+/// One `outrigger up` run with traffic, scraped by a real Prometheus (Debian's package) that
+/// runs `deploy/prometheus/prometheus.yml` as shipped (but for a 1 s scrape interval), with the
+/// targets `up --prometheus-targets` writes. Every sidecar and the control plane must be a
+/// healthy target; then every PromQL expression in `deploy/grafana/*.json` (panel targets,
+/// nested row panels, and the template variable queries) runs against that Prometheus and
+/// must answer with data.
+///
+/// `up` runs with `--prometheus-targets` [`Scraper::targets`]; that it takes them away when it
+/// stops is [`up_takes_its_targets_away_when_it_stops`].
+pub(super) async fn prometheus_scrapes_the_mesh_and_every_dashboard_query_has_data(
+    up: &mut Up,
+    scraper: &Scraper,
+) {
+    let prom = &scraper.prom;
     // Point 4: every sidecar and the control plane is a target, and every target is up.
     let expected = SIDECAR_APPS.len() + 1;
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -274,15 +295,12 @@ async fn prometheus_scrapes_the_mesh_and_every_dashboard_query_has_data() {
         pending = empty;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
 
-    // `up` stops cleanly on SIGTERM and takes its targets away with it.
-    let status = up.stop(Duration::from_secs(60)).await;
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "outrigger up did not stop cleanly ({status:?}):\n{}",
-        up.log()
-    );
-    let left: Vec<_> = std::fs::read_dir(dir.path().join("targets"))
+/// `up` stops cleanly on SIGTERM (its exit status is checked by `super`) and takes its targets
+/// away with it.
+pub(super) fn up_takes_its_targets_away_when_it_stops(scraper: &Scraper) {
+    let left: Vec<_> = std::fs::read_dir(scraper.targets())
         .expect("targets dir")
         .filter_map(|e| e.ok().map(|e| e.file_name()))
         .collect();
