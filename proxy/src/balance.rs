@@ -27,22 +27,45 @@ pub fn pick(
     version: Option<usize>,
 ) -> Option<Pick> {
     let now = Instant::now();
+    // A retry takes no round-robin turn of its own: if it did, with two endpoints and one
+    // failing, the failing one would get every first attempt (each failure's retry moving
+    // the counter on by one more).
+    let turn = Turn {
+        rr,
+        advance: avoid.is_none(),
+    };
     if let Some(v) = version {
-        let p = pick_among(endpoints, (lb, decay), rr, now, |i, e| {
+        let p = pick_among(endpoints, (lb, decay), &turn, now, |i, e| {
             Some(i) != avoid && e.version == v
         });
         if p.is_some() {
             return p;
         }
     }
-    pick_among(endpoints, (lb, decay), rr, now, |i, _| Some(i) != avoid)
-        .or_else(|| avoid.and_then(|_| pick_among(endpoints, (lb, decay), rr, now, |_, _| true)))
+    pick_among(endpoints, (lb, decay), &turn, now, |i, _| Some(i) != avoid)
+        .or_else(|| avoid.and_then(|_| pick_among(endpoints, (lb, decay), &turn, now, |_, _| true)))
+}
+
+/// The round-robin counter, and whether this pick moves it on.
+struct Turn<'a> {
+    rr: &'a AtomicUsize,
+    advance: bool,
+}
+
+impl Turn<'_> {
+    fn next(&self) -> usize {
+        if self.advance {
+            self.rr.fetch_add(1, Ordering::Relaxed)
+        } else {
+            self.rr.load(Ordering::Relaxed)
+        }
+    }
 }
 
 fn pick_among(
     endpoints: &[EndpointTarget],
     (lb, decay): (LoadBalancer, Duration),
-    rr: &AtomicUsize,
+    turn: &Turn<'_>,
     now: Instant,
     allowed: impl Fn(usize, &EndpointTarget) -> bool,
 ) -> Option<Pick> {
@@ -78,7 +101,7 @@ fn pick_among(
             .map(|(i, _)| i)
     };
     let index = match lb {
-        LoadBalancer::RoundRobin => nth(rr.fetch_add(1, Ordering::Relaxed) % n)?,
+        LoadBalancer::RoundRobin => nth(turn.next() % n)?,
         LoadBalancer::P2cEwma if n == 1 => nth(0)?,
         LoadBalancer::P2cEwma => {
             let a = fastrand::usize(..n);

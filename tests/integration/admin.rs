@@ -23,6 +23,11 @@ async fn endpoints_answer_and_report_the_applied_snapshot() {
         up.addr.to_string()
     );
     assert_eq!(v["snapshot"]["destinations"][0]["hosts"][0], "*");
+    // What the operator did not set shows as the default in force.
+    assert_eq!(
+        v["snapshot"]["destinations"][0]["limits"],
+        serde_json::json!({"max_connections": 10000, "max_pending_requests": 1000, "max_requests": 10000})
+    );
 
     let (status, text) = proxy.admin_get("/metrics").await;
     assert_eq!(status, 200);
