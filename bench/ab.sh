@@ -2,7 +2,7 @@
 # bench/ab.sh BIN_A BIN_B [ROUNDS] -- CPU µs per request of two proxy binaries, alternated
 # A B A B … so that the VM's drift hits both alike: the proxy pinned to CPU 1 (one thread, no
 # access log), nginx upstream and wrk -t1 -c32 on CPU 0, 8 s per run after a 2 s warm-up.
-# Prints each run and the medians. Needs wrk and nginx (the proxybench kit's setup.sh).
+# H2=1 loads with h2load -t1 -c4 -m16 over h2c instead. Prints each run and the medians. Needs wrk and nginx (the proxybench kit's setup.sh).
 set -euo pipefail
 A=$1 B=$2 ROUNDS=${3:-5}
 RUN=$(mktemp -d)
@@ -24,7 +24,11 @@ one() {  # one BIN -> "rps us_per_req"
   taskset -c 0 wrk -t1 -c32 -d2s http://127.0.0.1:18290/ >/dev/null
   local c0 c1 rps
   c0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-  rps=$(taskset -c 0 wrk -t1 -c32 -d8s http://127.0.0.1:18290/ | awk '/Requests\/sec/ {print $2}')
+  if [ "${H2:-0}" = 1 ]; then
+    rps=$(taskset -c 0 h2load -t1 -c4 -m16 -D 8 http://127.0.0.1:18290/ | awk '/^finished/ {print $4}')
+  else
+    rps=$(taskset -c 0 wrk -t1 -c32 -d8s http://127.0.0.1:18290/ | awk '/Requests\/sec/ {print $2}')
+  fi
   c1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   python3 -c "print(f'{$rps:.0f} {($c1 - $c0) / $HZ * 1e6 / ($rps * 8):.2f}')"

@@ -74,7 +74,10 @@ pub async fn handle(
     peer: Arc<Peer>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    Ok(handle_with(&sidecar, direction, &peer, req, &Pooled).await)
+    // Boxed: the request path's future is several KiB, and hyper moves the service's future
+    // by value (into the connection's dispatcher, and into a spawned task per HTTP/2 stream).
+    // One small allocation costs less than those copies (bench/RESULTS.md, "Profile").
+    Ok(Box::pin(handle_with(&sidecar, direction, &peer, req, &Pooled)).await)
 }
 
 /// The request path, sending upstream through `upstream`.
