@@ -55,25 +55,37 @@ pub fn csr(uri: &str) -> (String, String) {
 pub struct ForeignCa {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     pub cert_pem: String,
+    pub cert_der: rustls::pki_types::CertificateDer<'static>,
 }
 
 impl ForeignCa {
     pub fn new() -> Self {
+        Self::named("not the mesh CA")
+    }
+
+    /// A CA whose subject's common name is `name` (two CAs of a test tell apart by name).
+    pub fn named(name: &str) -> Self {
         let key = rcgen::KeyPair::generate().expect("key pair");
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params
             .distinguished_name
-            .push(rcgen::DnType::CommonName, "not the mesh CA");
+            .push(rcgen::DnType::CommonName, name);
         params.key_usages = vec![
             rcgen::KeyUsagePurpose::KeyCertSign,
             rcgen::KeyUsagePurpose::CrlSign,
         ];
-        let cert_pem = params.self_signed(&key).expect("self-signed root").pem();
+        let cert = params.self_signed(&key).expect("self-signed root");
         Self {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
             issuer: rcgen::Issuer::new(params, key),
-            cert_pem,
         }
+    }
+
+    /// Signs with this CA, for certificates a test makes itself.
+    pub fn issuer(&self) -> &rcgen::Issuer<'static, rcgen::KeyPair> {
+        &self.issuer
     }
 
     /// A leaf naming `uri` (e.g. [`spiffe_id`]) as the mesh's own would, signed by this CA.

@@ -9,12 +9,12 @@
 //! connection) with a CA made here, answering the two calls a sidecar makes first.
 
 use outrigger_tests::eventually;
+use outrigger_tests::pki::ForeignCa;
 use outrigger_tests::proxy::{Proxy, ProxyBuilder};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    CertificateParams, CertificateSigningRequestParams, ExtendedKeyUsagePurpose, KeyPair, SanType,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig, ServerConnection, StreamOwned};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -24,26 +24,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const TOKEN: &str = "otb_control_channel_test_token";
 const DEADLINE: Duration = Duration::from_secs(30);
-
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-    der: CertificateDer<'static>,
-}
-
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let cert = params.self_signed(&key).expect("self-signed");
-    Ca {
-        pem: cert.pem(),
-        der: cert.der().clone(),
-        issuer: Issuer::new(params, key),
-    }
-}
 
 /// One HTTP request as the fake control plane saw it.
 #[derive(Debug, Clone)]
@@ -80,15 +60,15 @@ struct FakeControlPlane {
 
 impl FakeControlPlane {
     /// Serves with a certificate from `ca` for `names`, and signs CSRs with `ca`.
-    fn start(ca: Ca, names: &[&str]) -> Self {
+    fn start(ca: ForeignCa, names: &[&str]) -> Self {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let key = KeyPair::generate().expect("key");
         let params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .expect("server cert params");
-        let cert = params.signed_by(&key, &ca.issuer).expect("server cert");
+        let cert = params.signed_by(&key, ca.issuer()).expect("server cert");
         let mut roots = RootCertStore::empty();
-        roots.add(ca.der.clone()).expect("root");
+        roots.add(ca.cert_der.clone()).expect("root");
         // Client certificates are optional, as on the real control plane: the first CSR comes
         // without one.
         let verifier =
@@ -168,7 +148,7 @@ fn lock(log: &Mutex<Log>) -> std::sync::MutexGuard<'_, Log> {
     log.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn serve(sock: TcpStream, config: Arc<ServerConfig>, log: &Mutex<Log>, ca: &Ca) {
+fn serve(sock: TcpStream, config: Arc<ServerConfig>, log: &Mutex<Log>, ca: &ForeignCa) {
     let connection = {
         let mut l = lock(log);
         l.connections += 1;
@@ -271,7 +251,7 @@ fn respond(out: &mut impl Write, status: &str, body: &str) -> bool {
 }
 
 /// Signs the CSR in `body` as the mesh CA would, answering in the control plane's format.
-fn sign(ca: &Ca, body: &str, lifetime: Duration) -> Option<String> {
+fn sign(ca: &ForeignCa, body: &str, lifetime: Duration) -> Option<String> {
     let req: serde_json::Value = serde_json::from_str(body).ok()?;
     let mut csr = CertificateSigningRequestParams::from_pem(req["csr"].as_str()?).ok()?;
     let identity = match csr.params.subject_alt_names.as_slice() {
@@ -282,7 +262,7 @@ fn sign(ca: &Ca, body: &str, lifetime: Duration) -> Option<String> {
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    let leaf = csr.signed_by(&ca.issuer).ok()?;
+    let leaf = csr.signed_by(ca.issuer()).ok()?;
     let not_after = (SystemTime::now() + lifetime)
         .duration_since(UNIX_EPOCH)
         .ok()?
@@ -290,7 +270,7 @@ fn sign(ca: &Ca, body: &str, lifetime: Duration) -> Option<String> {
     Some(
         serde_json::json!({
             "certificate_chain": leaf.pem(),
-            "trust_bundle": [ca.pem],
+            "trust_bundle": [ca.cert_pem],
             "identity": identity,
             "expires_at": "soon",
             "not_after_unix": not_after,
@@ -299,11 +279,11 @@ fn sign(ca: &Ca, body: &str, lifetime: Duration) -> Option<String> {
     )
 }
 
-fn stream_snapshot(out: &mut impl Write, ca: &Ca) {
+fn stream_snapshot(out: &mut impl Write, ca: &ForeignCa) {
     let mut line = serde_json::json!({
         "type": "snapshot",
         "version": 7,
-        "snapshot": {"service": "web", "mtls": {"trust_bundle": [ca.pem]}},
+        "snapshot": {"service": "web", "mtls": {"trust_bundle": [ca.cert_pem]}},
     })
     .to_string();
     line.push('\n');
@@ -377,9 +357,9 @@ async fn assert_nothing_crossed(cp: &FakeControlPlane, proxy: &Proxy) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_control_plane_with_another_ca_gets_no_token_and_pushes_nothing() {
-    let (mesh, impostor) = (ca("mesh"), ca("impostor"));
+    let (mesh, impostor) = (ForeignCa::named("mesh"), ForeignCa::named("impostor"));
     let cp = FakeControlPlane::start(impostor, &["127.0.0.1", "localhost"]);
-    let (mut proxy, _dir) = sidecar(&cp.url(), &mesh.pem);
+    let (mut proxy, _dir) = sidecar(&cp.url(), &mesh.cert_pem);
     refused_handshakes(&cp, &mut proxy, 3).await;
     assert_nothing_crossed(&cp, &proxy).await;
     assert!(
@@ -390,8 +370,8 @@ async fn a_control_plane_with_another_ca_gets_no_token_and_pushes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_right_ca_with_another_name_gets_no_token_either() {
-    let mesh = ca("mesh");
-    let mesh_pem = mesh.pem.clone();
+    let mesh = ForeignCa::named("mesh");
+    let mesh_pem = mesh.cert_pem.clone();
     let cp = FakeControlPlane::start(mesh, &["elsewhere.example"]);
     let (mut proxy, _dir) = sidecar(&cp.url(), &mesh_pem);
     refused_handshakes(&cp, &mut proxy, 3).await;
@@ -409,8 +389,8 @@ async fn the_right_ca_with_another_name_gets_no_token_either() {
 /// The positive control: the same fake control plane, anchors that vouch for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_right_anchors_the_token_is_spent_once_and_then_the_certificate_speaks() {
-    let mesh = ca("mesh");
-    let mesh_pem = mesh.pem.clone();
+    let mesh = ForeignCa::named("mesh");
+    let mesh_pem = mesh.cert_pem.clone();
     let cp = FakeControlPlane::start(mesh, &["127.0.0.1", "localhost"]);
     let (proxy, _dir) = sidecar(&cp.url(), &mesh_pem);
     let proxy = proxy.ready().await;
@@ -485,8 +465,8 @@ async fn with_the_right_anchors_the_token_is_spent_once_and_then_the_certificate
 /// on its own when the CA answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_presents_the_certificate_and_after_expiry_the_token_gets_back_in() {
-    let mesh = ca("mesh");
-    let mesh_pem = mesh.pem.clone();
+    let mesh = ForeignCa::named("mesh");
+    let mesh_pem = mesh.cert_pem.clone();
     let cp = FakeControlPlane::start(mesh, &["127.0.0.1", "localhost"]);
     let short = Policy {
         lifetime: Duration::from_secs(4),
@@ -551,10 +531,10 @@ async fn renewal_presents_the_certificate_and_after_expiry_the_token_gets_back_i
 /// Startup refuses what would put the channel or a credential at risk, saying what to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sidecar_refuses_to_start_without_a_safe_channel() {
-    let mesh = ca("mesh");
+    let mesh = ForeignCa::named("mesh");
     let dir = tempfile::tempdir().expect("tempdir");
     let (anchors, token) = (dir.path().join("anchors.pem"), dir.path().join("token"));
-    std::fs::write(&anchors, &mesh.pem).expect("anchors");
+    std::fs::write(&anchors, &mesh.cert_pem).expect("anchors");
     std::fs::write(&token, TOKEN).expect("token");
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "").expect("empty");
