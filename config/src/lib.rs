@@ -4,8 +4,10 @@
 //! and reason ([`load`]).
 #![forbid(unsafe_code)]
 
+pub mod documents;
 pub mod duration;
 pub mod error;
+pub mod lifeline;
 pub mod load;
 pub mod locate;
 pub mod mesh;

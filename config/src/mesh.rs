@@ -2,9 +2,10 @@
 //! resource (`kind`, `metadata.name`, `spec`). The control plane compiles them, with the
 //! registry's endpoints, into one [`crate::Snapshot`] per sidecar.
 
+use crate::documents::{Documents, Piece};
 use crate::duration::Family;
 use crate::error::{ConfigError, FieldError};
-use crate::load::{check, from_yaml_doc};
+use crate::load::{check, from_piece, yaml_error};
 use crate::path::FieldPath;
 use crate::resilience::{
     Ewma, Fault, Limits, LoadBalancer, OutlierDetection, RateLimit, RetryBudget, RetryPolicy,
@@ -210,53 +211,135 @@ struct Typed<S> {
 /// Errors name the document (0-based), field path, line, column and reason; nothing is
 /// returned unless every document is valid.
 pub fn parse_resources(text: &str) -> Result<Vec<Resource>, ConfigError> {
-    use serde::Deserialize as _;
-    let mut out = Vec::new();
+    parse_stream(text).map(|s| s.resources)
+}
+
+/// The resources of a stream, with the document each came from and where the documents lie
+/// (to place errors found later, such as those that span resources).
+#[derive(Debug, Clone)]
+pub struct Stream {
+    pub resources: Vec<Resource>,
+    /// For each resource, its document.
+    pub origins: Vec<usize>,
+    pub documents: Documents,
+}
+
+/// [`parse_resources`], keeping where each resource came from. Its cost grows with the size
+/// of the text, not its square: each document is parsed from its own piece of it.
+pub fn parse_stream(text: &str) -> Result<Stream, ConfigError> {
+    let documents = Documents::split(text);
+    if documents.len() > MAX_DOCUMENTS {
+        let line = documents
+            .spans
+            .get(MAX_DOCUMENTS)
+            .map_or(1, |s| s.lines_before + 1);
+        return Err(ConfigError::single(too_many(documents.len(), (line, 1))));
+    }
+    let mut resources = Vec::new();
+    let mut origins = Vec::new();
     let mut errors = Vec::new();
-    for (doc, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        // After a syntax error the stream cannot find the next document (and the parser's
-        // iterator would go on yielding the error for ever): report it and stop.
-        let syntax_ok = serde_yaml_ng::Value::deserialize(de).is_ok();
-        match parse_one(text, doc) {
-            Ok(Some(r)) => out.push(r),
-            Ok(None) => {}
-            Err(e) => errors.extend(e.errors),
-        }
-        if !syntax_ok || doc >= MAX_DOCUMENTS {
+    let mut syntax_error = false;
+    for doc in 0..documents.len() {
+        let Some(piece) = documents.piece(text, doc) else {
             break;
+        };
+        match parse_one(piece) {
+            Ok(Some(r)) => {
+                resources.push(r);
+                origins.push(doc);
+            }
+            Ok(None) => {}
+            Err(Failed::Invalid(e)) => errors.extend(e.errors),
+            // What follows a syntax error may be read out of step; one report is enough.
+            Err(Failed::Syntax(e)) => {
+                errors.push(e);
+                syntax_error = true;
+                break;
+            }
         }
     }
+    if let Some(u) = documents.unreadable.as_ref().filter(|_| !syntax_error) {
+        // The scanner stopped where the parser did not: never accept a stream in which
+        // documents might have gone unseen.
+        errors.push(FieldError {
+            document: Some(u.document),
+            path: FieldPath::root().to_string(),
+            line: u.line,
+            column: u.column,
+            reason: u.reason.clone(),
+        });
+    }
     if errors.is_empty() {
-        Ok(out)
+        Ok(Stream {
+            resources,
+            origins,
+            documents,
+        })
     } else {
         Err(ConfigError { errors })
     }
 }
 
-/// More documents than any mesh needs; beyond it the rest is not read.
-const MAX_DOCUMENTS: usize = 10_000;
+/// Resources one apply may hold: ten times the largest mesh the tests apply (10,000 services
+/// in well under a second), and the bound on the work one request can ask of the control
+/// plane. A larger change is applied in parts.
+pub const MAX_DOCUMENTS: usize = 100_000;
 
-fn parse_one(text: &str, doc: usize) -> Result<Option<Resource>, ConfigError> {
+/// The error for a stream or list of `count` resources, placed at the first one too many.
+pub fn too_many(count: usize, (line, column): (usize, usize)) -> FieldError {
+    FieldError {
+        document: Some(MAX_DOCUMENTS),
+        path: FieldPath::root().to_string(),
+        line,
+        column,
+        reason: format!(
+            "{count} documents: an apply holds at most {MAX_DOCUMENTS} (MAX_DOCUMENTS); \
+             split it into several applies"
+        ),
+    }
+}
+
+enum Failed {
+    /// The text is not YAML here.
+    Syntax(FieldError),
+    /// It is YAML but not a valid resource.
+    Invalid(ConfigError),
+}
+
+fn parse_one(piece: Piece<'_>) -> Result<Option<Resource>, Failed> {
+    let mut stream = serde_yaml_ng::Deserializer::from_str(piece.text);
+    let raw = match stream.next() {
+        Some(de) => serde_path_to_error::deserialize::<_, serde_yaml_ng::Value>(de)
+            .map_err(|e| Failed::Syntax(yaml_error(piece, e)))?,
+        None => serde_yaml_ng::Value::Null,
+    };
+    // The piece must hold this one document; a second means the splitter missed a boundary
+    // the parser sees, and reading on would drop it.
+    if let Some(de) = stream.next() {
+        let reason = match serde_path_to_error::deserialize::<_, IgnoredAny>(de) {
+            Err(e) => return Err(Failed::Syntax(yaml_error(piece, e))),
+            Ok(_) => "a second document starts inside this one; put `---` on a line of its \
+                      own between documents"
+                .to_string(),
+        };
+        return Err(Failed::Syntax(piece.error(&FieldPath::root(), reason)));
+    }
     // An empty document (a trailing `---`) is not a resource.
-    let raw: serde_yaml_ng::Value = from_yaml_doc(text, doc, Some(doc))?;
     if raw.is_null() {
         return Ok(None);
     }
-    let env: Envelope = from_yaml_doc(text, doc, Some(doc))?;
+    let env: Envelope = from_piece(piece).map_err(Failed::Invalid)?;
     let r = match env.kind {
-        Kind::Service => Resource::Service(typed(text, doc)?),
-        Kind::Route => Resource::Route(typed(text, doc)?),
-        Kind::Policy => Resource::Policy(typed(text, doc)?),
+        Kind::Service => Resource::Service(typed(piece).map_err(Failed::Invalid)?),
+        Kind::Route => Resource::Route(typed(piece).map_err(Failed::Invalid)?),
+        Kind::Policy => Resource::Policy(typed(piece).map_err(Failed::Invalid)?),
     };
-    check(&r, text, doc, Some(doc))?;
+    check(&r, piece).map_err(Failed::Invalid)?;
     Ok(Some(r))
 }
 
-fn typed<S: serde::de::DeserializeOwned>(
-    text: &str,
-    doc: usize,
-) -> Result<Document<S>, ConfigError> {
-    let t: Typed<S> = from_yaml_doc(text, doc, Some(doc))?;
+fn typed<S: serde::de::DeserializeOwned>(piece: Piece<'_>) -> Result<Document<S>, ConfigError> {
+    let t: Typed<S> = from_piece(piece)?;
     Ok(Document {
         metadata: t.metadata,
         spec: t.spec,
@@ -323,14 +406,75 @@ impl Validate for Resource {
     }
 }
 
-/// Builds a document error by hand (for cross-document checks done by the control plane).
-pub fn document_error(text: &str, doc: usize, path: FieldPath, reason: String) -> FieldError {
-    let (line, column) = crate::locate::locate(text, doc, &path.0).unwrap_or((1, 1));
-    FieldError {
-        document: Some(doc),
-        path: path.to_string(),
-        line,
-        column,
-        reason,
+/// Builds a document error by hand (for cross-document checks done by the control plane):
+/// `documents` is what `text` was split into, so placing it reads only its own document.
+pub fn document_error(
+    text: &str,
+    documents: &Documents,
+    doc: usize,
+    path: FieldPath,
+    reason: String,
+) -> FieldError {
+    match documents.piece(text, doc) {
+        Some(piece) => piece.error(&path, reason),
+        None => FieldError {
+            document: Some(doc),
+            path: path.to_string(),
+            line: 1,
+            column: 1,
+            reason,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn services(n: usize) -> String {
+        (0..n)
+            .map(|i| format!("kind: Service\nmetadata: {{name: s{i}}}\nspec: {{}}\n---\n"))
+            .collect()
+    }
+
+    #[test]
+    fn a_stream_over_the_limit_is_refused_naming_it_not_cut_short() {
+        let one = "kind: Service\nmetadata: {name: s}\nspec: {}\n";
+        let text = one.to_string() + &"---\n".repeat(MAX_DOCUMENTS);
+        let e = parse_resources(&text).expect_err("over the limit");
+        assert_eq!(e.errors.len(), 1, "{e}");
+        let err = &e.errors[0];
+        assert_eq!(err.document, Some(MAX_DOCUMENTS));
+        assert_eq!((err.line, err.column), (MAX_DOCUMENTS + 3, 1));
+        assert!(
+            err.reason
+                .starts_with(&format!("{} documents", MAX_DOCUMENTS + 1))
+                && err
+                    .reason
+                    .contains(&format!("at most {MAX_DOCUMENTS} (MAX_DOCUMENTS)")),
+            "{err}"
+        );
+        // At the limit, every document is read.
+        let text = one.to_string() + &"---\n".repeat(MAX_DOCUMENTS - 1);
+        let got = parse_stream(&text).expect("at the limit");
+        assert_eq!(got.documents.len(), MAX_DOCUMENTS);
+        assert_eq!(got.resources.len(), 1);
+        assert_eq!(got.origins, [0]);
+    }
+
+    #[test]
+    fn every_document_of_a_long_stream_is_read_and_errors_keep_their_place() {
+        let n = 10_002;
+        let text = services(n);
+        let got = parse_stream(&text).expect("valid");
+        assert_eq!(got.resources.len(), n);
+        assert_eq!(got.resources.last().map(Resource::name), Some("s10001"));
+        let bad = text.clone() + "kind: Service\nmetadata: {name: x}\nspec: {protocol: http9}\n";
+        let e = parse_resources(&bad).expect_err("the last one is invalid");
+        assert_eq!(e.errors.len(), 1, "{e}");
+        let err = &e.errors[0];
+        assert_eq!(err.document, Some(n));
+        assert_eq!(err.path, "spec.protocol");
+        assert_eq!((err.line, err.column), (4 * n + 3, 18));
     }
 }

@@ -4,9 +4,12 @@
 //! apply will do.
 
 use crate::resources::Resources;
+use outrigger_config::documents::Documents;
 use outrigger_config::error::FieldError;
 use outrigger_config::locate::locate;
-use outrigger_config::mesh::{document_error, parse_resources, Kind, Resource};
+use outrigger_config::mesh::{
+    document_error, parse_resources, parse_stream, too_many, Kind, Resource, MAX_DOCUMENTS,
+};
 use outrigger_config::path::{FieldPath, Segment};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -15,6 +18,8 @@ use std::collections::{BTreeMap, HashMap};
 #[derive(Debug, Clone)]
 pub struct Parsed {
     text: String,
+    /// Where each document of `text` lies, so placing an error reads only its document.
+    documents: Documents,
     shape: Shape,
     pub resources: Vec<Resource>,
     /// For each resource, the document (or array element) it came from.
@@ -50,23 +55,13 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<FieldError>> {
     if let [serde_yaml_ng::Value::Sequence(items)] = docs.as_slice() {
         return parse_sequence(text, items.clone());
     }
-    let resources = parse_resources(text).map_err(|e| e.errors)?;
-    // Empty documents are skipped by the parser; count them out to map resources back.
-    let origins: Vec<usize> = docs
-        .iter()
-        .enumerate()
-        .filter(|(_, d)| !d.is_null())
-        .map(|(i, _)| i)
-        .collect();
+    let stream = parse_stream(text).map_err(|e| e.errors)?;
     Ok(Parsed {
         text: text.to_string(),
+        documents: stream.documents,
         shape: Shape::Documents,
-        origins: if origins.len() == resources.len() {
-            origins
-        } else {
-            (0..resources.len()).collect()
-        },
-        resources,
+        origins: stream.origins,
+        resources: stream.resources,
     })
 }
 
@@ -100,6 +95,10 @@ fn scan(text: &str) -> Result<Vec<serde_yaml_ng::Value>, Vec<FieldError>> {
 
 /// Each item is parsed on its own; errors are placed back into the original text by path.
 fn parse_sequence(text: &str, items: Vec<serde_yaml_ng::Value>) -> Result<Parsed, Vec<FieldError>> {
+    if items.len() > MAX_DOCUMENTS {
+        let (line, column) = locate(text, 0, &[Segment::Index(MAX_DOCUMENTS)]).unwrap_or((1, 1));
+        return Err(vec![too_many(items.len(), (line, column))]);
+    }
     let mut resources = Vec::new();
     let mut origins = Vec::new();
     let mut errors = Vec::new();
@@ -136,6 +135,7 @@ fn parse_sequence(text: &str, items: Vec<serde_yaml_ng::Value>) -> Result<Parsed
     }
     Ok(Parsed {
         text: text.to_string(),
+        documents: Documents::default(),
         shape: Shape::Sequence,
         resources,
         origins,
@@ -160,7 +160,7 @@ impl Parsed {
     fn error(&self, index: usize, path: FieldPath, reason: String) -> FieldError {
         let origin = self.origins.get(index).copied().unwrap_or(index);
         match self.shape {
-            Shape::Documents => document_error(&self.text, origin, path, reason),
+            Shape::Documents => document_error(&self.text, &self.documents, origin, path, reason),
             Shape::Sequence => sequence_error(&self.text, origin, path, reason),
         }
     }
@@ -202,6 +202,14 @@ impl Parsed {
         for r in &self.resources {
             next.put(r.clone());
         }
+        // Looked up once, not per resource: an apply of thousands stays linear.
+        let mut policy_of: HashMap<&str, Vec<&str>> = HashMap::new();
+        for p in next.policies.values() {
+            policy_of
+                .entry(p.spec.service.as_str())
+                .or_default()
+                .push(p.metadata.name.as_str());
+        }
         for (i, r) in self.resources.iter().enumerate() {
             match r {
                 Resource::Service(d) => {
@@ -232,16 +240,16 @@ impl Parsed {
                             format!("service {:?} does not exist", d.spec.service),
                         ));
                     }
-                    let other = next.policies.values().find(|p| {
-                        p.spec.service == d.spec.service && p.metadata.name != d.metadata.name
-                    });
+                    let other = policy_of
+                        .get(d.spec.service.as_str())
+                        .and_then(|names| names.iter().find(|n| **n != d.metadata.name));
                     if let Some(other) = other {
                         errors.push(self.error(
                             i,
                             spec.key("service"),
                             format!(
                                 "service {:?} already has policy {:?}; a service has at most one",
-                                d.spec.service, other.metadata.name
+                                d.spec.service, other
                             ),
                         ));
                     }
@@ -263,6 +271,13 @@ impl Parsed {
         for name in next.services.keys() {
             owner.insert(name.to_ascii_lowercase(), name);
         }
+        // Services by each host they claim, in name order (the first other one is named).
+        let mut claims: HashMap<String, Vec<&str>> = HashMap::new();
+        for (n, s) in &next.services {
+            for x in &s.spec.hosts {
+                claims.entry(x.to_ascii_lowercase()).or_default().push(n);
+            }
+        }
         let mut errors = Vec::new();
         for (i, r) in self.resources.iter().enumerate() {
             let Resource::Service(d) = r else { continue };
@@ -273,13 +288,9 @@ impl Parsed {
                     .copied()
                     .filter(|o| *o != d.metadata.name)
                     .or_else(|| {
-                        next.services
-                            .iter()
-                            .find(|(n, s)| {
-                                *n != &d.metadata.name
-                                    && s.spec.hosts.iter().any(|x| x.eq_ignore_ascii_case(&h))
-                            })
-                            .map(|(n, _)| n.as_str())
+                        claims
+                            .get(&h)
+                            .and_then(|ns| ns.iter().copied().find(|n| *n != d.metadata.name))
                     });
                 if let Some(other) = clash {
                     errors.push(self.error(

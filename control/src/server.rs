@@ -174,12 +174,10 @@ pub async fn run(
         keepalive: options.keepalive,
         shutdown: stop_rx,
     };
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: options.listen,
-            source,
-        })?;
+    let listener = listen(options.listen).map_err(|source| ServeError::Bind {
+        addr: options.listen,
+        source,
+    })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: options.listen,
         source,
@@ -253,6 +251,24 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Pending connections the kernel queues before `accept`. When the control plane restarts,
+/// every sidecar reconnects within the same second; at the usual 128 the kernel drops the
+/// rest and each of them waits out a 1 s retry. 4096 holds a thousand sidecars' streams and
+/// their ACK and registry calls (Linux caps it at `net.core.somaxconn`, 4096 by default).
+const BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's bind does: a restart may bind while the last run's connections are in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// One connection: HTTP/1.1, every request tagged with who the connection proved to be.

@@ -15,6 +15,10 @@ mod faults;
 mod ids;
 mod inventory;
 mod json;
+// The same few lines as `outrigger_config::lifeline`, compiled from its one source: the shop
+// must not depend on the outrigger crates.
+#[path = "../../config/src/lifeline.rs"]
+mod lifeline;
 mod log;
 mod order;
 mod payment;
@@ -117,6 +121,10 @@ const NO_FAULTS: FaultSettings = FaultSettings {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if let Err(e) = lifeline::die_with_parent() {
+        eprintln!("shop: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let (service, common, routes, default_faults, default_port) = match cli.service {
         Service::User(common) => (user::NAME, common, user::routes(), NO_FAULTS, 8081),

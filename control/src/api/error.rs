@@ -108,22 +108,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// A UTF-8 text body.
-pub struct TextBody(pub String);
-
-impl<S: Send + Sync> FromRequest<S> for TextBody {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
-        String::from_utf8(bytes.to_vec())
-            .map(TextBody)
-            .map_err(|e| ApiError::BadRequest(format!("the body is not UTF-8: {e}")))
-    }
-}
-
 /// Query parameters; a bad query is a 400 that says why.
 pub struct QueryArgs<T>(pub T);
 

@@ -1,10 +1,13 @@
 //! `POST /v1/apply` and reading and deleting Services, Routes and Policies.
 
-use super::error::{QueryArgs, TextBody};
+use super::error::QueryArgs;
 use super::{ApiError, AppState};
 use crate::apply;
+use axum::body::Body;
 use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use http::StatusCode;
 use outrigger_config::mesh::{Kind, Resource};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -15,20 +18,65 @@ pub struct ApplyQuery {
     dry_run: bool,
 }
 
-/// Validates the whole body, then stores all of it or nothing.
+/// The largest apply body: 10,000 services with hosts, calls and splits are about 3 MiB, so
+/// ten times that, for the [`outrigger_config::mesh::MAX_DOCUMENTS`] resources an apply may
+/// hold. It bounds the memory one request can hold (the text, then its parsed documents).
+pub const APPLY_BODY_LIMIT: usize = 32 * 1024 * 1024;
+
+/// Validates the whole body, then stores all of it or nothing. A body over
+/// [`APPLY_BODY_LIMIT`] is a 413 that names the limit.
 pub async fn apply(
     State(app): State<AppState>,
     QueryArgs(q): QueryArgs<ApplyQuery>,
-    TextBody(text): TextBody,
-) -> Result<Json<Value>, ApiError> {
-    let parsed = match apply::parse(&text) {
+    body: Body,
+) -> Result<Json<Value>, Response> {
+    let bytes = axum::body::to_bytes(body, APPLY_BODY_LIMIT)
+        .await
+        .map_err(|e| too_large_or_bad(&e))?;
+    let text = String::from_utf8(bytes.to_vec())
+        .map_err(|e| ApiError::BadRequest(format!("the body is not UTF-8: {e}")).into_response())?;
+    apply_text(app, q, text)
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+fn too_large_or_bad(e: &axum::Error) -> Response {
+    let over =
+        std::error::Error::source(e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+    if over {
+        let reason = format!(
+            "the body is larger than the apply limit of {} MiB (APPLY_BODY_LIMIT); split it into \
+             several applies",
+            APPLY_BODY_LIMIT / (1024 * 1024)
+        );
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Json(json!({"error": "too-large", "reason": reason})),
+        )
+            .into_response()
+    } else {
+        ApiError::BadRequest(format!("reading the body: {e}")).into_response()
+    }
+}
+
+async fn apply_text(app: AppState, q: ApplyQuery, text: String) -> Result<Json<Value>, ApiError> {
+    // Parsing a large apply takes a while: not on a runtime worker, which would stall every
+    // other connection it serves meanwhile.
+    let parsed = tokio::task::spawn_blocking(move || {
+        apply::parse(&text).map(|p| {
+            let warnings = p.warnings();
+            (p, warnings)
+        })
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("parsing the apply: {e}")))?;
+    let (parsed, warnings) = match parsed {
         Ok(p) => p,
         Err(details) => {
             app.metrics.applies_rejected.inc();
             return Err(ApiError::Invalid(details));
         }
     };
-    let warnings = parsed.warnings();
     let outcome = app.state.apply(parsed, q.dry_run).await?;
     for a in &outcome.applied {
         if !q.dry_run {

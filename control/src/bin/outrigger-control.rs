@@ -122,6 +122,7 @@ fn reader_token(cli: &Cli, admin: &Token) -> anyhow::Result<Option<Token>> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    outrigger_config::lifeline::die_with_parent()?;
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .json()

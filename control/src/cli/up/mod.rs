@@ -700,10 +700,12 @@ fn write_secret(path: &Path, secret: &str) -> Result<(), UpError> {
         .map_err(io(format!("writing {}", path.display())))
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
+/// Resolves on Ctrl-C, SIGTERM or SIGHUP (a dropped SSH session, a closed terminal): each
+/// is a graceful stop.
 pub(super) async fn stop_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let on = |kind: SignalKind| async move {
+        match signal(kind) {
             Ok(mut s) => {
                 s.recv().await;
             }
@@ -712,7 +714,8 @@ pub(super) async fn stop_signal() {
     };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+        _ = on(SignalKind::terminate()) => {}
+        _ = on(SignalKind::hangup()) => {}
     }
 }
 

@@ -52,6 +52,12 @@ impl Procs {
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
+            // If this process dies without stopping them (SIGKILL), the kernel sends each
+            // child SIGTERM: they ask for it at start (`outrigger_config::lifeline`).
+            .env(
+                outrigger_config::lifeline::PARENT_PID_ENV,
+                std::process::id().to_string(),
+            )
             // The safety net: if this process dies without stopping them, they die with it.
             .kill_on_drop(true)
             // Their own process group: Ctrl-C at the terminal reaches `up` alone, which takes
