@@ -156,6 +156,12 @@ pub struct PolicySpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub connect_timeout: Option<Duration>,
+    #[serde(
+        default,
+        with = "crate::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tls_handshake_timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -376,6 +382,9 @@ impl Validate for Resource {
                 }
                 if let Some(t) = p.connect_timeout {
                     v.positive_duration(t, Family::Timeout, || spec.key("connect_timeout"));
+                }
+                if let Some(t) = p.tls_handshake_timeout {
+                    v.positive_duration(t, Family::Timeout, || spec.key("tls_handshake_timeout"));
                 }
                 if let Some(e) = &p.ewma {
                     e.validate(&spec.key("ewma"), v);

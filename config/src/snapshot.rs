@@ -15,6 +15,12 @@ use std::time::Duration;
 pub const DEFAULT_ROUTE: &str = "default";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Envoy sets no bound of its own on the upstream TLS handshake (only the connection's idle
+/// timeout, an hour); Linkerd bounds TCP and TLS together by its 1 s connect timeout. Ours is
+/// separate and longer than the TCP one: a handshake costs a signature on each side, and a
+/// CPU-starved peer may take a while to make it, but a peer that accepts and never answers
+/// fails over after 3 s, well inside the default 15 s request timeout.
+const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -123,6 +129,9 @@ pub struct Destination {
     pub protocol: Protocol,
     #[serde(default = "default_connect_timeout", with = "crate::duration")]
     pub connect_timeout: Duration,
+    /// Bounds the mTLS handshake after TCP connects (only used when `identity` is set).
+    #[serde(default = "default_tls_handshake_timeout", with = "crate::duration")]
+    pub tls_handshake_timeout: Duration,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
     /// Tried in order; the first match wins. A catch-all `default` route is implied last.
@@ -166,6 +175,7 @@ impl Destination {
             hosts: Vec::new(),
             protocol: Protocol::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             endpoints: Vec::new(),
             routes: Vec::new(),
             load_balancer: LoadBalancer::default(),
@@ -276,6 +286,10 @@ fn default_connect_timeout() -> Duration {
     DEFAULT_CONNECT_TIMEOUT
 }
 
+fn default_tls_handshake_timeout() -> Duration {
+    DEFAULT_TLS_HANDSHAKE_TIMEOUT
+}
+
 fn default_version() -> String {
     "v1".to_string()
 }
@@ -340,6 +354,9 @@ impl Validate for Destination {
         }
         v.positive_duration(self.connect_timeout, Family::Timeout, || {
             at.key("connect_timeout")
+        });
+        v.positive_duration(self.tls_handshake_timeout, Family::Timeout, || {
+            at.key("tls_handshake_timeout")
         });
         for (j, e) in self.endpoints.iter().enumerate() {
             let here = at.key("endpoints").index(j);

@@ -107,6 +107,9 @@ fn destination(
         if let Some(t) = p.connect_timeout {
             out.connect_timeout = t;
         }
+        if let Some(t) = p.tls_handshake_timeout {
+            out.tls_handshake_timeout = t;
+        }
         if let Some(lb) = p.load_balancer {
             out.load_balancer = lb;
         }
@@ -254,12 +257,36 @@ mod tests {
             .ok_or("no inventory destination")?;
         assert!(inv.endpoints.is_empty());
         assert_eq!(inv.connect_timeout, Destination::new("x").connect_timeout);
+        assert_eq!(
+            inv.tls_handshake_timeout,
+            Destination::new("x").tls_handshake_timeout
+        );
 
         // order's own Policy shapes its inbound side.
         let inbound = s.inbound.ok_or("no inbound")?;
         assert_eq!(inbound.timeout, Duration::from_secs(10));
         assert_eq!(inbound.limits.max_requests, 1000);
         assert_eq!(inbound.app, None);
+        Ok(())
+    }
+
+    #[test]
+    fn a_policy_sets_its_callers_connect_and_handshake_deadlines(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let mut res = shop()?;
+        for r in parse_resources(
+            "kind: Policy\nmetadata: {name: inventory-callers}\nspec: {service: inventory, allow: [order], connect_timeout: 250ms, tls_handshake_timeout: 700ms}\n",
+        )? {
+            res.put(r);
+        }
+        let s = compile("order", 1, &res, &[], &Mtls::default());
+        let inv = s
+            .destinations
+            .iter()
+            .find(|d| d.name == "inventory")
+            .ok_or("no inventory destination")?;
+        assert_eq!(inv.connect_timeout, Duration::from_millis(250));
+        assert_eq!(inv.tls_handshake_timeout, Duration::from_millis(700));
         Ok(())
     }
 

@@ -15,25 +15,49 @@ use hyper::body::Incoming;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use crate::error::BoxError;
 
 pin_project_lite::pin_project! {
-    /// The downstream request body, counting what it delivers. Generic over the body so it
-    /// needs no `Unpin`; the proxy wraps hyper's `Incoming`.
+    /// The downstream request body, counting what it delivers and noting whether it failed.
+    /// Generic over the body so it needs no `Unpin`; the proxy wraps hyper's `Incoming`.
     pub struct Counting<B = Incoming> {
         #[pin]
         inner: B,
         received: Option<Arc<AtomicU64>>,
+        failed: Option<ClientBodyFailed>,
     }
 }
 
-impl<B> Counting<B> {
+/// Set once the client's own request body fails: chunked framing hyper could not decode, or
+/// a body that ended before its declared length. The upstream only sees its request cut off,
+/// so without this the client would be told the upstream failed (502) for its own fault.
+#[derive(Debug, Clone, Default)]
+pub struct ClientBodyFailed(Arc<AtomicBool>);
+
+impl ClientBodyFailed {
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl<B: Body> Counting<B> {
     pub fn new(inner: B, received: Option<Arc<AtomicU64>>) -> Self {
-        Self { inner, received }
+        // Only a body still to come can fail, so a request without one allocates nothing.
+        let failed = (!inner.is_end_stream()).then(ClientBodyFailed::default);
+        Self {
+            inner,
+            received,
+            failed,
+        }
+    }
+
+    /// A handle that tells, after the attempts, whether this body failed.
+    pub fn failure(&self) -> Option<ClientBodyFailed> {
+        self.failed.clone()
     }
 }
 
@@ -47,10 +71,14 @@ impl<B: Body<Data = Bytes>> Body for Counting<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
-        if let (Some(Ok(f)), Some(n)) = (&frame, this.received.as_ref()) {
-            if let Some(d) = f.data_ref() {
-                n.fetch_add(d.len() as u64, Ordering::Relaxed);
+        match (&frame, this.received.as_ref(), this.failed.as_ref()) {
+            (Some(Ok(f)), Some(n), _) => {
+                if let Some(d) = f.data_ref() {
+                    n.fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
             }
+            (Some(Err(_)), _, Some(failed)) => failed.0.store(true, Ordering::Release),
+            _ => {}
         }
         Poll::Ready(frame)
     }
@@ -206,5 +234,42 @@ impl Body for ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One data frame, then the error hyper gives for a chunk it cannot decode.
+    struct FailsAfterOne(bool);
+
+    impl Body for FailsAfterOne {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            let first = std::mem::replace(&mut self.0, false);
+            Poll::Ready(Some(if first {
+                Ok(Frame::data(Bytes::from_static(b"hello")))
+            } else {
+                Err("invalid chunk size".into())
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_client_body_is_noted_and_an_empty_one_costs_nothing() {
+        use http_body_util::BodyExt;
+        let mut body = Counting::new(FailsAfterOne(true), None);
+        let failed = body.failure().expect("a body still to come");
+        assert!(body.frame().await.expect("frame").is_ok());
+        assert!(!failed.is_set(), "not before the error");
+        assert!(body.frame().await.expect("frame").is_err());
+        assert!(failed.is_set());
+        let empty = Counting::new(http_body_util::Empty::<Bytes>::new(), None);
+        assert!(empty.failure().is_none());
     }
 }

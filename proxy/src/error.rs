@@ -43,17 +43,37 @@ pub enum ProxyError {
     Forbidden,
     /// Strict mTLS is in force and the request came in plaintext; its connection is ended.
     MtlsRequired,
+    /// The request has more than one `Host` header (RFC 9112 §3.2).
+    DuplicateHost,
+    /// The `Host` header is not a valid `host[:port]` (RFC 9112 §3.2).
+    InvalidHost,
+    /// An HTTP/2 request whose `Host` names another authority than `:authority`
+    /// (RFC 9113 §8.3.1).
+    HostMismatch,
+    /// The client's request body failed before any response: bad chunked framing, or it
+    /// ended before its declared length. The upstream request was aborted; the connection is
+    /// ended, as RFC 9112 §6.3 asks after a framing error.
+    MalformedBody,
+    /// The upstream's response uses a transfer coding other than chunked, which the proxy
+    /// would have to decode to relay (RFC 9112 §6.1).
+    UpstreamFraming,
 }
 
 impl ProxyError {
     pub fn status(self) -> StatusCode {
         match self {
             ProxyError::UnknownAuthority => StatusCode::NOT_FOUND,
-            ProxyError::MissingAuthority | ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::MissingAuthority
+            | ProxyError::BadRequest
+            | ProxyError::DuplicateHost
+            | ProxyError::InvalidHost
+            | ProxyError::HostMismatch
+            | ProxyError::MalformedBody => StatusCode::BAD_REQUEST,
             ProxyError::NoEndpoints | ProxyError::NoInbound => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailure
             | ProxyError::UpstreamReset
-            | ProxyError::PeerIdentityMismatch => StatusCode::BAD_GATEWAY,
+            | ProxyError::PeerIdentityMismatch
+            | ProxyError::UpstreamFraming => StatusCode::BAD_GATEWAY,
             ProxyError::Forbidden | ProxyError::MtlsRequired => StatusCode::FORBIDDEN,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -85,6 +105,11 @@ impl ProxyError {
             ProxyError::PeerIdentityMismatch => "peer-identity-mismatch",
             ProxyError::Forbidden => "forbidden",
             ProxyError::MtlsRequired => "mtls-required",
+            ProxyError::DuplicateHost => "duplicate-host",
+            ProxyError::InvalidHost => "invalid-host",
+            ProxyError::HostMismatch => "host-mismatch",
+            ProxyError::MalformedBody => "malformed-body",
+            ProxyError::UpstreamFraming => "upstream-framing",
         }
     }
 
@@ -110,12 +135,21 @@ impl ProxyError {
             ProxyError::MtlsRequired => {
                 "this service accepts only mutual TLS; the connection is closed"
             }
+            ProxyError::DuplicateHost => "the request has more than one Host header",
+            ProxyError::InvalidHost => "the Host header is not a valid host[:port]",
+            ProxyError::HostMismatch => "the Host header disagrees with :authority",
+            ProxyError::MalformedBody => {
+                "the request body has invalid chunked framing or ended early; the connection is closed"
+            }
+            ProxyError::UpstreamFraming => {
+                "the upstream response uses a transfer coding other than chunked"
+            }
         }
     }
 
     /// The proxy ends the connection the request came on.
     pub fn closes_connection(self) -> bool {
-        self == ProxyError::MtlsRequired
+        matches!(self, ProxyError::MtlsRequired | ProxyError::MalformedBody)
     }
 
     /// The response, with its JSON body.

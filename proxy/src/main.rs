@@ -71,7 +71,8 @@ struct Cli {
     inbound: SocketAddr,
 
     /// Control plane mode: the address other sidecars reach this one on (default: the inbound
-    /// listener, with 127.0.0.1 for an unspecified IP).
+    /// listener; for an unspecified IP such as 0.0.0.0, the address of the interface the
+    /// control-plane connection leaves from, else 127.0.0.1 with a warning).
     #[arg(long, value_name = "ADDR")]
     advertise: Option<SocketAddr>,
 
@@ -182,6 +183,7 @@ fn parse_protocol(s: &str) -> Result<Protocol, String> {
 }
 
 fn main() -> anyhow::Result<()> {
+    outrigger_config::lifeline::die_with_parent()?;
     let cli = Cli::parse();
     // Held to the end of main: dropping it flushes the queued log lines.
     let _log = outrigger_proxy::logging::init(&cli.log).context("--log")?;
@@ -286,12 +288,9 @@ fn control_plane_mode(cli: &Cli, url: http::Uri) -> anyhow::Result<(ProxySetting
             "--insecure-dev-plaintext: the control channel is PLAINTEXT; certificates, config and tokens cross the network unprotected and anyone on the path can impersonate the control plane. Development only."
         );
     }
-    let advertise = cli.advertise.unwrap_or_else(|| {
-        let mut a = cli.inbound;
-        if a.ip().is_unspecified() {
-            a.set_ip([127, 0, 0, 1].into());
-        }
-        a
+    let advertise = (!cli.no_register && cli.app.is_some()).then(|| {
+        cli.advertise
+            .unwrap_or_else(|| outrigger_proxy::control_plane::advertise::choose(cli.inbound, &url))
     });
     let cp = ControlPlane {
         url,
@@ -303,7 +302,7 @@ fn control_plane_mode(cli: &Cli, url: http::Uri) -> anyhow::Result<(ProxySetting
         version: cli.service_version.clone(),
         channel,
         app: cli.app,
-        advertise: (!cli.no_register && cli.app.is_some()).then_some(advertise),
+        advertise,
         // Known once the admin listener is bound.
         admin: None,
         trust_domain: cli.trust_domain.clone(),

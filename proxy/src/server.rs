@@ -1,7 +1,8 @@
 //! Runs a sidecar: admin first (so `/ready` answers 503 while starting), then the first
 //! snapshot, then the listeners, then the config watcher. On shutdown: readiness drops at
-//! once, inbound drains first (the app finishes what it was asked), then outbound (the app may
-//! still call out while finishing), all within the drain timeout.
+//! once, the instance leaves the registry and callers get a moment to learn it, inbound drains
+//! first (the app finishes what it was asked), then outbound (the app may still call out while
+//! finishing), all within the drain timeout.
 
 use crate::admin;
 use crate::control_plane::api::ApiError;
@@ -170,12 +171,15 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     tracing::info!("listeners bound");
 
     shutdown::requested(&sidecar.lifecycle).await;
-    sidecar.lifecycle.start_draining();
-    // Leave the registry first, so callers stop choosing this instance while it drains.
-    if let Some((lease, api)) = &lease {
-        lease.deregister(api).await;
-    }
     let deadline = Instant::now() + settings.drain_timeout;
+    // Callers stop choosing this instance before its listeners stop accepting.
+    let deregister = async {
+        match lease {
+            Some((lease, api)) => lease.deregister(api).await,
+            None => false,
+        }
+    };
+    shutdown::leave(&sidecar.lifecycle, deregister, deadline).await;
     // Inbound was pushed first, so it drains first.
     let mut clean = true;
     for l in listeners {

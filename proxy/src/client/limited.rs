@@ -11,6 +11,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::net::TcpStream;
 
+/// The peer did not finish the TLS handshake in time; nothing was sent.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS handshake not finished within {0:?}")]
+pub struct HandshakeTimeout(pub std::time::Duration);
+
 /// The connection limit was reached; nothing was sent.
 #[derive(Debug, thiserror::Error)]
 #[error("connection limit of {0} reached")]
@@ -21,16 +26,21 @@ pub struct LimitedConnector {
     inner: HttpConnector,
     open: Arc<AtomicUsize>,
     max: u32,
+    /// Bounds the TLS handshake on its own: the connect timeout ends when TCP connects, and a
+    /// peer that accepts but never answers the ClientHello would otherwise hold the request
+    /// (and a connection slot) until the request's deadline.
+    handshake_timeout: std::time::Duration,
 }
 
 use crate::error::BoxError;
 
 impl LimitedConnector {
-    pub fn new(inner: HttpConnector, max: u32) -> Self {
+    pub fn new(inner: HttpConnector, max: u32, handshake_timeout: std::time::Duration) -> Self {
         Self {
             inner,
             open: Arc::new(AtomicUsize::new(0)),
             max,
+            handshake_timeout,
         }
     }
 }
@@ -86,9 +96,10 @@ impl LimitedConnector {
         let tcp = io.into_inner();
         let ip = tcp.peer_addr()?.ip();
         let name = rustls::pki_types::ServerName::IpAddress(ip.into());
-        let stream = tokio_rustls::TlsConnector::from(tls)
-            .connect(name, tcp)
-            .await?;
+        let handshake = tokio_rustls::TlsConnector::from(tls).connect(name, tcp);
+        let stream = tokio::time::timeout(self.handshake_timeout, handshake)
+            .await
+            .map_err(|_| HandshakeTimeout(self.handshake_timeout))??;
         Ok(Counted {
             io: TokioIo::new(stream),
             _guard,
@@ -139,5 +150,46 @@ impl<T: Write + Unpin> Write for Counted<T> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::net::TcpListener;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_never_answers_the_client_hello_times_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let uri: http::Uri = format!("http://{}", listener.local_addr().expect("addr"))
+            .parse()
+            .expect("uri");
+        // Accepts, then says nothing: a black-holed or wedged TLS peer.
+        let held = tokio::spawn(async move { listener.accept().await.map(|(tcp, _)| tcp) });
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let connector = LimitedConnector::new(HttpConnector::new(), 10, Duration::from_secs(3));
+        let started = tokio::time::Instant::now();
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(60),
+            connector.connect_tls(uri, Arc::new(tls)),
+        )
+        .await
+        .expect("the handshake timeout fired before the test's own bound");
+        let err = outcome.err().expect("no handshake can succeed");
+        assert!(err.is::<HandshakeTimeout>(), "got {err}");
+        assert!(started.elapsed() >= Duration::from_secs(3));
+        assert_eq!(
+            connector.open.load(Ordering::SeqCst),
+            0,
+            "the slot is given back"
+        );
+        drop(held);
     }
 }

@@ -5,6 +5,7 @@
 //! against the operator's trust anchors ([`trust`]), authenticated by the workload certificate
 //! ([`api`]); [`channel`] decides that from the flags.
 
+pub mod advertise;
 pub mod api;
 pub mod channel;
 pub mod register;

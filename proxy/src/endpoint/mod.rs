@@ -1,11 +1,12 @@
 //! Per-endpoint state that outlives snapshots: latency estimate, outstanding requests,
-//! outlier-detection state and the HTTP/2 connection. Keyed by destination and address, so a
+//! outlier-detection state and the HTTP/1 and HTTP/2 connections. Keyed by destination and address, so a
 //! config push that keeps an endpoint keeps what was learned about it (and its connection, as
 //! long as the TLS setting stays the same).
 
 pub mod ewma;
 pub mod outlier;
 
+use crate::client::h1::H1Pool;
 use crate::client::h2::H2Slot;
 use crate::tls::config::ClientTls;
 use std::collections::HashMap;
@@ -17,6 +18,9 @@ pub struct EndpointState {
     pub addr: SocketAddr,
     pub ewma: ewma::PeakEwma,
     pub outlier: outlier::Outlier,
+    /// Idle HTTP/1.1 keep-alive connections (plaintext only, so one pool serves every
+    /// snapshot).
+    pub h1: H1Pool,
     /// The slot compiled snapshots share for HTTP/2, while they agree on its TLS setting.
     h2: Mutex<Weak<H2Slot>>,
     pending: AtomicUsize,
@@ -28,6 +32,7 @@ impl EndpointState {
             addr,
             ewma: ewma::PeakEwma::new(default_rtt),
             outlier: outlier::Outlier::default(),
+            h1: H1Pool::default(),
             h2: Mutex::new(Weak::new()),
             pending: AtomicUsize::new(0),
         }

@@ -1,6 +1,8 @@
 //! Admission: what every request must pass before a destination is looked for. Under strict
 //! mTLS a plaintext request is refused and its connection ended ([`super::strict`]); a header
-//! block over `max_header_bytes` is refused; CONNECT is not proxied.
+//! block over `max_header_bytes` is refused; CONNECT is not proxied; `Host` must follow the
+//! RFC's rules ([`super::host`]). Framing the request head gets wrong (Content-Length,
+//! Transfer-Encoding) never gets here: hyper's parser answers it with a 400 first.
 
 use super::strict;
 use crate::error::ProxyError;
@@ -29,7 +31,7 @@ pub fn check<B>(
     if req.method() == http::Method::CONNECT {
         return Err(ProxyError::BadRequest);
     }
-    Ok(())
+    super::host::check(req)
 }
 
 #[cfg(test)]
@@ -91,6 +93,21 @@ mod tests {
         assert_eq!(
             check(&state, Direction::Outbound, &peer, &req, 4096),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn host_rules_are_part_of_admission() {
+        let state = compiled(PERMISSIVE);
+        let peer = Peer::plaintext("127.0.0.1:1".parse().expect("addr"));
+        let req = Request::get("/")
+            .header("host", "payment")
+            .header("host", "evil")
+            .body(())
+            .expect("req");
+        assert_eq!(
+            check(&state, Direction::Outbound, &peer, &req, 64 * 1024),
+            Err(ProxyError::DuplicateHost)
         );
     }
 

@@ -3,7 +3,8 @@
 //!
 //! 1. **telemetry** ([`telemetry`]): request id, trace context and span, access-log entry.
 //!    Every answer below, the proxy's own included, is counted, logged and traced by it.
-//! 2. **admission** ([`admit`]): strict mTLS, the header-block bound, no CONNECT.
+//! 2. **admission** ([`admit`]): strict mTLS, the header-block bound, no CONNECT, the `Host`
+//!    rules ([`host`]).
 //! 3. **destination** ([`destination`]): by authority outbound; the local app, once the
 //!    caller is authorised, inbound.
 //! 4. **route**: the destination's first matching route ([`crate::routing`]).
@@ -13,7 +14,8 @@
 //!    slot, every attempt and every backoff.
 //! 9. **retry** ([`crate::retry::layer`]) around each **attempt** ([`attempt`]): canary
 //!    split, balance, per-try timeout, and the **client** behind the [`upstream`] seam.
-//! 10. **response** ([`respond`]): upgrade tunnel, hop-by-hop headers, the record in the body.
+//! 10. **response** ([`respond`]): framing to relay ([`framing`]), upgrade tunnel, hop-by-hop
+//!     headers, the record in the body.
 //!
 //! The order is the one the first version had, kept on purpose: the rate limit comes before
 //! fault injection so that an injected delay never holds a token the limit is counting, and
@@ -30,7 +32,9 @@
 pub mod admit;
 pub mod attempt;
 pub mod destination;
+pub mod framing;
 pub mod headers;
+pub mod host;
 pub mod respond;
 pub mod rewrite;
 pub mod strict;
@@ -181,6 +185,7 @@ async fn forward<'s, U: SendUpstream>(
 
     let retry = Retry::new(&route.retry, &dest.budget, &counters.retry, !upgrade);
     let body = Counting::new(body, ctx.count_received());
+    let client_body = body.failure();
     let source = Source::new(body, retry.may_retry(), route.retry.buffer_bytes);
     let b3 = telemetry.tracer.b3;
     let mut attempts = Attempts::new(
@@ -198,14 +203,19 @@ async fn forward<'s, U: SendUpstream>(
         .await;
     let metrics = attempts.metrics;
     match outcome {
-        Ok(res) => Ok(respond::forwarded(
+        Ok(res) => respond::forwarded(
             telemetry,
             ctx,
             (metrics, &dest.stats),
             permit,
             res,
             downstream_upgrade,
-        )),
+        )
+        .map_err(under(metrics)),
+        // The upstream only saw its request cut off; the fault was the client's body.
+        Err(_) if client_body.is_some_and(|f| f.is_set()) => {
+            Err(under(metrics)(ProxyError::MalformedBody))
+        }
         Err(Exhausted::Fatal(e)) => Err(under(metrics)(e)),
         Err(Exhausted::GaveUp(f)) => Err(under(metrics)(gave_up(f))),
     }

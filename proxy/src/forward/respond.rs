@@ -1,20 +1,24 @@
-//! The upstream's response on its way back: an accepted upgrade becomes a tunnel, hop-by-hop
-//! headers are taken out, and the body carries the request's record (metrics, percentiles,
-//! access log, span, and the concurrency slot) until it ends.
+//! The upstream's response on its way back: its framing made fit to relay ([`framing`]), an
+//! accepted upgrade becomes a tunnel, hop-by-hop headers are taken out, and the body carries
+//! the request's record (metrics, percentiles, access log, span, and the concurrency slot)
+//! until it ends.
 
+use super::framing;
 use super::headers::strip_hop_by_hop;
 use super::telemetry::RequestTelemetry;
 use super::upgrade;
 use crate::body::{ResponseBody, UpstreamBody};
+use crate::error::ProxyError;
 use crate::telemetry::metrics::StatusMetrics;
 use crate::telemetry::stats::SlidingHistogram;
 use crate::telemetry::Telemetry;
-use http::Response;
+use http::{Response, Version};
 use hyper::upgrade::OnUpgrade;
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 
-/// The response the client gets for the upstream's `res`.
+/// The response the client gets for the upstream's `res`, or why it gets none (a 502, with
+/// the slot given back).
 pub fn forwarded(
     telemetry: &Telemetry,
     ctx: &mut RequestTelemetry,
@@ -22,7 +26,12 @@ pub fn forwarded(
     permit: OwnedSemaphorePermit,
     mut res: Response<UpstreamBody>,
     downstream_upgrade: Option<OnUpgrade>,
-) -> Response<ResponseBody> {
+) -> Result<Response<ResponseBody>, ProxyError> {
+    framing::relay(&mut res)?;
+    // The version is the client's connection's, not the upstream's: an HTTP/1.0 app must not
+    // make hyper answer an HTTP/1.1 client in HTTP/1.0 and close its connection. hyper still
+    // answers an HTTP/1.0 client in HTTP/1.0, and HTTP/2 ignores it.
+    *res.version_mut() = Version::HTTP_11;
     let switching = res.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     match (switching, downstream_upgrade) {
         (true, Some(down)) => {
@@ -37,7 +46,7 @@ pub fn forwarded(
         _ => strip_hop_by_hop(res.headers_mut(), false),
     }
     let record = ctx.record(res.status(), metrics, stats, permit);
-    res.map(|b| ResponseBody::upstream(b, record))
+    Ok(res.map(|b| ResponseBody::upstream(b, record)))
 }
 
 #[cfg(test)]
@@ -82,7 +91,8 @@ mod tests {
             permit,
             upstream,
             None,
-        );
+        )
+        .expect("relayed");
         for gone in ["connection", "x-internal", "keep-alive"] {
             assert!(!res.headers().contains_key(gone), "{gone} passed through");
         }
@@ -100,5 +110,48 @@ mod tests {
             1,
             "the request was recorded once"
         );
+    }
+
+    #[tokio::test]
+    async fn an_http10_answer_goes_on_as_http11_and_a_foreign_coding_is_refused() {
+        let sidecar = sidecar(
+            "service: order\ndestinations:\n  - name: payment\n    \
+             endpoints: [{address: \"127.0.0.1:9001\"}]\n",
+        );
+        let state = sidecar.snapshot.current().expect("applied");
+        let dest = state.outbound.lookup(Some("payment")).expect("payment");
+        let route = &dest.routes[0];
+        let peer = Peer::plaintext("127.0.0.1:1".parse().expect("addr"));
+        let req = http::Request::get("/").body(()).expect("req");
+        let slots = Arc::new(Semaphore::new(1));
+        let upstream = |te: Option<&str>| {
+            let mut b = Response::builder().version(Version::HTTP_10);
+            if let Some(te) = te {
+                b = b.header("transfer-encoding", te);
+            }
+            b.body(UpstreamBody::ReadAhead(VecDeque::new(), None))
+                .expect("response")
+        };
+        let relay = |res| {
+            let mut ctx =
+                RequestTelemetry::begin(&sidecar.telemetry, Direction::Outbound, &peer, &req);
+            let permit = slots.clone().try_acquire_owned().expect("slot");
+            forwarded(
+                &sidecar.telemetry,
+                &mut ctx,
+                (route.metrics_for(None), &dest.stats),
+                permit,
+                res,
+                None,
+            )
+        };
+        let res = relay(upstream(None)).expect("relayed");
+        assert_eq!(res.version(), Version::HTTP_11);
+        drop(res);
+        assert_eq!(
+            relay(upstream(Some("gzip"))).err(),
+            Some(ProxyError::UpstreamFraming)
+        );
+        assert_eq!(slots.available_permits(), 1, "the slot is given back");
     }
 }

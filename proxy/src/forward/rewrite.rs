@@ -21,9 +21,15 @@ pub fn prepare(
     upgrade: bool,
 ) -> Result<(), ProxyError> {
     // The app's authority travels on: as Host to HTTP/1 endpoints, as `:authority` to HTTP/2
-    // ones (which must not also get a Host that could differ).
+    // ones (which must not also get a Host that could differ). The target's authority is the
+    // one the request was routed by, so it replaces a Host that says otherwise (an HTTP/1.1
+    // absolute-form request; RFC 9112 §3.2.2 has a proxy regenerate Host from the target).
     if let Some(a) = parts.uri.authority() {
-        if !parts.headers.contains_key(header::HOST) {
+        let agrees = parts
+            .headers
+            .get(header::HOST)
+            .is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()));
+        if !agrees {
             let v = HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadRequest)?;
             parts.headers.insert(header::HOST, v);
         }
@@ -100,6 +106,19 @@ mod tests {
         assert!(!h.headers.contains_key("x-secret"));
         assert!(!h.headers.contains_key("keep-alive"));
         assert_eq!(h.headers["x-forwarded-for"], "10.0.0.7");
+    }
+
+    #[test]
+    fn an_absolute_form_target_replaces_a_host_that_disagrees() {
+        let mut h = head(
+            Request::get("http://payment:8080/charge")
+                .header(header::HOST, "evil")
+                .body(())
+                .expect("req"),
+        );
+        prepare(&mut h, Protocol::Http1, client(), false).expect("prepared");
+        let hosts: Vec<_> = h.headers.get_all(header::HOST).iter().collect();
+        assert_eq!(hosts, ["payment:8080"]);
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! are safe for any method; everything else only for idempotent methods unless the route opts
 //! in.
 
-use crate::client::h2::H2Error;
 use crate::client::{ConnectionLimit, UpstreamError};
 use outrigger_config::{RetryOn, RetryPolicy};
 use std::error::Error as StdError;
@@ -132,9 +131,8 @@ pub fn is_idempotent(m: &http::Method) -> bool {
 /// What a failed upstream call means for retries and for the error the client sees.
 pub fn classify(e: &UpstreamError) -> Failure {
     let (connect, first): (bool, &(dyn StdError + 'static)) = match e {
-        UpstreamError::Pool(p) => (p.is_connect(), p),
-        UpstreamError::H2(H2Error::Connect(c)) => (true, c.as_ref()),
-        UpstreamError::H2(H2Error::Http(h)) => (false, h),
+        UpstreamError::Connect(c) => (true, c.as_ref()),
+        UpstreamError::Http(h) => (false, h),
     };
     let mut source: Option<&(dyn StdError + 'static)> = Some(first);
     let mut refused = false;

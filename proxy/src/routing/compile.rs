@@ -249,6 +249,7 @@ struct DestSpec<'a> {
     direction: Direction,
     protocol: Protocol,
     connect_timeout: Duration,
+    tls_handshake_timeout: Duration,
     endpoints: Vec<(SocketAddr, &'a str)>,
     routes: Vec<Route>,
     lb: LoadBalancer,
@@ -442,6 +443,7 @@ impl Compiler<'_> {
                 destination: format!("{dir}/{}", spec.name),
                 protocol: spec.protocol,
                 connect_timeout: spec.connect_timeout,
+                tls_handshake_timeout: spec.tls_handshake_timeout,
                 max_connections: spec.limits.max_connections,
             }),
             endpoints,
@@ -476,6 +478,7 @@ fn outbound_spec(d: &Destination) -> DestSpec<'_> {
         direction: Direction::Outbound,
         protocol: d.protocol,
         connect_timeout: d.connect_timeout,
+        tls_handshake_timeout: d.tls_handshake_timeout,
         endpoints: d
             .endpoints
             .iter()
