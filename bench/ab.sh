@@ -37,10 +37,18 @@ one() {  # one CMD -> "rps us_per_req"
   fi
   local c0 c1 rps
   c0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  # A run that got anything but 2xx measured an error path, not the proxy: it stops the run.
+  local out
   if [ "${H2:-0}" = 1 ]; then
-    rps=$(taskset -c 0 h2load -t1 -c4 -m16 -D 8 http://127.0.0.1:18290/ | awk '/^finished/ {print $4}')
+    out=$(taskset -c 0 h2load -t1 -c4 -m16 -D 8 http://127.0.0.1:18290/)
+    rps=$(awk '/^finished/ {print $4}' <<<"$out")
+    awk '/^status codes:/ && ($5 + $7 + $9) > 0 {bad = 1} END {exit bad}' <<<"$out" ||
+      { echo "$1: non-2xx answers under h2load:" >&2; grep -E "status codes|failed" <<<"$out" >&2; exit 1; }
   else
-    rps=$(taskset -c 0 wrk -t1 -c32 -d8s http://127.0.0.1:18290/ | awk '/Requests\/sec/ {print $2}')
+    out=$(taskset -c 0 wrk -t1 -c32 -d8s http://127.0.0.1:18290/)
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    ! grep -qE "Non-2xx|Socket errors" <<<"$out" ||
+      { echo "$1: errors under wrk:" >&2; grep -E "Non-2xx|Socket errors" <<<"$out" >&2; exit 1; }
   fi
   c1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   kill "$pid"; wait "$pid" 2>/dev/null || true

@@ -6,6 +6,7 @@
 #
 #   bench/profile.sh before          # name of the output files
 #   H2=1 bench/profile.sh before-h2  # h2load over h2c instead of wrk over HTTP/1.1
+#   BIN=/tmp/outrigger-proxy bench/profile.sh old   # a given binary, no build
 #
 # Needs: perf (Debian's linux-perf), wrk, nginx, h2load (the proxybench kit's setup.sh installs
 # them), inferno (`cargo install inferno`).
@@ -27,9 +28,12 @@ CONF
 taskset -c 0 nginx -p "$RUN" -e "$RUN/err.log" -c "$RUN/upstream.conf" &
 
 cd "$ROOT"
-cargo build --release -p outrigger-proxy
-BIN=$(cargo metadata --format-version 1 --no-deps |
-  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release/outrigger-proxy
+# BIN=path profiles that binary instead of building this tree's release proxy.
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -p outrigger-proxy
+  BIN=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release/outrigger-proxy
+fi
 taskset -c 1 "$BIN" --listen 127.0.0.1:18190 --upstream 127.0.0.1:18180 --threads 1 \
   --no-access-log --admin 127.0.0.1:18199 --log warn &
 PROXY=$!

@@ -11,7 +11,7 @@
 #
 # Environment: PROXYBENCH_KIT (default: <repo>/../shared/bench/proxybench), ROUNDS, TARGETS,
 # OUT and every other setting of the kit (they pass through); OUTRIGGER_ARGS (extra proxy flags)
-# and OUTRIGGER_NAME (the row name, default outrigger); OUTRIGGER_PORT (18090) and
+# and OUTRIGGER_NAME (the row name, default outrigger); BIN (a prebuilt proxy, with BIN_REV naming its commit); OUTRIGGER_PORT (18090) and
 # OUTRIGGER_ADMIN_PORT (18099) if those ports are taken. Needs a quiet machine: the kit waits
 # for other processes to go quiet and flags rows measured while they were not.
 set -euo pipefail
@@ -38,13 +38,18 @@ bash "$KIT/setup.sh"
 
 echo "== build: cargo build --release -p outrigger-proxy"
 cd "$ROOT"
-cargo build --release -p outrigger-proxy
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps |
-  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-BIN=$TARGET_DIR/release/outrigger-proxy
+if [ -n "${BIN:-}" ]; then
+  # A binary built elsewhere (e.g. from a clean worktree while this tree is being edited).
+  REV=${BIN_REV:-$(basename "$BIN")}
+else
+  cargo build --release -p outrigger-proxy
+  TARGET_DIR=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+  BIN=$TARGET_DIR/release/outrigger-proxy
+  REV=$(git rev-parse --short HEAD)
+  git diff --quiet HEAD -- proxy config Cargo.toml Cargo.lock || REV="$REV+dirty"
+fi
 [ -x "$BIN" ] || { echo "no binary at $BIN" >&2; exit 1; }
-REV=$(git rev-parse --short HEAD)
-git diff --quiet HEAD -- proxy config Cargo.toml Cargo.lock || REV="$REV+dirty"
 
 # One worker thread, no access log, quiet logs: what the kit asks of every proxy. The listener
 # speaks HTTP/1.1 and h2c (prior knowledge) on the same port. `$UPSTREAM_PORT` stays literal

@@ -69,6 +69,18 @@ enum Upstream {
 }
 
 async fn forward(up: Upstream, addr: Arc<str>, mut req: Request<Incoming>) -> Response<Body> {
+    // An h2c request goes upstream as HTTP/1.1, with its `:authority` as Host (as the proxy
+    // does): hyper's HTTP/1 client refuses an HTTP/2 request, and nginx a Host-less one.
+    if req.version() == hyper::Version::HTTP_2 {
+        *req.version_mut() = hyper::Version::HTTP_11;
+        if let Some(host) = req
+            .uri()
+            .authority()
+            .and_then(|a| hyper::header::HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(hyper::header::HOST, host);
+        }
+    }
     let result = match up {
         Upstream::Legacy(client) => {
             let uri = format!("http://{addr}{}", req.uri().path());
