@@ -242,6 +242,10 @@ async fn a_snapshot_the_sidecar_cannot_apply_is_nacked_and_the_last_good_one_ser
         .expect("send");
     let proxy = proxy.ready().await;
     assert_eq!(served_by(&proxy, "payment").await, (200, "a".to_string()));
+    // The fault matrix's "bad config pushed": load runs across the NACK, every request counted.
+    let load = SteadyLoad::start(proxy.outbound(), "payment");
+    load.progress(20, Duration::from_secs(20), "load before the bad snapshot")
+        .await;
 
     // Version 8 names an endpoint that is no address: NACKed, naming the field.
     stream
@@ -283,6 +287,12 @@ async fn a_snapshot_the_sidecar_cannot_apply_is_nacked_and_the_last_good_one_ser
             .await,
         Some(1.0)
     );
+
+    load.progress(100, Duration::from_secs(20), "load after the NACK")
+        .await;
+    let (ok, failed) = load.stop().await;
+    eprintln!("fault matrix: bad snapshot pushed and NACKed: {ok} requests ok, {failed} failed");
+    assert_eq!(failed, 0, "{ok} ok");
 
     // The next good one applies.
     stream

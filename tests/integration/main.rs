@@ -16,6 +16,7 @@ mod config_reload;
 mod control_channel;
 mod control_plane;
 mod errors;
+mod faults;
 mod framing;
 mod large_apply;
 mod logs;
