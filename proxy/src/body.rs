@@ -27,6 +27,8 @@ pin_project_lite::pin_project! {
     pub struct Counting<B = Incoming> {
         #[pin]
         inner: B,
+        // A frame read ahead by `first_frame`, handed out before the rest.
+        first: Option<Frame<Bytes>>,
         received: Option<Arc<AtomicU64>>,
         failed: Option<ClientBodyFailed>,
     }
@@ -50,6 +52,7 @@ impl<B: Body> Counting<B> {
         let failed = (!inner.is_end_stream()).then(ClientBodyFailed::default);
         Self {
             inner,
+            first: None,
             received,
             failed,
         }
@@ -58,6 +61,34 @@ impl<B: Body> Counting<B> {
     /// A handle that tells, after the attempts, whether this body failed.
     pub fn failure(&self) -> Option<ClientBodyFailed> {
         self.failed.clone()
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Counting<B> {
+    /// Waits up to `within` for the body's first frame and keeps it to send first. A body
+    /// whose framing is broken from its first bytes (a bad chunk size sent with the head)
+    /// then fails here, before anything is sent upstream: RFC 9112 asks for a 400, and the
+    /// upstream must not see half a request. A body slower than `within` is streamed as it
+    /// comes; a framing error later in it can only cut the upstream's request off.
+    pub async fn first_frame(&mut self, within: std::time::Duration) -> Result<(), B::Error> {
+        if self.first.is_some() || self.inner.is_end_stream() {
+            return Ok(());
+        }
+        let inner = &mut self.inner;
+        let next = std::future::poll_fn(|cx| Pin::new(&mut *inner).poll_frame(cx));
+        match tokio::time::timeout(within, next).await {
+            Ok(Some(Ok(frame))) => {
+                self.first = Some(frame);
+                Ok(())
+            }
+            Ok(Some(Err(e))) => {
+                if let Some(failed) = &self.failed {
+                    failed.0.store(true, Ordering::Release);
+                }
+                Err(e)
+            }
+            Ok(None) | Err(_) => Ok(()),
+        }
     }
 }
 
@@ -70,7 +101,10 @@ impl<B: Body<Data = Bytes>> Body for Counting<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        let frame = match this.first.take() {
+            Some(first) => Some(Ok(first)),
+            None => ready!(this.inner.poll_frame(cx)),
+        };
         match (&frame, this.received.as_ref(), this.failed.as_ref()) {
             (Some(Ok(f)), Some(n), _) => {
                 if let Some(d) = f.data_ref() {
@@ -84,11 +118,24 @@ impl<B: Body<Data = Bytes>> Body for Counting<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.first.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        if let Some(n) = self
+            .first
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map(Bytes::len)
+        {
+            let n = n as u64;
+            hint.set_lower(hint.lower() + n);
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + n);
+            }
+        }
+        hint
     }
 }
 
@@ -271,5 +318,53 @@ mod tests {
         assert!(failed.is_set());
         let empty = Counting::new(http_body_util::Empty::<Bytes>::new(), None);
         assert!(empty.failure().is_none());
+    }
+
+    /// A body that never delivers anything (a client that sent the head only).
+    struct Silent;
+
+    impl Body for Silent {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_frame_is_read_ahead_and_sent_first_and_broken_framing_fails_early() {
+        use http_body_util::BodyExt;
+        let wait = std::time::Duration::from_millis(50);
+        // Read ahead, then handed out first and counted once.
+        let received = Arc::new(AtomicU64::new(0));
+        let mut body = Counting::new(FailsAfterOne(true), Some(received.clone()));
+        body.first_frame(wait).await.expect("a good first frame");
+        assert_eq!(
+            received.load(Ordering::Relaxed),
+            0,
+            "not counted until sent"
+        );
+        assert!(!body.is_end_stream());
+        assert_eq!(body.size_hint().lower(), 5);
+        let first = body.frame().await.expect("frame").expect("data");
+        assert_eq!(first.into_data().ok(), Some(Bytes::from_static(b"hello")));
+        assert_eq!(received.load(Ordering::Relaxed), 5);
+        assert!(body.frame().await.expect("frame").is_err());
+
+        // Broken from the first bytes: fails before anything is sent, and is noted.
+        let mut body = Counting::new(FailsAfterOne(false), None);
+        let failed = body.failure().expect("a body still to come");
+        assert!(body.first_frame(wait).await.is_err());
+        assert!(failed.is_set());
+
+        // A client slower than the wait: the request goes on, streaming.
+        let start = tokio::time::Instant::now();
+        let mut body = Counting::new(Silent, None);
+        body.first_frame(wait).await.expect("not an error");
+        assert_eq!(start.elapsed(), wait);
+        assert!(!body.failure().expect("still to come").is_set());
     }
 }

@@ -219,7 +219,7 @@ async fn malformed_request_heads_get_400_and_never_reach_the_upstream() {
     let up = Upstream::start("app").await;
     let proxy = proxy_to(up.addr).await;
     // (request, what hyper's parser or the proxy refuses it for, the proxy's reason if its own)
-    let cases: [(&str, &str, Option<&str>); 9] = [
+    let cases: [(&str, &str, Option<&str>); 10] = [
         (
             "POST / HTTP/1.1\r\nhost: app\r\ncontent-length: abc\r\n\r\n",
             "invalid Content-Length",
@@ -254,6 +254,11 @@ async fn malformed_request_heads_get_400_and_never_reach_the_upstream() {
             "POST / HTTP/1.0\r\nhost: app\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
             "Transfer-Encoding in HTTP/1.0",
             None,
+        ),
+        (
+            "POST / HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            "a chunk size that is not hex, sent with the head",
+            Some("malformed-body"),
         ),
         (
             "GET / HTTP/1.1\r\nhost: app\r\nhost: other\r\n\r\n",

@@ -71,6 +71,12 @@ use std::sync::Arc;
 use telemetry::{authority, RequestTelemetry};
 use upstream::{Pooled, SendUpstream};
 
+/// How long a chunked HTTP/1 request's first body bytes are awaited before the request goes
+/// upstream, so that framing broken from the start is a 400 that the upstream never sees. The
+/// bytes almost always arrive with the head; a client slower than this (a live upload that
+/// starts late) is streamed, at most this much later than it would have been.
+const FIRST_FRAME_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The listeners' service: the request path over the destinations' pooled clients.
 pub async fn handle(
     sidecar: Arc<Sidecar>,
@@ -184,7 +190,16 @@ async fn forward<'s, U: SendUpstream>(
     propagate::clear_stale(&mut head.headers, &ctx.trace);
 
     let retry = Retry::new(&route.retry, &dest.budget, &counters.retry, !upgrade);
-    let body = Counting::new(body, ctx.count_received());
+    let mut body = Counting::new(body, ctx.count_received());
+    // A chunked HTTP/1 body's framing can break from its first bytes; those usually came with
+    // the head, so they are checked before anything goes upstream (a length-delimited body
+    // can only be short, which shows at its end).
+    if head.version < Version::HTTP_2
+        && http_body::Body::size_hint(&body).exact().is_none()
+        && body.first_frame(FIRST_FRAME_WAIT).await.is_err()
+    {
+        return Err(unpicked(ProxyError::MalformedBody));
+    }
     let client_body = body.failure();
     let source = Source::new(body, retry.may_retry(), route.retry.buffer_bytes);
     let b3 = telemetry.tracer.b3;
