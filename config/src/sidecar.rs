@@ -38,6 +38,122 @@ pub struct ProxySettings {
     pub stats_window: Duration,
     /// Trace propagation and span export.
     pub tracing: TracingSettings,
+    /// Bounds on what downstream clients can hold: connections, handshakes, streams, time.
+    pub limits: ListenerLimits,
+}
+
+/// Per-listener bounds (outbound and inbound each get their own), so that idle, slow or
+/// abusive clients hold a bounded share of file descriptors, memory and in-flight slots.
+/// Each default is set against Envoy's and Linkerd's; Envoy leaves most of these unbounded
+/// and asks operators to set them ("best practices for edge proxies"), which a sidecar whose
+/// callers may be any pod cannot rely on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerLimits {
+    /// Downstream connections open at once; beyond this a new connection is closed at accept.
+    /// 10,000: Envoy has no per-listener cap by default (its overload manager's
+    /// `global_downstream_max_connections` is opt-in, 50,000 in its edge example) and Linkerd
+    /// none; a sidecar fronts one app, so 10,000 is far above any real fan-in while keeping
+    /// descriptors (two per proxied connection) well inside a container's usual 1,048,576.
+    pub max_connections: usize,
+    /// Inbound mTLS handshakes in progress at once; beyond this a new TLS client is closed.
+    /// 256: neither Envoy nor Linkerd caps handshakes by default (Envoy bounds them only
+    /// through connection limits). A handshake costs ~1 ms of CPU, so 256 at once is far more
+    /// than two cores can finish in the handshake timeout, while a flood of slow ClientHellos
+    /// cannot pin more than 256 half-open sessions.
+    pub max_tls_handshakes: usize,
+    /// From the first TLS byte to a finished handshake. 10 s: Linkerd's protocol-detection
+    /// timeout (10 s); Envoy's `transport_socket_connect_timeout` is unset by default and its
+    /// `listener_filters_timeout` is 15 s.
+    #[serde(with = "crate::duration")]
+    pub tls_handshake_timeout: Duration,
+    /// HTTP/1: from the first byte of a request to the end of its header block (slowloris).
+    /// 10 s: Envoy's `request_headers_timeout` is off by default and Linkerd has none;
+    /// hyper's own 30 s also counts the idle time before the request. A header block takes
+    /// milliseconds on any real network, so 10 s only ever cuts off a trickle.
+    #[serde(with = "crate::duration")]
+    pub http1_header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/1 keep-alive) or
+    /// sent GOAWAY (HTTP/2). 5 min: Envoy's `idle_timeout` is 1 h and Linkerd closes none;
+    /// ours is shorter so that idle connections cannot pile up, yet longer than the pools of
+    /// common clients (Go and hyper: 90 s), so the client closes first and no request races
+    /// our close.
+    #[serde(with = "crate::duration")]
+    pub idle_timeout: Duration,
+    /// A response the client takes nothing of for this long is abandoned: its in-flight
+    /// slot and upstream connection are freed (HTTP/1: the connection is closed; HTTP/2: the
+    /// stream is reset). 60 s: Envoy's `stream_idle_timeout` is 5 min (and also counts a
+    /// silent upstream); Linkerd has none. One minute of a client not reading is no
+    /// flow-control hiccup, and a silent upstream does not count against it.
+    #[serde(with = "crate::duration")]
+    pub response_idle_timeout: Duration,
+    /// HTTP/2 streams a client may open at once on one connection. 200: hyper's server
+    /// default, under Go's 250 and above the 100 that RFC 9113 §6.5.2 sets as the least and
+    /// Envoy's edge best practices use (its built-in default is 2^31 - 1; Linkerd sets none).
+    /// Not 100, because a calling sidecar sends all its requests for one endpoint over one
+    /// connection, so this is also the in-flight ceiling between two sidecars (beyond it,
+    /// requests wait for a stream rather than fail).
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 PING sent after this long without a frame from the client, to find dead peers.
+    /// 10 s: Linkerd's injected `..._SERVER_HTTP2_KEEP_ALIVE_INTERVAL` (10 s); Envoy sends
+    /// none unless `connection_keepalive` is set.
+    #[serde(with = "crate::duration")]
+    pub http2_keepalive_interval: Duration,
+    /// A PING unanswered for this long closes the connection. 5 s: Linkerd uses 3 s; a little
+    /// more keeps a briefly stalled, loaded node from dropping healthy connections.
+    #[serde(with = "crate::duration")]
+    pub http2_keepalive_timeout: Duration,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_tls_handshakes: 256,
+            tls_handshake_timeout: Duration::from_secs(10),
+            http1_header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            response_idle_timeout: Duration::from_secs(60),
+            http2_max_concurrent_streams: 200,
+            http2_keepalive_interval: Duration::from_secs(10),
+            http2_keepalive_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Validate for ListenerLimits {
+    fn validate(&self, at: &FieldPath, v: &mut Validator) {
+        v.ensure(
+            (1..=1_000_000).contains(&self.max_connections),
+            || at.key("max_connections"),
+            "must be between 1 and 1000000",
+        );
+        v.ensure(
+            (1..=100_000).contains(&self.max_tls_handshakes),
+            || at.key("max_tls_handshakes"),
+            "must be between 1 and 100000",
+        );
+        v.ensure(
+            (1..=10_000).contains(&self.http2_max_concurrent_streams),
+            || at.key("http2_max_concurrent_streams"),
+            "must be between 1 and 10000",
+        );
+        for (key, d) in [
+            ("tls_handshake_timeout", self.tls_handshake_timeout),
+            ("http1_header_read_timeout", self.http1_header_read_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("response_idle_timeout", self.response_idle_timeout),
+            ("http2_keepalive_interval", self.http2_keepalive_interval),
+            ("http2_keepalive_timeout", self.http2_keepalive_timeout),
+        ] {
+            v.ensure(
+                d >= Duration::from_millis(100),
+                || at.key(key),
+                "must be at least 100ms",
+            );
+            v.duration(d, Family::Timeout, || at.key(key));
+        }
+    }
 }
 
 /// Spans for proxied requests. Trace headers are always propagated; spans are recorded for
@@ -93,6 +209,7 @@ impl Default for ProxySettings {
             max_header_bytes: 64 * 1024,
             stats_window: Duration::from_secs(60),
             tracing: TracingSettings::default(),
+            limits: ListenerLimits::default(),
         }
     }
 }
@@ -147,6 +264,7 @@ impl Validate for ProxySettings {
                 v.fail(at.key("tracing").key("otlp_endpoint"), reason);
             }
         }
+        self.limits.validate(&at.key("limits"), v);
         let addrs = [self.outbound, self.inbound, Some(self.admin)];
         let mut seen = Vec::new();
         for (key, a) in ["outbound", "inbound", "admin"].into_iter().zip(addrs) {
@@ -157,5 +275,34 @@ impl Validate for ProxySettings {
                 seen.push(a);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::from_yaml_validated;
+
+    #[test]
+    fn listener_limits_default_and_a_bad_one_is_named_with_its_line() {
+        let ok: SidecarFile = from_yaml_validated(
+            "proxy:\n  limits:\n    idle_timeout: 2m\nsnapshot:\n  service: order\n",
+        )
+        .expect("valid");
+        assert_eq!(ok.proxy.limits.idle_timeout, Duration::from_secs(120));
+        assert_eq!(ok.proxy.limits.max_connections, 10_000);
+        let e = from_yaml_validated::<SidecarFile>(
+            "proxy:\n  limits:\n    max_connections: 0\n    response_idle_timeout: 1ms\nsnapshot:\n  service: order\n",
+        )
+        .expect_err("must be rejected");
+        let at: Vec<_> = e.errors.iter().map(|e| (e.path.as_str(), e.line)).collect();
+        assert_eq!(
+            at,
+            [
+                ("proxy.limits.max_connections", 3),
+                ("proxy.limits.response_idle_timeout", 4)
+            ],
+            "{e}"
+        );
     }
 }

@@ -9,8 +9,10 @@ use crate::resilience::{
 use crate::validate::{Validate, Validator};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
 use std::time::Duration;
+
+mod address;
+pub use address::{check_host_name, AddressError, EndpointAddress, NamedAddress};
 
 pub const DEFAULT_ROUTE: &str = "default";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -96,9 +98,9 @@ pub enum Protocol {
 #[serde(deny_unknown_fields)]
 pub struct Inbound {
     /// The local app's address. Required in a static file; a sidecar fed by the control
-    /// plane fills it in from its `--app` flag.
+    /// plane fills it in from its `--app` flag. A DNS name is resolved like an endpoint's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app: Option<SocketAddr>,
+    pub app: Option<EndpointAddress>,
     #[serde(default)]
     pub protocol: Protocol,
     /// This instance's version: the `dst_version` label of inbound metrics.
@@ -202,7 +204,8 @@ impl Destination {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
-    pub address: SocketAddr,
+    /// `IP:PORT`, or `NAME:PORT` for a DNS name, each address of which is an endpoint.
+    pub address: EndpointAddress,
     #[serde(default = "default_version")]
     pub version: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

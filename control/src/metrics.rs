@@ -19,6 +19,8 @@ pub struct Metrics {
     /// By reason: token, identity, malformed, signature.
     pub csr_rejected: IntCounterVec,
     pub(crate) ca_roots: IntGauge,
+    /// Connections and requests cut off by a server bound, by limit.
+    pub connection_limits: IntCounterVec,
 }
 
 impl Metrics {
@@ -73,6 +75,13 @@ impl Metrics {
                 &["reason"],
             )?,
             ca_roots: IntGauge::new("outrigger_control_ca_roots", "Roots in the trust bundle")?,
+            connection_limits: IntCounterVec::new(
+                Opts::new(
+                    "outrigger_control_connection_limits_total",
+                    "Connections or requests cut off by a server bound: max_connections, header_read_timeout, max_body_bytes",
+                ),
+                &["limit"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.resources.clone()))?;
@@ -89,6 +98,7 @@ impl Metrics {
             .register(Box::new(m.certificates_issued.clone()))?;
         m.registry.register(Box::new(m.csr_rejected.clone()))?;
         m.registry.register(Box::new(m.ca_roots.clone()))?;
+        m.registry.register(Box::new(m.connection_limits.clone()))?;
         // Every reason shows from the start, at 0, so a rate over it is defined.
         for reason in ["token", "identity", "malformed", "signature"] {
             m.csr_rejected.with_label_values(&[reason]);

@@ -25,9 +25,27 @@ use tokio::sync::watch;
 
 /// How long shutdown waits for open connections after the push streams have ended.
 const GRACE: Duration = Duration::from_secs(5);
-/// A client that has not finished its TLS handshake or its request head by then is dropped.
+/// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// From accept (or the end of the previous response) to a complete request head; hyper's
+/// default. Sidecars send their heads at once and reconnect quickly, so nothing legitimate
+/// comes near it; Envoy's `request_headers_timeout` is off by default and Linkerd's
+/// destination service (gRPC-Go) has none, which leaves a slowloris client a descriptor
+/// forever.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections open at once. Each sidecar holds about two (its push stream, and its pooled
+/// registry and certificate calls), so 20,000 serves 10,000 sidecars, while a flood of
+/// connections cannot take every descriptor. Envoy and Linkerd's control plane set no cap by
+/// default (Envoy's overload manager example uses 50,000 for an edge proxy, which fronts far
+/// more clients than a control plane).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+/// Largest request body on every route but `/v1/apply` (which takes up to 32 MiB,
+/// `APPLY_BODY_LIMIT`). The largest other body is a certificate request or an instance
+/// registration, a few KiB; 1 MiB is Envoy's default per-stream buffer limit, and Linkerd's
+/// API takes no request bodies this large either.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The one route with a larger body limit of its own (see `api::resources`).
+const APPLY_PATH: &str = "/v1/apply";
 /// Of a leaf certificate, unless `--cert-lifetime` says otherwise.
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
@@ -55,6 +73,20 @@ pub struct Options {
     /// An operator's root CA: (certificate file, key file); else one is made under
     /// `<data_dir>/ca` on first start.
     pub ca_root: Option<(PathBuf, PathBuf)>,
+    /// Connections open at once; a new one beyond this is closed at accept.
+    pub max_connections: usize,
+    /// A connection whose next request head is not complete by then is closed.
+    pub header_read_timeout: Duration,
+    /// Largest request body on every route but `/v1/apply`; a larger one gets 413.
+    pub max_body_bytes: usize,
+}
+
+/// What [`serve`] holds each connection to, with the counters that tell when a bound bit.
+struct Bounds {
+    header_read_timeout: Duration,
+    max_body_bytes: usize,
+    header_timeouts: prometheus::IntCounter,
+    too_large: prometheus::IntCounter,
 }
 
 impl Options {
@@ -72,6 +104,9 @@ impl Options {
             cert_lifetime: DEFAULT_CERT_LIFETIME,
             mtls: MtlsMode::Strict,
             ca_root: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
     }
 
@@ -184,6 +219,15 @@ pub async fn run(
     })?;
     tracing::info!(addr = %addr, tls = tls.is_some(), "listening");
 
+    let limits = &app.metrics.connection_limits;
+    let refused = limits.with_label_values(&["max_connections"]);
+    let bounds = Arc::new(Bounds {
+        header_read_timeout: options.header_read_timeout,
+        max_body_bytes: options.max_body_bytes,
+        header_timeouts: limits.with_label_values(&["header_read_timeout"]),
+        too_large: limits.with_label_values(&["max_body_bytes"]),
+    });
+    let connections = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
     let router = api::router(app);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -200,14 +244,23 @@ pub async fn run(
                 }
             },
         };
+        // Closed at once, so the client learns now and the backlog keeps draining.
+        let Ok(slot) = connections.clone().try_acquire_owned() else {
+            refused.inc();
+            tracing::debug!(peer = %from, "connection refused: max_connections");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
+        let bounds = bounds.clone();
         let watcher = graceful.watcher();
         let tls = tls.as_ref().map(|t| t.current());
         let trust_domain = trust_domain.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             match tls {
-                None => serve(watcher, stream, router, Peer { workload: None }).await,
+                None => serve(watcher, stream, router, Peer { workload: None }, &bounds).await,
                 Some(cfg) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
                     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
@@ -226,15 +279,10 @@ pub async fn run(
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .and_then(|c| crate::tls::workload_service(c, &trust_domain));
-                    serve(
-                        watcher,
-                        tls,
-                        router,
-                        Peer {
-                            workload: workload.map(Arc::from),
-                        },
-                    )
-                    .await
+                    let peer = Peer {
+                        workload: workload.map(Arc::from),
+                    };
+                    serve(watcher, tls, router, peer, &bounds).await
                 }
             }
         });
@@ -271,26 +319,68 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// One connection: HTTP/1.1, every request tagged with who the connection proved to be.
+/// One connection: HTTP/1.1, every request tagged with who the connection proved to be, its
+/// head due within the header read timeout and its body held to the route's limit (a body
+/// declared larger is refused before anything reads it; one that grows past it fails the
+/// handler's read, which axum answers with 413).
 async fn serve<I>(
     watcher: hyper_util::server::graceful::Watcher,
     io: I,
     router: axum::Router,
     peer: Peer,
+    bounds: &Arc<Bounds>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     use tower_service::Service;
+    let limits = bounds.clone();
     let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(peer.clone());
         let mut router = router.clone();
-        async move { router.call(req).await }
+        let limit = if req.uri().path() == APPLY_PATH {
+            // Its handler holds it to its own, larger limit and names it.
+            usize::MAX
+        } else {
+            limits.max_body_bytes
+        };
+        let declared = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let refused = declared
+            .is_some_and(|n| n > limit as u64)
+            .then(|| too_large(&limits));
+        let req = req.map(|b| http_body_util::Limited::new(b, limit));
+        async move {
+            match refused {
+                Some(r) => Ok(r),
+                None => router.call(req).await,
+            }
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(bounds.header_read_timeout)
         .serve_connection(TokioIo::new(io), svc);
     if let Err(e) = watcher.watch(conn).await {
+        if e.is_timeout() {
+            bounds.header_timeouts.inc();
+        }
         tracing::debug!(error = %e, "connection ended with an error");
     }
+}
+
+fn too_large(bounds: &Bounds) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    bounds.too_large.inc();
+    let reason = format!(
+        "the body is larger than this route's limit of {} bytes (max_body_bytes)",
+        bounds.max_body_bytes
+    );
+    (
+        http::StatusCode::PAYLOAD_TOO_LARGE,
+        axum::Json(serde_json::json!({"error": "too-large", "reason": reason})),
+    )
+        .into_response()
 }

@@ -82,12 +82,12 @@ fn destination(
         .iter()
         .filter(|i| &i.service == name)
         .map(|i| Endpoint {
-            address: i.endpoint,
+            address: i.endpoint.into(),
             version: i.version.clone(),
             labels: i.labels.clone(),
         })
         .collect();
-    endpoints.sort_by(|a, b| (a.address, &a.version).cmp(&(b.address, &b.version)));
+    endpoints.sort_by(|a, b| (&a.address, &a.version).cmp(&(&b.address, &b.version)));
     let routes = resources
         .routes_for(name)
         .into_iter()

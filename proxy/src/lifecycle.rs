@@ -1,6 +1,7 @@
 //! Where the sidecar is in its life: starting (listeners not bound yet), serving, draining;
 //! the request to shut down (`POST /shutdown`); and readiness, which also asks for a snapshot
-//! in force and, with mTLS, a certificate that has not expired.
+//! in force (with the first answers for the DNS names it gives endpoints by) and, with mTLS, a
+//! certificate that has not expired.
 
 use crate::snapshot::CurrentSnapshot;
 use crate::tls::identity::{CertStatus, Identity};
@@ -75,6 +76,10 @@ impl Lifecycle {
         if !self.listeners_bound.load(Ordering::Acquire) {
             return Err(NotReady::ListenersNotBound);
         }
+        // Only asked once a snapshot is applied, so its names are the ones waited for.
+        if !snapshot.names().first_answers_in() {
+            return Err(NotReady::ResolvingNames);
+        }
         Ok(())
     }
 }
@@ -99,6 +104,8 @@ pub enum NotReady {
     NoSnapshot,
     #[error("listeners not bound yet")]
     ListenersNotBound,
+    #[error("resolving the DNS names endpoints are given by (first answers)")]
+    ResolvingNames,
 }
 
 fn failing(lead: &str, error: &Option<String>) -> String {

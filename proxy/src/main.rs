@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use outrigger_config::snapshot::EndpointAddress;
 use outrigger_config::{Destination, Endpoint, Protocol, ProxySettings, SidecarFile, Snapshot};
 use outrigger_proxy::control_plane::channel::{self, Channel, ChannelFlags};
 use outrigger_proxy::control_plane::secret::Secret;
@@ -32,9 +33,10 @@ struct Cli {
     #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "upstream", "control_plane"])]
     config: Option<PathBuf>,
 
-    /// Control plane mode: subscribe to this control plane (e.g. https://127.0.0.1:15010) for
-    /// `--service`'s snapshots, and register this instance. Not ready before the first snapshot.
-    /// Must be https:// (see --insecure-dev-plaintext).
+    /// Control plane mode: subscribe to this control plane (e.g. https://127.0.0.1:15010, or
+    /// https://control.mesh:15010: a host name is resolved on each connect and is the name its
+    /// certificate must carry) for `--service`'s snapshots, and register this instance. Not ready
+    /// before the first snapshot. Must be https:// (see --insecure-dev-plaintext).
     #[arg(long, value_name = "URL", requires = "service", conflicts_with_all = ["listen", "upstream"])]
     control_plane: Option<http::Uri>,
 
@@ -54,9 +56,10 @@ struct Cli {
     #[arg(long)]
     insecure_dev_plaintext: bool,
 
-    /// Control plane mode: the local app this sidecar fronts (inbound requests go there).
+    /// Control plane mode: the local app this sidecar fronts (inbound requests go there):
+    /// IP:PORT, or NAME:PORT for a DNS name, resolved in the background and every 5 s.
     #[arg(long, value_name = "ADDR")]
-    app: Option<SocketAddr>,
+    app: Option<EndpointAddress>,
 
     /// Control plane mode: this instance's version (the canary label, e.g. v2).
     #[arg(long, value_name = "VERSION", default_value = "v1")]
@@ -106,9 +109,10 @@ struct Cli {
     #[arg(long, value_name = "ADDR", requires = "upstream")]
     listen: Option<SocketAddr>,
 
-    /// Quick start: where every request goes, whatever its Host.
+    /// Quick start: where every request goes, whatever its Host: IP:PORT, or NAME:PORT for a
+    /// DNS name, resolved in the background and every 5 s (each address is an endpoint).
     #[arg(long, value_name = "ADDR", requires = "listen")]
-    upstream: Option<SocketAddr>,
+    upstream: Option<EndpointAddress>,
 
     /// Quick start: speak HTTP/2 (h2c) to the upstream instead of HTTP/1.1.
     #[arg(long, value_name = "PROTOCOL", default_value = "http1", value_parser = parse_protocol)]
@@ -188,7 +192,7 @@ fn main() -> anyhow::Result<()> {
     // Held to the end of main: dropping it flushes the queued log lines.
     let _log = outrigger_proxy::logging::init(&cli.log).context("--log")?;
 
-    let (mut settings, source) = match (&cli.config, &cli.control_plane, cli.listen, cli.upstream) {
+    let (mut settings, source) = match (&cli.config, &cli.control_plane, cli.listen, cli.upstream.clone()) {
         (Some(path), _, _, _) => {
             let (file, text) = watch::load(path)?;
             let source = Source::Static { snapshot: Box::new(file.snapshot), watch: Some((path.clone(), text)) };
@@ -301,7 +305,7 @@ fn control_plane_mode(cli: &Cli, url: http::Uri) -> anyhow::Result<(ProxySetting
         service,
         version: cli.service_version.clone(),
         channel,
-        app: cli.app,
+        app: cli.app.clone(),
         advertise,
         // Known once the admin listener is bound.
         admin: None,
@@ -309,14 +313,14 @@ fn control_plane_mode(cli: &Cli, url: http::Uri) -> anyhow::Result<(ProxySetting
     };
     let settings = ProxySettings {
         outbound: Some(cli.outbound),
-        inbound: cli.app.map(|_| cli.inbound),
+        inbound: cli.app.as_ref().map(|_| cli.inbound),
         ..ProxySettings::default()
     };
     Ok((settings, Source::ControlPlane(Box::new(cp))))
 }
 
 /// `--listen A --upstream B`: one catch-all destination, no inbound side.
-fn quick_start(cli: &Cli, listen: SocketAddr, upstream: SocketAddr) -> SidecarFile {
+fn quick_start(cli: &Cli, listen: SocketAddr, upstream: EndpointAddress) -> SidecarFile {
     SidecarFile {
         proxy: ProxySettings {
             outbound: Some(listen),
@@ -344,6 +348,56 @@ fn quick_start(cli: &Cli, listen: SocketAddr, upstream: SocketAddr) -> SidecarFi
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_and_app_take_a_dns_name_or_an_ip() {
+        let cli = Cli::try_parse_from([
+            "outrigger-proxy",
+            "--listen",
+            "127.0.0.1:15001",
+            "--upstream",
+            "LocalHost:8080",
+        ])
+        .expect("a name is an address");
+        assert_eq!(
+            cli.upstream.as_ref().map(|u| u.to_string()).as_deref(),
+            Some("localhost:8080")
+        );
+        let file = quick_start(
+            &cli,
+            "127.0.0.1:15001".parse().expect("listen"),
+            "localhost:8080".parse().expect("upstream"),
+        );
+        let address = &file.snapshot.destinations[0].endpoints[0].address;
+        assert_eq!(address.name().map(|n| n.host.as_str()), Some("localhost"));
+
+        let cli = Cli::try_parse_from([
+            "outrigger-proxy",
+            "--control-plane",
+            "https://cp:1",
+            "--service",
+            "a",
+            "--app",
+            "[::1]:8080",
+        ])
+        .expect("an IP literal stays one");
+        assert_eq!(
+            cli.app.and_then(|a| a.ip()),
+            Some("[::1]:8080".parse().expect("ip"))
+        );
+
+        let e = Cli::try_parse_from([
+            "outrigger-proxy",
+            "--listen",
+            "127.0.0.1:15001",
+            "--upstream",
+            "my_app:8080",
+        ])
+        .expect_err("not a host name");
+        assert!(e.to_string().contains("is not a DNS name"), "{e}");
+    }
+
     #[test]
     fn a_drain_timeout_of_centuries_is_refused_at_the_flag() {
         assert_eq!(

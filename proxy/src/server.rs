@@ -81,6 +81,7 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 
 pub async fn run(opts: Options) -> Result<(), ServerError> {
     let Options { settings, source } = opts;
+    raise_open_files_limit(&settings);
     let metrics = Metrics::new();
     let access_log = settings
         .access_log
@@ -211,4 +212,44 @@ fn follow_certificates(identity: &Identity, trust: Option<Arc<Trust>>, sidecar: 
             sidecar.snapshot.recompile(&sidecar.telemetry);
         }
     });
+}
+
+/// Raises the soft limit on open files to the hard limit. The soft limit is often 1024, which
+/// a proxy (two descriptors per proxied connection) runs out of long before its connection
+/// caps; Envoy's and Linkerd's deployments raise it for the same reason. The hard limit is
+/// the operator's ceiling and is left alone.
+fn raise_open_files_limit(settings: &ProxySettings) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let soft = match (limit.current, limit.maximum) {
+        (Some(soft), Some(hard)) if hard > soft => {
+            let raised = Rlimit {
+                current: Some(hard),
+                maximum: Some(hard),
+            };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => hard,
+                Err(e) => {
+                    tracing::warn!(error = %e, soft, hard, "cannot raise the open-files limit");
+                    soft
+                }
+            }
+        }
+        // Unlimited, or already at the hard limit.
+        (soft, _) => soft.unwrap_or(u64::MAX),
+    };
+    let listeners = [settings.inbound, settings.outbound]
+        .iter()
+        .flatten()
+        .count() as u64;
+    let wanted = 2 * listeners * settings.limits.max_connections as u64;
+    if soft < wanted {
+        tracing::warn!(
+            open_files = soft,
+            wanted,
+            "the open-files limit is below two per connection the listeners may hold (proxy.limits.max_connections): accept will fail before the cap"
+        );
+    } else {
+        tracing::debug!(open_files = soft, "open-files limit");
+    }
 }

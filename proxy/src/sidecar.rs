@@ -1,7 +1,9 @@
 //! One sidecar's process-wide parts, held in one `Arc` by the listeners, the admin server and
 //! the config sources: the settings it started with, the snapshot in force
 //! ([`CurrentSnapshot`]), where it reports ([`Telemetry`]) and where it is in its life
-//! ([`Lifecycle`]).
+//! ([`Lifecycle`]). The snapshot and telemetry are shared with the tasks that resolve endpoint
+//! names, which compile the snapshot again when an answer changes; those tasks end with the
+//! sidecar.
 
 use crate::lifecycle::Lifecycle;
 use crate::snapshot::CurrentSnapshot;
@@ -14,8 +16,8 @@ use std::sync::Arc;
 pub struct Sidecar {
     /// The `proxy` section, fixed for the life of the process.
     pub settings: ProxySettings,
-    pub snapshot: CurrentSnapshot,
-    pub telemetry: Telemetry,
+    pub snapshot: Arc<CurrentSnapshot>,
+    pub telemetry: Arc<Telemetry>,
     pub lifecycle: Lifecycle,
 }
 
@@ -27,9 +29,26 @@ impl Sidecar {
         telemetry: Telemetry,
         identity: Option<Arc<Identity>>,
     ) -> Self {
+        let snapshot = Arc::new(CurrentSnapshot::new(identity.clone()));
+        let telemetry = Arc::new(telemetry);
+        let names = snapshot.names();
+        if let Err(e) = telemetry
+            .metrics
+            .registry
+            .register(Box::new(names.metric()))
+        {
+            tracing::warn!(error = %e, "cannot register the DNS resolution metric");
+        }
+        // Weak: the hook lives inside the snapshot it recompiles, and must not keep it alive.
+        let (s, t) = (Arc::downgrade(&snapshot), Arc::downgrade(&telemetry));
+        names.on_change(move || {
+            if let (Some(s), Some(t)) = (s.upgrade(), t.upgrade()) {
+                s.recompile(&t);
+            }
+        });
         Self {
             settings,
-            snapshot: CurrentSnapshot::new(identity.clone()),
+            snapshot,
             telemetry,
             lifecycle: Lifecycle::new(identity),
         }

@@ -12,7 +12,7 @@ use crate::tls::identity::Identity;
 use arc_swap::ArcSwapOption;
 use outrigger_config::Snapshot;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// The snapshot in force and what compiling the next one reuses.
 pub struct CurrentSnapshot {
@@ -23,6 +23,9 @@ pub struct CurrentSnapshot {
     dests: DestRegistry,
     /// The workload identity TLS configurations are built with, when the sidecar has one.
     identity: Option<Arc<Identity>>,
+    /// One compile at a time: a recompile (new certificate, a DNS answer that changed) must
+    /// not store its older snapshot over one applied meanwhile.
+    compiling: Mutex<()>,
 }
 
 impl CurrentSnapshot {
@@ -35,7 +38,13 @@ impl CurrentSnapshot {
             endpoints: EndpointRegistry::default(),
             dests: DestRegistry::default(),
             identity,
+            compiling: Mutex::new(()),
         }
+    }
+
+    /// The DNS names endpoints are given by, and what they resolve to.
+    pub fn names(&self) -> &crate::endpoint::resolve::Names {
+        self.endpoints.names()
     }
 
     /// The snapshot in force; `None` before the first one is applied.
@@ -59,7 +68,12 @@ impl CurrentSnapshot {
             self.versions.fetch_max(snapshot.version, Ordering::Relaxed);
         }
         let version = snapshot.version;
+        let one_at_a_time = self
+            .compiling
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         self.swap_in(snapshot, telemetry);
+        drop(one_at_a_time);
         let metrics = &telemetry.metrics;
         metrics.config_applied.with_label_values(&[source]).inc();
         // The rejection series exists at 0 from the first snapshot, so a dashboard's rate over
@@ -72,6 +86,10 @@ impl CurrentSnapshot {
     /// Compiles the snapshot in force again (after a new certificate, so TLS configurations
     /// that could not be built without one are built now).
     pub fn recompile(&self, telemetry: &Telemetry) {
+        let _one_at_a_time = self
+            .compiling
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(current) = self.current() {
             self.swap_in((*current.snapshot).clone(), telemetry);
         }

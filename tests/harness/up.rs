@@ -119,6 +119,20 @@ impl Up {
         &self.workdir
     }
 
+    /// `up`'s process id: its children (the control plane, the shop, the sidecars) are the
+    /// processes whose parent this is.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The admin token `up` keeps to itself (`<workdir>/admin.token`), for tests that act as
+    /// the operator on its control plane.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.workdir.join("admin.token"))
+            .map(|t| t.trim().to_string())
+            .unwrap_or_else(|e| panic!("up's admin token: {e}"))
+    }
+
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
             panic!("outrigger up exited early ({status}):\n{}", self.log());

@@ -10,11 +10,13 @@
 //! it with `cargo test --workspace --test integration -- --ignored`: 1 GiB each way through
 //! the proxy (`protocols`) and the loopback capture with tcpdump (`mtls`).
 
+mod abuse;
 mod admin;
 mod canary;
 mod config_reload;
 mod control_channel;
 mod control_plane;
+mod dns;
 mod errors;
 mod faults;
 mod framing;

@@ -80,6 +80,18 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration, hide = true)]
     keepalive: Duration,
 
+    /// Connections open at once; a new one beyond this is closed at accept.
+    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+
+    /// A connection whose next request head is not complete by then is closed (slowloris).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+
+    /// Largest request body on every route but /v1/apply (which takes up to 32 MiB).
+    #[arg(long, value_name = "BYTES", default_value_t = server::DEFAULT_MAX_BODY_BYTES)]
+    max_body_bytes: usize,
+
     /// Log filter for the JSON logs on stderr (e.g. info, debug).
     #[arg(
         long,
@@ -145,6 +157,9 @@ async fn main() -> anyhow::Result<()> {
     options.cert_lifetime = cli.cert_lifetime;
     options.mtls = cli.mtls;
     options.ca_root = cli.ca_cert.clone().zip(cli.ca_key.clone());
+    options.max_connections = cli.max_connections.max(1);
+    options.header_read_timeout = cli.header_read_timeout;
+    options.max_body_bytes = cli.max_body_bytes;
     server::run(options, signal()).await?;
     Ok(())
 }

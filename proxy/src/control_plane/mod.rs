@@ -33,8 +33,9 @@ pub struct ControlPlane {
     pub sidecar_id: String,
     /// How the channel is secured, and the credentials (whose `Debug` is redacted).
     pub channel: Channel,
-    /// The local app, filled into every snapshot's inbound side.
-    pub app: Option<SocketAddr>,
+    /// The local app, filled into every snapshot's inbound side (a DNS name is resolved like
+    /// an endpoint's).
+    pub app: Option<outrigger_config::snapshot::EndpointAddress>,
     /// The address other sidecars reach this one on; `None` = do not register.
     pub advertise: Option<SocketAddr>,
     /// The admin listener as told to the control plane (see [`reported_admin`]).

@@ -83,7 +83,7 @@ async fn hold(
 ) -> Option<String> {
     let mut ports = serde_json::Map::new();
     ports.insert("inbound".into(), advertise.port().into());
-    if let Some(app) = cp.app {
+    if let Some(app) = &cp.app {
         ports.insert("app".into(), app.port().into());
     }
     let body = json!({

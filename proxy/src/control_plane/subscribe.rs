@@ -165,7 +165,9 @@ fn decode(
         .map_err(|e| format!("{}: {}", e.path(), e.inner()))?;
     snapshot.version = version;
     if let Some(i) = snapshot.inbound.as_mut() {
-        i.app = i.app.or(cp.app);
+        if i.app.is_none() {
+            i.app = cp.app.clone();
+        }
         i.version = cp.version.clone();
     }
     let mut v = Validator::default();

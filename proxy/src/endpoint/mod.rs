@@ -1,10 +1,13 @@
 //! Per-endpoint state that outlives snapshots: latency estimate, outstanding requests,
 //! outlier-detection state and the HTTP/1 and HTTP/2 connections. Keyed by destination and address, so a
 //! config push that keeps an endpoint keeps what was learned about it (and its connection, as
-//! long as the TLS setting stays the same).
+//! long as the TLS setting stays the same). Endpoints given by DNS name ([`resolve`]) are one
+//! endpoint per address, keyed the same way, so an address that a new answer still has keeps
+//! its state too.
 
 pub mod ewma;
 pub mod outlier;
+pub mod resolve;
 
 use crate::client::h1::H1Pool;
 use crate::client::h2::H2Slot;
@@ -74,13 +77,27 @@ impl Drop for PendingGuard {
 }
 
 /// Endpoint states by (destination, address). Holds them weakly: an endpoint that no snapshot
-/// uses any more is forgotten, so endpoint churn does not grow memory.
+/// uses any more is forgotten, so endpoint churn does not grow memory. Also the DNS names the
+/// snapshot in force gives endpoints by, and what they resolve to.
 #[derive(Default)]
 pub struct EndpointRegistry {
     map: Mutex<HashMap<(String, SocketAddr), Weak<EndpointState>>>,
+    names: resolve::Names,
 }
 
 impl EndpointRegistry {
+    /// Names resolved with `lookup` instead of the system resolver (tests script it).
+    pub fn with_lookup(lookup: Arc<dyn resolve::Lookup>) -> Self {
+        Self {
+            map: Mutex::default(),
+            names: resolve::Names::new(lookup),
+        }
+    }
+
+    pub fn names(&self) -> &resolve::Names {
+        &self.names
+    }
+
     /// Called when compiling a snapshot, never per request.
     pub fn get(
         &self,

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioExecutor;
 use outrigger_config::{ProxySettings, Snapshot};
 use rcgen::{
     BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType,
@@ -279,8 +280,11 @@ async fn connect_as(
     tokio::spawn(async move {
         let (drain, draining) = watch::channel(false);
         if let Ok((s, from)) = l.accept().await {
-            let b = builder(&sidecar.settings);
-            serve(&b, draining, s, sidecar, Direction::Inbound, peer(from)).await;
+            let metrics = &sidecar.telemetry.metrics;
+            let bounds = Arc::new(Bounds::new(&sidecar.settings.limits, metrics, "inbound"));
+            let b = builder(&sidecar.settings, StreamExec::new(bounds.clone()));
+            let peer = peer(from);
+            serve(&b, draining, s, sidecar, Direction::Inbound, peer, &bounds).await;
         }
         drop(drain);
     });

@@ -20,11 +20,12 @@ use crate::telemetry::stats::{SlidingHistogram, StatsRegistry};
 use crate::tls::config::ClientTls;
 use crate::Direction;
 use http::uri::Authority;
+use outrigger_config::snapshot::{EndpointAddress, NamedAddress};
 use outrigger_config::{
     Destination, Ewma, Fault, Limits, LoadBalancer, OutlierDetection, Protocol, Route, Snapshot,
 };
 use prometheus::{IntCounter, IntGauge};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -281,9 +282,12 @@ impl Compiler<'_> {
                 }
             },
         };
+        self.track_names(&snapshot);
         let mut outbound = AuthorityTable::default();
         for d in &snapshot.destinations {
             let mut spec = outbound_spec(d);
+            spec.endpoints =
+                self.socket_addresses(d.endpoints.iter().map(|e| (&e.address, e.version.as_str())));
             if let (Some(expected), Some((roots, id))) = (&d.identity, &roots) {
                 match crate::tls::config::client(id.clone(), roots, expected) {
                     Ok(cfg) => {
@@ -311,10 +315,12 @@ impl Compiler<'_> {
             let mut spec = outbound_spec(&local);
             spec.direction = Direction::Inbound;
             spec.protocol = i.protocol;
-            spec.endpoints = i.app.map(|a| (a, i.version.as_str())).into_iter().collect();
+            spec.endpoints = self.socket_addresses(i.app.iter().map(|a| (a, i.version.as_str())));
             spec.routes = vec![route];
             spec.limits = i.limits.clone();
-            // One local app: nothing to eject it in favour of.
+            // One local app: nothing to eject it in favour of. (An app given by a name with
+            // several addresses, say 127.0.0.1 and ::1 of which it listens on one, has its
+            // connect failures retried on another address.)
             spec.outlier.consecutive_failures = 0;
             Arc::new(self.dest(&service, spec))
         });
@@ -348,6 +354,47 @@ impl Compiler<'_> {
             inbound,
             snapshot: Arc::new(snapshot),
         }
+    }
+
+    /// Every DNS name the snapshot gives an endpoint (or the app) by is resolved from now on;
+    /// names it no longer has stop being resolved.
+    fn track_names(&self, snapshot: &Snapshot) {
+        let endpoints = snapshot
+            .destinations
+            .iter()
+            .flat_map(|d| d.endpoints.iter().map(|e| &e.address));
+        let app = snapshot.inbound.iter().filter_map(|i| i.app.as_ref());
+        let names: HashSet<&NamedAddress> = endpoints
+            .chain(app)
+            .filter_map(EndpointAddress::name)
+            .collect();
+        self.endpoints.names().track(names);
+    }
+
+    /// The endpoints by socket address: an IP literal as it is, a name as every address it
+    /// last resolved to (none before its first answer), each with the version the name was
+    /// given. An address a name adds that the destination already has is not added twice.
+    fn socket_addresses<'s>(
+        &self,
+        configured: impl Iterator<Item = (&'s EndpointAddress, &'s str)> + Clone,
+    ) -> Vec<(SocketAddr, &'s str)> {
+        let mut seen: HashSet<SocketAddr> =
+            configured.clone().filter_map(|(a, _)| a.ip()).collect();
+        let mut out = Vec::new();
+        for (address, version) in configured {
+            match address {
+                EndpointAddress::Ip(a) => out.push((*a, version)),
+                EndpointAddress::Name(n) => {
+                    let resolved = self.endpoints.names().addresses(n);
+                    for a in resolved.iter().flat_map(|r| r.iter()) {
+                        if seen.insert(*a) {
+                            out.push((*a, version));
+                        }
+                    }
+                }
+            }
+        }
+        out
     }
 
     fn dest(&self, service: &str, spec: DestSpec<'_>) -> Dest {
@@ -479,11 +526,8 @@ fn outbound_spec(d: &Destination) -> DestSpec<'_> {
         protocol: d.protocol,
         connect_timeout: d.connect_timeout,
         tls_handshake_timeout: d.tls_handshake_timeout,
-        endpoints: d
-            .endpoints
-            .iter()
-            .map(|e| (e.address, e.version.as_str()))
-            .collect(),
+        // Filled in by `Compiler::addresses`, which resolves names.
+        endpoints: Vec::new(),
         routes,
         lb: d.load_balancer,
         ewma: d.ewma.clone(),
@@ -493,5 +537,153 @@ fn outbound_spec(d: &Destination) -> DestSpec<'_> {
         split: d.split.clone(),
         sticky: d.sticky_header.clone(),
         tls: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::resolve::tests::{ip, lookups, Script};
+    use crate::endpoint::resolve::REFRESH;
+
+    /// What compiling reuses from one snapshot to the next, with names resolved by `script`.
+    struct Parts {
+        metrics: Metrics,
+        stats: StatsRegistry,
+        clients: Clients,
+        endpoints: EndpointRegistry,
+        dests: DestRegistry,
+    }
+
+    impl Parts {
+        fn new(script: Arc<Script>) -> Self {
+            Self {
+                metrics: Metrics::new(),
+                stats: StatsRegistry::new(Duration::from_secs(60)),
+                clients: Clients::default(),
+                endpoints: EndpointRegistry::with_lookup(script),
+                dests: DestRegistry::default(),
+            }
+        }
+
+        fn compile(&self, yaml: &str) -> Compiled {
+            let snapshot = outrigger_config::from_yaml(yaml).expect("test snapshot");
+            Compiler {
+                metrics: &self.metrics,
+                stats: &self.stats,
+                clients: &self.clients,
+                endpoints: &self.endpoints,
+                dests: &self.dests,
+                identity: None,
+            }
+            .compile(snapshot)
+        }
+    }
+
+    /// The destination's endpoints as (address, version).
+    fn endpoints(c: &Compiled, host: &str) -> Vec<(SocketAddr, String)> {
+        let d = c.outbound.lookup(Some(host)).expect("destination");
+        d.endpoints
+            .iter()
+            .map(|e| (e.addr, d.versions[e.version].to_string()))
+            .collect()
+    }
+
+    fn state(c: &Compiled, host: &str, addr: SocketAddr) -> Arc<EndpointState> {
+        let d = c.outbound.lookup(Some(host)).expect("destination");
+        d.endpoints
+            .iter()
+            .find(|e| e.addr == addr)
+            .map(|e| e.state.clone())
+            .expect("endpoint")
+    }
+
+    const SNAPSHOT: &str = "\
+service: web
+destinations:
+  - name: payment
+    endpoints:
+      - {address: '10.0.0.9:80', version: v1}
+      - {address: 'pay.svc:80', version: v2}
+      - {address: 'gone.svc:80', version: v3}
+";
+
+    #[tokio::test(start_paused = true)]
+    async fn every_address_of_a_name_is_an_endpoint_that_keeps_its_state() {
+        let script = Arc::new(Script::default());
+        let (a, b, c, literal) = (
+            ip("10.0.0.1:80"),
+            ip("10.0.0.2:80"),
+            ip("10.0.0.3:80"),
+            ip("10.0.0.9:80"),
+        );
+        script.answer("pay.svc", Ok(vec![b, a]));
+        script.answer("pay.svc", Ok(vec![c, b, literal]));
+        script.answer("gone.svc", Err("no such host".into()));
+        let parts = Parts::new(script.clone());
+
+        // Before the first answer a name has no endpoints; the literal needs no resolver.
+        let first = parts.compile(SNAPSHOT);
+        assert_eq!(endpoints(&first, "payment"), [(literal, "v1".to_string())]);
+
+        lookups(&script, "pay.svc", 1).await;
+        let second = parts.compile(SNAPSHOT);
+        assert_eq!(
+            endpoints(&second, "payment"),
+            [
+                (literal, "v1".to_string()),
+                (a, "v2".to_string()),
+                (b, "v2".to_string())
+            ],
+            "one endpoint per address, with the name's version; the name that never resolved adds none"
+        );
+        let kept = state(&second, "payment", b);
+        let eject_at_once = OutlierDetection {
+            consecutive_failures: 1,
+            ..OutlierDetection::default()
+        };
+        kept.outlier.record(&eject_at_once, true, false, || true);
+        assert!(kept.outlier.is_ejected());
+
+        lookups(&script, "pay.svc", 2).await;
+        let third = parts.compile(SNAPSHOT);
+        assert_eq!(
+            endpoints(&third, "payment"),
+            [
+                (literal, "v1".to_string()),
+                (b, "v2".to_string()),
+                (c, "v2".to_string())
+            ],
+            "a gone, c new, and the literal's address not added twice"
+        );
+        assert!(
+            Arc::ptr_eq(&kept, &state(&third, "payment", b)),
+            "an address that stays keeps its state (EWMA, ejection, pools)"
+        );
+        assert!(state(&third, "payment", b).outlier.is_ejected());
+        drop((first, second));
+
+        // A snapshot without the names stops resolving them.
+        let fourth = parts.compile("service: web\ndestinations:\n  - name: payment\n");
+        assert!(endpoints(&fourth, "payment").is_empty());
+        let before = script.calls("pay.svc").len();
+        tokio::time::sleep(REFRESH * 3).await;
+        assert_eq!(script.calls("pay.svc").len(), before);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_app_may_be_a_name() {
+        let script = Arc::new(Script::default());
+        script.answer("app.local", Ok(vec![ip("127.0.0.1:8080")]));
+        let parts = Parts::new(script.clone());
+        let yaml = "service: web\ninbound: {app: 'app.local:8080', version: v7}\n";
+        let before = parts.compile(yaml);
+        assert_eq!(before.inbound.as_ref().map(|d| d.endpoints.len()), Some(0));
+        lookups(&script, "app.local", 1).await;
+        let after = parts.compile(yaml);
+        let inbound = after.inbound.as_ref().expect("inbound");
+        let eps: Vec<_> = inbound.endpoints.iter().map(|e| e.addr).collect();
+        assert_eq!(eps, [ip("127.0.0.1:8080")]);
+        assert_eq!(&*inbound.versions[0], "v7");
     }
 }

@@ -35,6 +35,11 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     pub connections: IntCounterVec,
     pub connections_open: IntGaugeVec,
+    /// Connections closed at accept by a listener bound, by reason (`max_connections`,
+    /// `max_tls_handshakes`).
+    pub connections_refused: IntCounterVec,
+    /// Connections and HTTP/2 streams ended by a listener timeout, by reason.
+    pub connection_timeouts: IntCounterVec,
     pub upgrades: IntCounterVec,
     pub retries: IntCounterVec,
     pub per_try_timeouts: IntCounterVec,
@@ -120,6 +125,20 @@ impl Metrics {
                 "Downstream connections open now.",
             ),
             &["direction"],
+        ));
+        let connections_refused = must(IntCounterVec::new(
+            Opts::new(
+                "outrigger_connections_refused_total",
+                "Downstream connections closed at accept by a listener limit: max_connections, max_tls_handshakes.",
+            ),
+            &["direction", "reason"],
+        ));
+        let connection_timeouts = must(IntCounterVec::new(
+            Opts::new(
+                "outrigger_connection_timeouts_total",
+                "Downstream connections (or HTTP/2 streams) ended by a timeout: tls_handshake, header_read, idle, response_idle.",
+            ),
+            &["direction", "reason"],
         ));
         let upgrades = must(IntCounterVec::new(
             Opts::new(
@@ -253,6 +272,8 @@ impl Metrics {
             Box::new(access_log_dropped.clone()),
             Box::new(connections.clone()),
             Box::new(connections_open.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(connection_timeouts.clone()),
             Box::new(upgrades.clone()),
             Box::new(retries.clone()),
             Box::new(per_try_timeouts.clone()),
@@ -292,6 +313,8 @@ impl Metrics {
             access_log_dropped,
             connections,
             connections_open,
+            connections_refused,
+            connection_timeouts,
             upgrades,
             retries,
             per_try_timeouts,
