@@ -21,6 +21,8 @@ pub struct Metrics {
     pub(crate) ca_roots: IntGauge,
     /// Connections and requests cut off by a server bound, by limit.
     pub connection_limits: IntCounterVec,
+    /// TLS handshakes completed, by kind: full, or resumed from a session ticket.
+    pub tls_handshakes: IntCounterVec,
 }
 
 impl Metrics {
@@ -82,6 +84,13 @@ impl Metrics {
                 ),
                 &["limit"],
             )?,
+            tls_handshakes: IntCounterVec::new(
+                Opts::new(
+                    "outrigger_control_tls_handshakes_total",
+                    "TLS handshakes completed, by kind: full, or resumed from a session ticket",
+                ),
+                &["kind"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.resources.clone()))?;
@@ -99,6 +108,10 @@ impl Metrics {
         m.registry.register(Box::new(m.csr_rejected.clone()))?;
         m.registry.register(Box::new(m.ca_roots.clone()))?;
         m.registry.register(Box::new(m.connection_limits.clone()))?;
+        m.registry.register(Box::new(m.tls_handshakes.clone()))?;
+        for kind in ["full", "resumed"] {
+            m.tls_handshakes.with_label_values(&[kind]);
+        }
         // Every reason shows from the start, at 0, so a rate over it is defined.
         for reason in ["token", "identity", "malformed", "signature"] {
             m.csr_rejected.with_label_values(&[reason]);

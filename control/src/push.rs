@@ -2,11 +2,13 @@
 //! again whenever its content changes, keepalives in between; and the sidecars' ACKs and
 //! NACKs, kept as each sidecar's sync status.
 
+mod lines;
+
 use crate::metrics::Metrics;
-use crate::snapshot::compile;
 use crate::state::Handle;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+pub use lines::Lines;
 use outrigger_config::{Mtls, Snapshot};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -23,6 +25,8 @@ pub const KEEPALIVE: Duration = Duration::from_secs(10);
 const MAX_REASON: usize = 2048;
 /// Sidecars gone this long are forgotten, so restarts under new ids do not pile up.
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
+/// How often connects sweep for forgotten sidecars.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Pushed versions remembered per sidecar, to tell which trust bundle an ACK acknowledges.
 const PUSHED_KEPT: usize = 8;
 
@@ -34,7 +38,6 @@ enum Line<'a> {
         version: u64,
         snapshot: &'a Snapshot,
     },
-    Keepalive,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -99,10 +102,21 @@ pub struct Trust {
     pub trusts_pending: bool,
 }
 
+/// The sidecars seen, with what connect and disconnect would otherwise recount on every call.
+#[derive(Default)]
+struct Seen {
+    by_id: BTreeMap<String, Sidecar>,
+    /// Sidecars with a stream open, kept as streams open and close: counting the map on
+    /// each of them made a reconnect storm of N sidecars cost N² under this lock.
+    connected: usize,
+    /// The last sweep for sidecars gone past `FORGET_AFTER`.
+    swept: Option<SystemTime>,
+}
+
 /// Every sidecar that has opened a stream since the process started.
 pub struct Sidecars {
     // Held only for map updates, never across an await.
-    inner: Mutex<BTreeMap<String, Sidecar>>,
+    inner: Mutex<Seen>,
     metrics: Metrics,
     /// Wakes whoever waits for sidecars to connect, go or acknowledge (root rotation).
     pub changed: tokio::sync::Notify,
@@ -111,27 +125,34 @@ pub struct Sidecars {
 impl Sidecars {
     pub fn new(metrics: Metrics) -> Self {
         Self {
-            inner: Mutex::new(BTreeMap::new()),
+            inner: Mutex::new(Seen::default()),
             metrics,
             changed: tokio::sync::Notify::new(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Sidecar>> {
+    fn lock(&self) -> MutexGuard<'_, Seen> {
         // The map stays consistent even if a holder panicked: every update is one statement.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn connect(&self, who: &Subscriber) {
-        let mut map = self.lock();
+        let mut seen = self.lock();
         let now = SystemTime::now();
-        map.retain(|_, s| {
-            s.streams > 0
-                || now
-                    .duration_since(s.last_seen)
-                    .map_or(true, |gone| gone < FORGET_AFTER)
-        });
-        let s = map.entry(who.id.clone()).or_insert_with(|| Sidecar {
+        // Forgetting is housekeeping: a sweep a minute keeps connects O(log N).
+        if seen
+            .swept
+            .is_none_or(|t| now.duration_since(t).map_or(true, |d| d >= SWEEP_EVERY))
+        {
+            seen.swept = Some(now);
+            seen.by_id.retain(|_, s| {
+                s.streams > 0
+                    || now
+                        .duration_since(s.last_seen)
+                        .map_or(true, |gone| gone < FORGET_AFTER)
+            });
+        }
+        let s = seen.by_id.entry(who.id.clone()).or_insert_with(|| Sidecar {
             service: who.service.clone(),
             version: None,
             admin: None,
@@ -139,7 +160,7 @@ impl Sidecars {
             acked_version: None,
             pushed_version: None,
             last_nack: None,
-            last_seen: SystemTime::now(),
+            last_seen: now,
             pushed_mtls: Vec::new(),
             acked_mtls: None,
         });
@@ -148,31 +169,39 @@ impl Sidecars {
         s.version = who.version.clone();
         s.admin = who.admin;
         s.streams += 1;
-        s.last_seen = SystemTime::now();
-        self.update_connected(&map);
-        drop(map);
+        s.last_seen = now;
+        let first_stream = s.streams == 1;
+        if first_stream {
+            seen.connected += 1;
+        }
+        self.set_connected(seen.connected);
+        drop(seen);
         self.changed.notify_waiters();
     }
 
     /// The service of the sidecar with this id, if it was ever seen: a sidecar id belongs to
     /// one service, so no workload can speak for another's sidecar.
     pub fn owner(&self, id: &str) -> Option<String> {
-        self.lock().get(id).map(|s| s.service.clone())
+        self.lock().by_id.get(id).map(|s| s.service.clone())
     }
 
     fn disconnect(&self, id: &str) {
-        let mut map = self.lock();
-        if let Some(s) = map.get_mut(id) {
+        let mut guard = self.lock();
+        let seen = &mut *guard;
+        if let Some(s) = seen.by_id.get_mut(id) {
+            if s.streams == 1 {
+                seen.connected = seen.connected.saturating_sub(1);
+            }
             s.streams = s.streams.saturating_sub(1);
             s.last_seen = SystemTime::now();
         }
-        self.update_connected(&map);
-        drop(map);
+        self.set_connected(seen.connected);
+        drop(guard);
         self.changed.notify_waiters();
     }
 
     fn pushed(&self, id: &str, version: u64, mtls: Arc<Mtls>) {
-        if let Some(s) = self.lock().get_mut(id) {
+        if let Some(s) = self.lock().by_id.get_mut(id) {
             s.pushed_version = Some(version);
             if s.pushed_mtls.len() >= PUSHED_KEPT {
                 s.pushed_mtls.remove(0);
@@ -185,6 +214,7 @@ impl Sidecars {
     /// holds the root certificate `root_pem`.
     pub fn trust(&self, root_pem: &str) -> Vec<Trust> {
         self.lock()
+            .by_id
             .iter()
             .map(|(id, s)| Trust {
                 id: id.clone(),
@@ -199,8 +229,7 @@ impl Sidecars {
             .collect()
     }
 
-    fn update_connected(&self, map: &BTreeMap<String, Sidecar>) {
-        let n = map.values().filter(|s| s.streams > 0).count();
+    fn set_connected(&self, n: usize) {
         self.metrics
             .sidecars_connected
             .set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -208,8 +237,8 @@ impl Sidecars {
 
     /// Records an ACK (`error` is `None`) or a NACK; false for a sidecar never seen.
     pub fn ack(&self, id: &str, version: u64, error: Option<String>) -> bool {
-        let mut map = self.lock();
-        let Some(s) = map.get_mut(id) else {
+        let mut seen = self.lock();
+        let Some(s) = seen.by_id.get_mut(id) else {
             return false;
         };
         s.last_seen = SystemTime::now();
@@ -235,13 +264,14 @@ impl Sidecars {
                 self.metrics.nacks.inc();
             }
         }
-        drop(map);
+        drop(seen);
         self.changed.notify_waiters();
         true
     }
 
     pub fn list(&self) -> Vec<SidecarStatus> {
         self.lock()
+            .by_id
             .iter()
             .map(|(id, s)| SidecarStatus {
                 id: id.clone(),
@@ -276,6 +306,8 @@ pub struct StreamContext {
     pub sidecars: Arc<Sidecars>,
     pub metrics: Metrics,
     pub keepalive: Duration,
+    /// Every service's snapshot line, compiled once per revision for all its streams.
+    pub lines: Arc<Lines>,
     /// Turns true when the process shuts down; streams then end so connections can close.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -302,40 +334,28 @@ async fn run(
     connected: Connected,
 ) {
     let mut views = ctx.state.subscribe();
-    let mut last: Option<Snapshot> = None;
+    let mut last_content: Option<u64> = None;
     let mut keepalive =
         tokio::time::interval_at(tokio::time::Instant::now() + ctx.keepalive, ctx.keepalive);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let view = views.borrow_and_update().clone();
-        let snapshot = compile(
-            &service,
-            view.revision,
-            &view.resources,
-            &view.instances,
-            &view.mtls,
-        );
-        // Compare content, not version: a revision elsewhere in the mesh is no news here.
-        let content = Snapshot {
-            version: 0,
-            ..snapshot.clone()
-        };
-        if last.as_ref() != Some(&content) {
-            let line = Line::Snapshot {
-                version: snapshot.version,
-                snapshot: &snapshot,
-            };
-            if !send(&tx, &line).await {
-                return;
+        match ctx.lines.get(&service, &view) {
+            Ok(compiled) if last_content != Some(compiled.content) => {
+                if tx.send(compiled.line.clone()).await.is_err() {
+                    return;
+                }
+                ctx.metrics.snapshots_pushed.inc();
+                ctx.sidecars
+                    .pushed(&connected.id, compiled.version, compiled.mtls.clone());
+                last_content = Some(compiled.content);
             }
-            ctx.metrics.snapshots_pushed.inc();
-            ctx.sidecars
-                .pushed(&connected.id, snapshot.version, view.mtls.clone());
-            last = Some(content);
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot push a snapshot"),
         }
         tokio::select! {
             changed = views.changed() => if changed.is_err() { return },
-            _ = keepalive.tick() => if !send(&tx, &Line::Keepalive).await { return },
+            _ = keepalive.tick() => if tx.send(keepalive_line()).await.is_err() { return },
             _ = tx.closed() => return,
             // The guard `wait_for` returns must not live across the other branches' awaits.
             _ = async { drop(ctx.shutdown.wait_for(|stop| *stop).await) } => return,
@@ -343,17 +363,8 @@ async fn run(
     }
 }
 
-/// False when the client is gone.
-async fn send(tx: &mpsc::Sender<Bytes>, line: &Line<'_>) -> bool {
-    let mut bytes = match serde_json::to_vec(line) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot encode a push line");
-            return true;
-        }
-    };
-    bytes.push(b'\n');
-    tx.send(Bytes::from(bytes)).await.is_ok()
+fn keepalive_line() -> Bytes {
+    Bytes::from_static(b"{\"type\":\"keepalive\"}\n")
 }
 
 /// The response body of a push stream: lines as the stream task sends them.
@@ -428,5 +439,44 @@ mod tests {
         assert_eq!(metrics.sidecars_connected.get(), 0);
         assert_eq!((metrics.acks.get(), metrics.nacks.get()), (2, 1));
         Ok(())
+    }
+
+    #[test]
+    fn the_connected_count_follows_sidecars_not_streams() -> Result<(), prometheus::Error> {
+        let metrics = Metrics::new()?;
+        let s = Sidecars::new(metrics.clone());
+        let who = |id: &str| Subscriber {
+            id: id.into(),
+            service: "order".into(),
+            version: None,
+            admin: None,
+        };
+        s.connect(&who("a"));
+        s.connect(&who("a"));
+        s.connect(&who("b"));
+        assert_eq!(metrics.sidecars_connected.get(), 2);
+        s.disconnect("a");
+        assert_eq!(metrics.sidecars_connected.get(), 2, "a has a stream left");
+        s.disconnect("a");
+        s.disconnect("a");
+        assert_eq!(
+            metrics.sidecars_connected.get(),
+            1,
+            "an extra close is no news"
+        );
+        s.disconnect("unknown");
+        assert_eq!(metrics.sidecars_connected.get(), 1);
+        let connected: Vec<_> = s.list().into_iter().filter(|l| l.connected).collect();
+        assert_eq!(connected.len(), 1);
+        assert_eq!(connected[0].id, "b");
+        Ok(())
+    }
+
+    #[test]
+    fn the_keepalive_line_is_one_json_line() {
+        let line = keepalive_line();
+        assert!(line.ends_with(b"\n"));
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap_or_default();
+        assert_eq!(v["type"], "keepalive");
     }
 }

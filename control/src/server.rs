@@ -189,7 +189,17 @@ pub async fn run(
         .bundle_file
         .clone()
         .unwrap_or_else(|| options.data_dir.join("trust-bundle.pem"));
-    let tls = crate::tls::start(state.clone(), names, bundle_file.clone(), stop_rx.clone()).await?;
+    // Kept beside the CA so sidecars resume their sessions across restarts.
+    let tickets = crate::tls::TicketSecret::load_or_create(&options.data_dir)
+        .map_err(crate::tls::TlsError::from)?;
+    let tls = crate::tls::start(
+        state.clone(),
+        names,
+        bundle_file.clone(),
+        tickets,
+        stop_rx.clone(),
+    )
+    .await?;
     tracing::info!(file = %bundle_file.display(), "trust bundle written: hand it out as the trust anchors");
     let sidecars = Arc::new(Sidecars::new(metrics.clone()));
     tokio::spawn(crate::rollout::run(
@@ -200,6 +210,7 @@ pub async fn run(
     let app = AppState {
         state,
         sidecars,
+        lines: Arc::default(),
         metrics,
         tokens: Arc::new(OperatorTokens {
             admin: options.token,
@@ -227,6 +238,10 @@ pub async fn run(
         header_timeouts: limits.with_label_values(&["header_read_timeout"]),
         too_large: limits.with_label_values(&["max_body_bytes"]),
     });
+    let handshakes = [
+        app.metrics.tls_handshakes.with_label_values(&["full"]),
+        app.metrics.tls_handshakes.with_label_values(&["resumed"]),
+    ];
     let connections = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
     let router = api::router(app);
     let graceful = GracefulShutdown::new();
@@ -257,6 +272,7 @@ pub async fn run(
         let watcher = graceful.watcher();
         let tls = tls.as_ref().map(|t| t.current());
         let trust_domain = trust_domain.clone();
+        let handshakes = handshakes.clone();
         tokio::spawn(async move {
             let _slot = slot;
             match tls {
@@ -273,6 +289,9 @@ pub async fn run(
                         }
                         Err(_) => return,
                     };
+                    let resumed =
+                        tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                    handshakes[usize::from(resumed)].inc();
                     let workload = tls
                         .get_ref()
                         .1

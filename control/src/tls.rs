@@ -8,6 +8,10 @@
 //! serving certificate re-issued from the oldest root) and before the certificate reaches 70 %
 //! of its lifetime; each handshake takes the configuration current at accept time.
 
+mod tickets;
+
+pub use tickets::{TicketError, TicketSecret};
+
 use crate::ca::control_plane_identity;
 use crate::state::Handle;
 use arc_swap::ArcSwap;
@@ -38,6 +42,8 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("client verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("session tickets: {0}")]
+    Tickets(#[from] TicketError),
     #[error("the trust bundle has no usable root")]
     EmptyBundle,
     #[error("--server-name {0:?}: not a DNS name or IP address")]
@@ -85,10 +91,16 @@ impl ServerTls {
     }
 }
 
-/// The service a verified client certificate names (`spiffe://<td>/service/<name>`).
+/// The service a verified client certificate names (`spiffe://<td>/service/<name>`), while
+/// the certificate is within its validity period. A resumed session brings back the
+/// certificate of the handshake it resumes without verifying it again, so its expiry is
+/// checked here, on every connection.
 pub fn workload_service(cert: &CertificateDer<'_>, trust_domain: &str) -> Option<String> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
     let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    if !parsed.validity().is_valid() {
+        return None;
+    }
     let san = parsed.subject_alternative_name().ok()??;
     let prefix = outrigger_config::identity(trust_domain, "");
     san.value.general_names.iter().find_map(|n| match n {
@@ -123,7 +135,11 @@ fn roots(bundle: &[String]) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(store))
 }
 
-fn build(bundle: &[String], key: Arc<CertifiedKey>) -> Result<Arc<ServerConfig>, TlsError> {
+fn build(
+    bundle: &[String],
+    key: Arc<CertifiedKey>,
+    secret: &TicketSecret,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // Operators' CLIs come without a certificate; sidecars present theirs.
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(bundle)?, provider.clone())
@@ -134,6 +150,7 @@ fn build(bundle: &[String], key: Arc<CertifiedKey>) -> Result<Arc<ServerConfig>,
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(Serving(key)));
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.ticketer = Arc::new(tickets::Tickets::new(secret, bundle));
     Ok(Arc::new(cfg))
 }
 
@@ -185,6 +202,7 @@ pub async fn start(
     state: Handle,
     names: Option<Vec<SanType>>,
     bundle_file: PathBuf,
+    secret: TicketSecret,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Option<Arc<ServerTls>>, TlsError> {
     let mut views = state.subscribe();
@@ -196,7 +214,7 @@ pub async fn start(
     };
     let (key, mut renew_in) = issue(&state, &names).await?;
     let tls = Arc::new(ServerTls {
-        config: ArcSwap::new(build(&bundle, key)?),
+        config: ArcSwap::new(build(&bundle, key, &secret)?),
     });
     tracing::info!(
         identity = %control_plane_identity(state_trust_domain(&views).as_str()),
@@ -217,7 +235,7 @@ pub async fn start(
                 _ = async { drop(shutdown.wait_for(|stop| *stop).await) } => return,
             }
             renew_in = match issue(&state, &names).await.and_then(|(key, renew)| {
-                held.config.store(build(&bundle, key)?);
+                held.config.store(build(&bundle, key, &secret)?);
                 Ok(renew)
             }) {
                 Ok(renew) => {
@@ -292,16 +310,27 @@ mod tests {
     #[test]
     fn only_service_identities_of_the_trust_domain_name_a_workload(
     ) -> Result<(), Box<dyn std::error::Error>> {
-        let cert = |uri: &str| -> Result<CertificateDer<'static>, rcgen::Error> {
+        let cert_until = |uri: &str, year: i32| -> Result<CertificateDer<'static>, rcgen::Error> {
             let key = KeyPair::generate()?;
             let mut p = rcgen::CertificateParams::default();
             p.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
+            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            p.not_after = rcgen::date_time_ymd(year, 1, 1);
             Ok(p.self_signed(&key)?.der().clone())
         };
+        let cert = |uri: &str| cert_until(uri, 4000);
         let td = "outrigger.local";
         assert_eq!(
             workload_service(&cert("spiffe://outrigger.local/service/order")?, td).as_deref(),
             Some("order")
+        );
+        assert_eq!(
+            workload_service(
+                &cert_until("spiffe://outrigger.local/service/order", 2001)?,
+                td
+            ),
+            None,
+            "an expired certificate, as a resumed session may carry, names no one"
         );
         for other in [
             "spiffe://evil.example/service/order",

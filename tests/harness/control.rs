@@ -166,6 +166,13 @@ impl Control {
         self.call_with(Some(TOKEN), Method::GET, path, None).await
     }
 
+    /// One sample of the control plane's `/metrics`, or 0 when it has none yet.
+    pub async fn metric_or_zero(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (status, text) = self.get("/metrics").await;
+        assert_eq!(status, 200, "{text}");
+        crate::proxy::metric_value(text.as_str().unwrap_or_default(), name, labels).unwrap_or(0.0)
+    }
+
     pub async fn send(&self, method: Method, path: &str, json: Value) -> (u16, Value) {
         self.call_with(Some(TOKEN), method, path, Some(json.to_string()))
             .await

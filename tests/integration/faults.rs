@@ -257,6 +257,22 @@ async fn the_control_plane_killed_and_restarted_fails_no_request() {
     progress(&loads, 100, "load after the restart").await;
     // The mesh is whole again: both instances still serve.
     mesh.wait_for_both().await;
+    // The sidecars came back on the session tickets the old process gave them.
+    eventually(
+        Duration::from_secs(20),
+        "a sidecar to resume its TLS session with the restarted control plane",
+        || async {
+            let resumed = mesh
+                .control
+                .metric_or_zero(
+                    "outrigger_control_tls_handshakes_total",
+                    &[("kind", "resumed")],
+                )
+                .await;
+            (resumed >= 1.0).then_some(())
+        },
+    )
+    .await;
     let (ok, failed) = stop(loads).await;
     report("control plane killed and restarted", ok, failed);
     assert_eq!(failed, 0, "{ok} ok");

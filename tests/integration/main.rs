@@ -27,6 +27,7 @@ mod mtls;
 mod pooling;
 mod protocols;
 mod quantiles;
+mod reconnect_storm;
 mod resilience_endpoints;
 mod resilience_retries;
 mod rollout;

@@ -78,6 +78,8 @@ pub struct Peer {
 pub struct AppState {
     pub state: Handle,
     pub sidecars: Arc<Sidecars>,
+    /// Snapshot lines shared by every push stream of a service.
+    pub lines: Arc<crate::push::Lines>,
     pub metrics: Metrics,
     pub tokens: Arc<OperatorTokens>,
     /// True once the store is open; false again when shutting down.

@@ -79,6 +79,7 @@ pub async fn stream(
             sidecars: app.sidecars.clone(),
             metrics: app.metrics.clone(),
             keepalive: app.keepalive,
+            lines: app.lines.clone(),
             shutdown: app.shutdown.clone(),
         },
         Subscriber {

@@ -60,8 +60,18 @@ enum Conn {
 
 struct Workload {
     identity: Arc<Identity>,
-    connector: HttpsConnector<HttpConnector>,
+    trust: Arc<Trust>,
     pool: ArcSwap<Pool>,
+}
+
+impl Workload {
+    /// A connector of its own for each certificate: its TLS session cache then holds only
+    /// sessions made with that certificate. A resumed session presents the certificate of the
+    /// handshake it resumes, so a cache shared across renewals would go on showing the control
+    /// plane a certificate the sidecar replaced, and, once that one expired, no identity at all.
+    fn connector(&self) -> Result<HttpsConnector<HttpConnector>, ApiError> {
+        identity_connector(&self.trust, &self.identity)
+    }
 }
 
 /// A connection pool and the certificate its connections present.
@@ -93,16 +103,13 @@ impl Api {
         trust: Arc<Trust>,
         identity: Arc<Identity>,
     ) -> Result<Self, ApiError> {
-        let tls =
-            verified(trust)?.with_client_cert_resolver(Arc::new(PresentCurrent(identity.clone())));
-        let connector = connector(tls, true);
         let pool = Pool {
             cert: identity.current(),
-            client: pooled(&connector),
+            client: pooled(&identity_connector(&trust, &identity)?),
         };
         let workload = Workload {
             identity,
-            connector,
+            trust,
             pool: ArcSwap::from_pointee(pool),
         };
         Self::new(
@@ -196,7 +203,14 @@ impl Api {
                 }
                 // Dropping the old pool closes its idle connections; calls in flight on them
                 // finish first.
-                let client = pooled(&w.connector);
+                let connector = match w.connector() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot renew the control-plane connector; keeping the current one");
+                        return pool.client.clone();
+                    }
+                };
+                let client = pooled(&connector);
                 w.pool.store(Arc::new(Pool {
                     cert: current,
                     client: client.clone(),
@@ -278,6 +292,15 @@ fn verified(trust: Arc<Trust>) -> Result<ConfigBuilder<ClientConfig, WantsClient
         .map_err(|e| ApiError::Tls(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(trust))
+}
+
+fn identity_connector(
+    trust: &Arc<Trust>,
+    identity: &Arc<Identity>,
+) -> Result<HttpsConnector<HttpConnector>, ApiError> {
+    let tls = verified(trust.clone())?
+        .with_client_cert_resolver(Arc::new(PresentCurrent(identity.clone())));
+    Ok(connector(tls, true))
 }
 
 fn connector(tls: ClientConfig, https_only: bool) -> HttpsConnector<HttpConnector> {
