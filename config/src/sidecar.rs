@@ -1,6 +1,10 @@
 //! The static sidecar file: `proxy` (bootstrap, read once at start) and `snapshot` (the same
 //! type the control plane pushes; re-read whenever the file changes).
 
+mod interception;
+
+pub use interception::{Interception, OutboundPolicy};
+
 use crate::duration::Family;
 use crate::path::FieldPath;
 use crate::snapshot::Snapshot;
@@ -40,6 +44,8 @@ pub struct ProxySettings {
     pub tracing: TracingSettings,
     /// Bounds on what downstream clients can hold: connections, handshakes, streams, time.
     pub limits: ListenerLimits,
+    /// Connections the pod's rules redirected to the outbound listener.
+    pub interception: Interception,
 }
 
 /// Per-listener bounds (outbound and inbound each get their own), so that idle, slow or
@@ -210,6 +216,7 @@ impl Default for ProxySettings {
             stats_window: Duration::from_secs(60),
             tracing: TracingSettings::default(),
             limits: ListenerLimits::default(),
+            interception: Interception::default(),
         }
     }
 }
@@ -265,6 +272,7 @@ impl Validate for ProxySettings {
             }
         }
         self.limits.validate(&at.key("limits"), v);
+        self.interception.validate(&at.key("interception"), v);
         let addrs = [self.outbound, self.inbound, Some(self.admin)];
         let mut seen = Vec::new();
         for (key, a) in ["outbound", "inbound", "admin"].into_iter().zip(addrs) {

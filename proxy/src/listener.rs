@@ -93,6 +93,9 @@ pub(crate) fn builder(settings: &ProxySettings, streams: StreamExec) -> auto::Bu
 
 enum Accepted {
     Plain(TcpStream),
+    /// Redirected by the pod's rules, detected as HTTP for the mesh; the bytes detection
+    /// read come first.
+    Intercepted(crate::intercept::Prefixed<TcpStream>),
     Tls(
         Box<tokio_rustls::server::TlsStream<TcpStream>>,
         Option<Arc<str>>,
@@ -301,10 +304,22 @@ async fn accept_loop(
         let draining = drain.subscribe();
         tokio::spawn(async move {
             let accepted = match direction {
-                Direction::Outbound => Some(Accepted::Plain(stream)),
+                Direction::Outbound => match crate::intercept::original_dst(&stream) {
+                    None => Some(Accepted::Plain(stream)),
+                    Some(dst) => crate::intercept::outbound(stream, dst, &sidecar)
+                        .await
+                        .map(Accepted::Intercepted),
+                },
                 Direction::Inbound => secure(&sidecar, &bounds, stream).await,
             };
             match accepted {
+                Some(Accepted::Intercepted(stream)) => {
+                    let peer = Peer::plaintext(addr);
+                    serve(
+                        &builder, draining, stream, sidecar, direction, peer, &bounds,
+                    )
+                    .await
+                }
                 Some(Accepted::Plain(stream)) => {
                     let peer = Peer::plaintext(addr);
                     serve(

@@ -28,6 +28,11 @@ impl<D> AuthorityTable<D> {
         }
     }
 
+    /// Every destination, once per host that selects it.
+    pub fn values(&self) -> impl Iterator<Item = &Arc<D>> {
+        self.by_host.values().chain(self.wildcard.iter())
+    }
+
     pub fn lookup(&self, authority: Option<&str>) -> Option<&Arc<D>> {
         let found = authority.map(host_of).and_then(|h| {
             if h.bytes().any(|b| b.is_ascii_uppercase()) {

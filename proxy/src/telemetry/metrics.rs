@@ -61,6 +61,8 @@ pub struct Metrics {
     pub authz_denied: IntCounterVec,
     /// The span pipeline's counters (exported, dropped by reason).
     pub spans: crate::trace::export::SpanCounters,
+    /// Intercepted connections and opaque TCP.
+    pub tcp: crate::intercept::TcpMetrics,
 }
 
 const ROUTE_LABELS: &[&str] = &["direction", "service", "dst_service", "route"];
@@ -295,6 +297,7 @@ impl Metrics {
             must(registry.register(c));
         }
         must(registry.register(Box::new(must(crate::logging::DroppedLinesCollector::new()))));
+        let tcp = must(crate::intercept::TcpMetrics::new(&registry));
         let inbound = InboundCounters {
             mtls: LazyCounter::new(&inbound_security, &["mtls"]),
             plaintext: LazyCounter::new(&inbound_security, &["plaintext"]),
@@ -333,6 +336,7 @@ impl Metrics {
             inbound_security,
             authz_denied,
             spans,
+            tcp,
         }
     }
 

@@ -1,0 +1,106 @@
+//! Metrics of opaque TCP, per destination: connections open and total, bytes each way, and
+//! how long connections lasted. `destination` is a service's name, or `passthrough` for
+//! destinations no service claims (their addresses would make labels unbounded).
+
+use crate::telemetry::metrics::LATENCY_BUCKETS;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+#[derive(Clone)]
+pub struct TcpMetrics {
+    connections: IntCounterVec,
+    open: IntGaugeVec,
+    bytes: IntCounterVec,
+    duration: HistogramVec,
+    /// Intercepted connections by detected protocol and what became of them.
+    pub intercepted: IntCounterVec,
+}
+
+impl TcpMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            connections: IntCounterVec::new(
+                Opts::new("outrigger_tcp_connections_total", "Opaque TCP connections relayed, by destination."),
+                &["destination"],
+            )?,
+            open: IntGaugeVec::new(
+                Opts::new("outrigger_tcp_connections_open", "Opaque TCP connections open now, by destination."),
+                &["destination"],
+            )?,
+            bytes: IntCounterVec::new(
+                Opts::new(
+                    "outrigger_tcp_bytes_total",
+                    "Bytes relayed over opaque TCP, by destination and direction (sent: app to destination).",
+                ),
+                &["destination", "flow"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "outrigger_tcp_connection_duration_seconds",
+                    "How long opaque TCP connections lasted, by destination.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["destination"],
+            )?,
+            intercepted: IntCounterVec::new(
+                Opts::new(
+                    "outrigger_intercepted_connections_total",
+                    "Connections redirected to the outbound listener, by detected protocol and outcome (routed, passthrough, refused).",
+                ),
+                &["protocol", "outcome"],
+            )?,
+        };
+        registry.register(Box::new(m.connections.clone()))?;
+        registry.register(Box::new(m.open.clone()))?;
+        registry.register(Box::new(m.bytes.clone()))?;
+        registry.register(Box::new(m.duration.clone()))?;
+        registry.register(Box::new(m.intercepted.clone()))?;
+        Ok(m)
+    }
+
+    #[cfg(test)]
+    pub fn for_tests() -> Self {
+        Self::new(&Registry::new()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Counts a connection as open until [`Open::close`].
+    pub fn open(&self, destination: &str) -> Open {
+        self.connections.with_label_values(&[destination]).inc();
+        let open = self.open.with_label_values(&[destination]);
+        open.inc();
+        Open {
+            metrics: self.clone(),
+            destination: destination.to_string(),
+            open,
+        }
+    }
+}
+
+pub struct Open {
+    metrics: TcpMetrics,
+    destination: String,
+    open: prometheus::IntGauge,
+}
+
+impl Open {
+    pub fn close(self, relayed: super::relay::Relayed, lasted: std::time::Duration) {
+        let d = self.destination.as_str();
+        self.metrics
+            .bytes
+            .with_label_values(&[d, "sent"])
+            .inc_by(relayed.sent);
+        self.metrics
+            .bytes
+            .with_label_values(&[d, "received"])
+            .inc_by(relayed.received);
+        self.metrics
+            .duration
+            .with_label_values(&[d])
+            .observe(lasted.as_secs_f64());
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}

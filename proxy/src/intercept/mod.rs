@@ -1,0 +1,126 @@
+//! Connections the pod's rules redirected to the outbound listener. The app dialled an
+//! address (`SO_ORIGINAL_DST`) and spoke some protocol (detected from its first bytes):
+//!
+//! - HTTP/1 whose `Host` names a service, and h2c to a service's endpoint, are served as
+//!   HTTP, exactly as if the app had called the sidecar itself: routes, retries, mTLS.
+//! - Everything else goes where it was going, as opaque TCP: TLS the app does itself (its SNI
+//!   is logged), databases, brokers, HTTP to hosts outside the mesh. A destination no service
+//!   claims is passed through and counted, or refused under `registry-only`.
+//!
+//! TODO(issue 14, points 2 and 4): services' virtual IPs in the contract, and opaque TCP to a
+//! service's endpoint carried over mTLS between the sidecars; today it is relayed in the clear
+//! to the address the app dialled.
+
+mod detect;
+mod metrics;
+mod original_dst;
+mod prefixed;
+mod relay;
+
+pub use detect::{detect, Detected, Protocol};
+pub use metrics::TcpMetrics;
+pub use original_dst::original_dst;
+pub use prefixed::Prefixed;
+
+use crate::routing::Compiled;
+use crate::sidecar::Sidecar;
+use bytes::Bytes;
+use outrigger_config::sidecar::OutboundPolicy;
+use std::net::SocketAddr;
+use tokio::net::TcpStream;
+
+/// The label of destinations no service claims.
+const PASSTHROUGH: &str = "passthrough";
+
+/// Handles an intercepted connection. Returns it, with the bytes detection read put back in
+/// front, when it is HTTP for the mesh to serve; relays or refuses it otherwise.
+pub async fn outbound(
+    mut stream: TcpStream,
+    dst: SocketAddr,
+    sidecar: &Sidecar,
+) -> Option<Prefixed<TcpStream>> {
+    let settings = &sidecar.settings.interception;
+    let metrics = &sidecar.telemetry.metrics.tcp;
+    let (protocol, prefix) = if settings.opaque_ports.contains(&dst.port()) {
+        (Protocol::Opaque, Bytes::new())
+    } else {
+        match detect(&mut stream, settings.detect_timeout).await {
+            Ok(d) => (d.protocol, d.prefix),
+            Err(e) => {
+                tracing::debug!(%dst, error = %e, "intercepted connection failed during detection");
+                return None;
+            }
+        }
+    };
+    let state = sidecar.snapshot.current();
+    let claimed = state.as_deref().and_then(|s| service_at(s, dst));
+    let stream = Prefixed::new(prefix, stream);
+    let http_for_mesh = match &protocol {
+        Protocol::Http1 => state
+            .as_deref()
+            .is_some_and(|s| host_names_a_service(s, stream.prefix())),
+        Protocol::H2c => claimed.is_some(),
+        _ => false,
+    };
+    if http_for_mesh {
+        count(metrics, &protocol, "routed");
+        return Some(stream);
+    }
+    if claimed.is_none() && settings.outbound_policy == OutboundPolicy::RegistryOnly {
+        count(metrics, &protocol, "refused");
+        tracing::info!(%dst, protocol = protocol.as_str(), "intercepted connection refused: no service claims its destination (registry-only)");
+        return None;
+    }
+    count(metrics, &protocol, "passthrough");
+    let destination = claimed.as_deref().unwrap_or(PASSTHROUGH);
+    let sni = match &protocol {
+        Protocol::Tls { sni } => sni.as_deref(),
+        _ => None,
+    };
+    match relay::relay(stream, dst, settings.connect_timeout, metrics, destination).await {
+        Ok(r) if sidecar.settings.access_log => tracing::info!(
+            target: "access",
+            %dst, destination, protocol = protocol.as_str(), sni,
+            sent = r.sent, received = r.received, reset = r.reset,
+            "tcp"
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::info!(%dst, destination, sni, error = %e, "intercepted connection failed")
+        }
+    }
+    None
+}
+
+fn count(metrics: &TcpMetrics, protocol: &Protocol, outcome: &str) {
+    metrics
+        .intercepted
+        .with_label_values(&[protocol.as_str(), outcome])
+        .inc();
+}
+
+/// The service one of whose endpoints is `dst`.
+fn service_at(state: &Compiled, dst: SocketAddr) -> Option<std::sync::Arc<str>> {
+    state
+        .outbound
+        .values()
+        .find(|d| d.endpoints.iter().any(|e| e.addr == dst))
+        .map(|d| d.name.clone())
+}
+
+/// Whether an HTTP/1 request head's `Host` is one the mesh routes.
+fn host_names_a_service(state: &Compiled, head: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    // A head cut short, or with more headers than fit here, is served by hyper, which
+    // answers it properly; only a complete head is looked into.
+    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        return false;
+    }
+    let host = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("host"))
+        .and_then(|h| std::str::from_utf8(h.value).ok());
+    host.is_some_and(|h| state.outbound.lookup(Some(h)).is_some())
+}

@@ -1,0 +1,201 @@
+//! Opaque TCP: bytes copied both ways between the app's connection and the destination's,
+//! with the connect bounded, half-closes passed on (a FIN one way shuts down writing the
+//! other way, while the reverse direction keeps flowing) and a reset passed on as a reset.
+
+use super::metrics::TcpMetrics;
+use super::prefixed::Prefixed;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("connect to {addr} timed out after {after:?}")]
+    ConnectTimeout { addr: SocketAddr, after: Duration },
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// How a relayed connection ended.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Relayed {
+    /// From the app to the destination.
+    pub sent: u64,
+    /// From the destination to the app.
+    pub received: u64,
+    /// One side reset or failed; the other was reset in turn.
+    pub reset: bool,
+}
+
+/// Connects to `addr` within `connect_timeout` and relays until both directions end. The
+/// app's connection is reset when the connect fails, as a refused connect would have been
+/// without the proxy in the way.
+pub async fn relay(
+    mut client: Prefixed<TcpStream>,
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    metrics: &TcpMetrics,
+    destination: &str,
+) -> Result<Relayed, RelayError> {
+    let started = Instant::now();
+    let connected = tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await;
+    let mut upstream = match connected {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => {
+            reset(client.get_ref());
+            return Err(RelayError::Connect { addr, source });
+        }
+        Err(_) => {
+            reset(client.get_ref());
+            return Err(RelayError::ConnectTimeout {
+                addr,
+                after: connect_timeout,
+            });
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let conn = metrics.open(destination);
+    let outcome = match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((sent, received)) => Relayed {
+            sent,
+            received,
+            reset: false,
+        },
+        Err(_) => {
+            // Which side failed is unknown here, and a reset on a socket that already
+            // failed costs nothing: reset both, so neither peer mistakes it for a clean end.
+            reset(client.get_ref());
+            reset(&upstream);
+            Relayed {
+                reset: true,
+                ..Relayed::default()
+            }
+        }
+    };
+    conn.close(outcome, started.elapsed());
+    Ok(outcome)
+}
+
+/// Makes the next close of this socket send RST instead of FIN.
+fn reset(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair() -> std::io::Result<(TcpStream, TcpStream)> {
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        let c = TcpStream::connect(l.local_addr()?).await?;
+        let (s, _) = l.accept().await?;
+        Ok((c, s))
+    }
+
+    #[tokio::test]
+    async fn bytes_flow_both_ways_and_a_half_close_is_passed_on() -> std::io::Result<()> {
+        let metrics = TcpMetrics::for_tests();
+        let server = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = server.local_addr()?;
+        let (mut app, proxied) = pair().await?;
+        let relaying = tokio::spawn(async move {
+            let m = TcpMetrics::for_tests();
+            relay(
+                Prefixed::new(Bytes::from_static(b"hello "), proxied),
+                addr,
+                Duration::from_secs(5),
+                &m,
+                "db",
+            )
+            .await
+        });
+        let (mut upstream, _) = server.accept().await?;
+        app.write_all(b"world").await?;
+        app.shutdown().await?;
+        let mut got = Vec::new();
+        upstream.read_to_end(&mut got).await?;
+        assert_eq!(
+            got, b"hello world",
+            "the detected prefix first, then the rest"
+        );
+        // The app's FIN reached the server; the server can still answer.
+        upstream.write_all(b"answer after the client's FIN").await?;
+        drop(upstream);
+        let mut back = Vec::new();
+        app.read_to_end(&mut back).await?;
+        assert_eq!(back, b"answer after the client's FIN");
+        let relayed = relaying.await.map_err(std::io::Error::other)?;
+        let relayed = relayed.map_err(std::io::Error::other)?;
+        assert_eq!(
+            (relayed.sent, relayed.received, relayed.reset),
+            (11, 29, false)
+        );
+        drop(metrics);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_reset_upstream_resets_the_app() -> std::io::Result<()> {
+        let server = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = server.local_addr()?;
+        let (mut app, proxied) = pair().await?;
+        let relaying = tokio::spawn(async move {
+            let m = TcpMetrics::for_tests();
+            relay(
+                Prefixed::new(Bytes::new(), proxied),
+                addr,
+                Duration::from_secs(5),
+                &m,
+                "db",
+            )
+            .await
+        });
+        let (mut upstream, _) = server.accept().await?;
+        // A byte through proves the relay is copying before the reset comes.
+        app.write_all(b"x").await?;
+        let mut one = [0u8; 1];
+        upstream.read_exact(&mut one).await?;
+        reset(&upstream);
+        drop(upstream);
+        let mut buf = [0u8; 8];
+        let read = app.read(&mut buf).await;
+        assert_eq!(
+            read.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionReset),
+            "a reset, not a clean end"
+        );
+        let relayed = relaying.await.map_err(std::io::Error::other)?;
+        assert!(relayed.map_err(std::io::Error::other)?.reset);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_is_an_error_and_resets_the_app() -> std::io::Result<()> {
+        // A port nothing listens on: bind, learn it, close.
+        let addr = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+        let (mut app, proxied) = pair().await?;
+        let m = TcpMetrics::for_tests();
+        let r = relay(
+            Prefixed::new(Bytes::new(), proxied),
+            addr,
+            Duration::from_secs(5),
+            &m,
+            "db",
+        )
+        .await;
+        assert!(matches!(r, Err(RelayError::Connect { .. })), "{r:?}");
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            app.read(&mut buf).await.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionReset)
+        );
+        Ok(())
+    }
+}
