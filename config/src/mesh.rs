@@ -90,6 +90,14 @@ pub struct ServiceSpec {
     pub split: Vec<WeightedVersion>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky_header: Option<String>,
+    /// A virtual IP apps dial for this service, like a Kubernetes ClusterIP (with interception;
+    /// the name resolves to it). Unique across services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_ip: Option<std::net::IpAddr>,
+    /// The ports apps dial; `opaque: true` skips protocol detection (server-first protocols,
+    /// databases) and is carried between sidecars as TCP over mTLS.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<crate::snapshot::ServicePort>,
 }
 
 /// One route to a service, tried in `priority` order (lowest first, then by name). The
@@ -369,6 +377,12 @@ impl Validate for Resource {
                     v.name(c, spec.key("calls").index(i));
                 }
                 validate_split(&d.spec.split, &d.spec.sticky_header, &spec, v);
+                crate::snapshot::virtual_service::validate(
+                    d.spec.virtual_ip,
+                    &d.spec.ports,
+                    &spec,
+                    v,
+                );
             }
             Resource::Route(d) => {
                 v.name(&d.spec.service, spec.key("service"));

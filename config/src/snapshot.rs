@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 mod address;
+pub mod virtual_service;
 pub use address::{check_host_name, AddressError, EndpointAddress, NamedAddress};
+pub use virtual_service::ServicePort;
 
 pub const DEFAULT_ROUTE: &str = "default";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -159,6 +161,12 @@ pub struct Destination {
     /// to them over mTLS (HTTP/2, ALPN h2), whatever the app's protocol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// The service's virtual IP: intercepted connections to it are this destination's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_ip: Option<std::net::IpAddr>,
+    /// Ports apps dial on the virtual IP; `opaque` ones skip protocol detection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ServicePort>,
 }
 
 /// One version's share of a split. Weights are relative (90/10, or 9/1).
@@ -188,6 +196,8 @@ impl Destination {
             split: Vec::new(),
             sticky_header: None,
             identity: None,
+            virtual_ip: None,
+            ports: Vec::new(),
         }
     }
 
@@ -305,8 +315,17 @@ impl Validate for Snapshot {
         }
         let mut names = HashSet::new();
         let mut hosts = HashSet::new();
+        let mut vips = HashSet::new();
         for (i, d) in self.destinations.iter().enumerate() {
             let here = at.key("destinations").index(i);
+            if let Some(ip) = d.virtual_ip {
+                if !vips.insert(ip) {
+                    v.fail(
+                        here.key("virtual_ip"),
+                        format!("{ip} is another destination's virtual IP"),
+                    );
+                }
+            }
             if !names.insert(d.name.as_str()) {
                 v.fail(
                     here.key("name"),
@@ -343,6 +362,7 @@ impl Validate for Inbound {
 impl Validate for Destination {
     fn validate(&self, at: &FieldPath, v: &mut Validator) {
         v.name(&self.name, at.key("name"));
+        virtual_service::validate(self.virtual_ip, &self.ports, at, v);
         for (j, h) in self.hosts.iter().enumerate() {
             let ok = h == "*"
                 || (!h.is_empty()

@@ -257,6 +257,7 @@ impl Parsed {
             }
         }
         errors.extend(self.host_conflicts(&next));
+        errors.extend(self.virtual_ip_conflicts(&next));
         if errors.is_empty() {
             Ok(())
         } else {
@@ -299,6 +300,30 @@ impl Parsed {
                         format!("host {h:?} already selects service {other:?}"),
                     ));
                 }
+            }
+        }
+        errors
+    }
+
+    /// A virtual IP names one service only: an intercepted connection to it must have one
+    /// destination.
+    fn virtual_ip_conflicts(&self, next: &Resources) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        for (i, r) in self.resources.iter().enumerate() {
+            let Resource::Service(d) = r else { continue };
+            let Some(ip) = d.spec.virtual_ip else {
+                continue;
+            };
+            let other = next
+                .services
+                .iter()
+                .find(|(n, s)| **n != d.metadata.name && s.spec.virtual_ip == Some(ip));
+            if let Some((other, _)) = other {
+                errors.push(self.error(
+                    i,
+                    FieldPath::root().key("spec").key("virtual_ip"),
+                    format!("{ip} is already the virtual IP of service {other:?}"),
+                ));
             }
         }
         errors
@@ -369,6 +394,33 @@ mod tests {
                 .resources,
         );
         assert_eq!(p.check(&stored).err().map(|e| e.len()), Some(1));
+        Ok(())
+    }
+
+    #[test]
+    fn a_virtual_ip_names_one_service() -> Result<(), Box<dyn std::error::Error>> {
+        let mut stored = Resources::from_list(parse(SHOP).map_err(|e| format!("{e:?}"))?.resources);
+        let redis = parse("kind: Service\nmetadata: {name: redis}\nspec: {virtual_ip: 10.96.0.20, ports: [{port: 6379, opaque: true}]}\n")
+            .map_err(|e| format!("{e:?}"))?;
+        assert!(redis.check(&stored).is_ok());
+        stored = Resources::from_list(
+            parse(&format!("{SHOP}\n---\nkind: Service\nmetadata: {{name: redis}}\nspec: {{virtual_ip: 10.96.0.20}}\n"))
+                .map_err(|e| format!("{e:?}"))?
+                .resources,
+        );
+        let clash =
+            parse("kind: Service\nmetadata: {name: cache}\nspec: {virtual_ip: 10.96.0.20}\n")
+                .map_err(|e| format!("{e:?}"))?;
+        let errors = clash.check(&stored).err().ok_or("accepted")?;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, "spec.virtual_ip");
+        assert!(
+            errors[0].reason.contains("\"redis\""),
+            "{}",
+            errors[0].reason
+        );
+        // The service itself re-applied keeps its address.
+        assert!(redis.check(&stored).is_ok());
         Ok(())
     }
 

@@ -101,6 +101,8 @@ fn destination(
         split: d.spec.split.clone(),
         sticky_header: d.spec.sticky_header.clone(),
         identity: (mtls.mode != MtlsMode::Off).then(|| identity(&mtls.trust_domain, name)),
+        virtual_ip: d.spec.virtual_ip,
+        ports: d.spec.ports.clone(),
         ..Destination::new(name)
     };
     if let Some(p) = resources.policy_for(name).map(|p| &p.spec) {

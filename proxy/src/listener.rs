@@ -327,6 +327,12 @@ async fn accept_loop(
                     )
                     .await
                 }
+                Some(Accepted::Tls(stream, identity))
+                    if crate::intercept::mesh_tcp::is_opaque(&stream) =>
+                {
+                    let peer = Peer::mtls(addr, identity);
+                    crate::intercept::mesh_tcp::inbound(*stream, &peer, &sidecar).await
+                }
                 Some(Accepted::Tls(stream, identity)) => {
                     let peer = Peer::mtls(addr, identity);
                     serve(

@@ -65,13 +65,22 @@ impl Control {
         Self::launch(&flags, true).await
     }
 
+    /// Like [`Control::start_with`], listening on `addr` (a pod bridge's address, say).
+    pub async fn start_at(addr: SocketAddr, extra: &[&str]) -> Self {
+        Self::launch_at(addr, extra, false).await
+    }
+
     async fn launch(extra: &[&str], plaintext: bool) -> Self {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Self::launch_at(addr, extra, plaintext).await
+    }
+
+    async fn launch_at(addr: SocketAddr, extra: &[&str], plaintext: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let token_file = dir.path().join("admin.token");
         std::fs::write(&token_file, TOKEN).expect("token file");
         let reader_token_file = dir.path().join("reader.token");
         std::fs::write(&reader_token_file, READER_TOKEN).expect("reader token file");
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let child = spawn(addr, dir.path(), &extra);
         let me = Self {

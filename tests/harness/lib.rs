@@ -6,6 +6,7 @@ pub mod client;
 pub mod control;
 pub mod https;
 pub mod load;
+pub mod netns;
 pub mod otlp;
 pub mod pki;
 pub mod prometheus;

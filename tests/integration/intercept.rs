@@ -8,76 +8,15 @@
 //! redirect every TCP connect but the proxy uid's and loopback's to the outbound listener.
 
 use outrigger_tests::bin;
+use outrigger_tests::netns::{stdout, Netns};
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Stdio};
 use std::time::Duration;
 use tokio::time::Instant;
 
 const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/integration/intercept/peer.py");
 const DETECT_TIMEOUT_MS: f64 = 300.0;
-
-/// A network namespace, deleted with its hosts file when dropped, even when the test fails.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create() -> Self {
-        let name = format!("orr-ic-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        run("ip", &["netns", "add", &name]);
-        let ns = Self { name };
-        std::fs::create_dir_all(ns.etc()).unwrap_or_else(|e| panic!("{}: {e}", ns.etc().display()));
-        std::fs::write(
-            ns.etc().join("hosts"),
-            "127.0.0.1 localhost\n10.203.1.10 payment payment.shop.svc.cluster.local\n10.203.1.20 outside.example\n",
-        )
-        .unwrap_or_else(|e| panic!("hosts file: {e}"));
-        ns
-    }
-
-    fn etc(&self) -> PathBuf {
-        Path::new("/etc/netns").join(&self.name)
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        run("ip", &all);
-    }
-
-    fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
-        c
-    }
-
-    fn exec(&self, program: &str, args: &[&str]) -> Output {
-        self.command(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("ip netns exec {program}: {e}"))
-    }
-
-    fn iptables(&self, args: &[&str]) {
-        let out = self.exec("iptables", args);
-        assert!(
-            out.status.success(),
-            "iptables {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-        let _ = std::fs::remove_dir_all(self.etc());
-    }
-}
 
 /// A process in the namespace, killed when dropped.
 struct Running {
@@ -90,22 +29,6 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// The sidecar, as uid 1337, from a config file that uid can read.
@@ -180,62 +103,18 @@ fn greet_ms(ns: &Netns, port: &str) -> f64 {
         .unwrap_or_else(|e| panic!("greet {port}: {e}: {}", stdout(&out)))
 }
 
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirected_connections_reach_what_the_app_dialled_by_protocol() {
-    assert!(
-        is_root(),
-        "this test makes a network namespace and nat rules: run it as root"
+    let ns = Netns::create(
+        &format!("orr-ic-{}", std::process::id()),
+        "10.203.1.10 payment payment.shop.svc.cluster.local\n10.203.1.20 outside.example\n",
     );
-    let ns = Netns::create();
-    ns.ip(&["link", "set", "lo", "up"]);
     // The destinations live on `lo` (this kernel has no dummy interfaces): reachable inside
     // the namespace, routed nowhere else.
     for a in ["10.203.1.10/32", "10.203.1.20/32"] {
         ns.ip(&["addr", "add", a, "dev", "lo"]);
     }
-    // TODO(issue 14 point 1): `outrigger-proxy init` once it lands; these are its core rules.
-    ns.iptables(&[
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "-m",
-        "owner",
-        "--uid-owner",
-        "1337",
-        "-j",
-        "RETURN",
-    ]);
-    ns.iptables(&[
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "-d",
-        "127.0.0.0/8",
-        "-j",
-        "RETURN",
-    ]);
-    ns.iptables(&[
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "15001",
-    ]);
+    ns.redirect_outbound(15001);
 
     let mut servers = ns
         .command("python3")
@@ -320,7 +199,7 @@ async fn redirected_connections_reach_what_the_app_dialled_by_protocol() {
         metric(
             &ns,
             "outrigger_tcp_bytes_total",
-            "destination=\"passthrough\",flow=\"sent\""
+            "destination=\"passthrough\",direction=\"outbound\",flow=\"sent\""
         ) >= 16.0
     );
 

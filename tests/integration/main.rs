@@ -26,6 +26,7 @@ mod logs;
 mod module_cycles;
 mod mtls;
 mod pooling;
+mod pods;
 mod protocols;
 mod quantiles;
 mod reconnect_storm;

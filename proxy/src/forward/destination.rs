@@ -52,7 +52,7 @@ pub fn resolve<'s, B>(
 
 /// Whether the caller may call this service. With mTLS off there are no identities to
 /// check, so the allow-list cannot apply.
-fn allowed(state: &Compiled, peer: &Peer) -> bool {
+pub(crate) fn allowed(state: &Compiled, peer: &Peer) -> bool {
     state.allow.is_empty()
         || state.mtls == MtlsMode::Off
         || peer

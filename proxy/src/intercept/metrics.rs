@@ -1,4 +1,4 @@
-//! Metrics of opaque TCP, per destination: connections open and total, bytes each way, and
+//! Metrics of opaque TCP, per direction and destination: connections open and total, bytes each way, and
 //! how long connections lasted. `destination` is a service's name, or `passthrough` for
 //! destinations no service claims (their addresses would make labels unbounded).
 
@@ -20,18 +20,18 @@ impl TcpMetrics {
         let m = Self {
             connections: IntCounterVec::new(
                 Opts::new("outrigger_tcp_connections_total", "Opaque TCP connections relayed, by destination."),
-                &["destination"],
+                &["direction", "destination"],
             )?,
             open: IntGaugeVec::new(
                 Opts::new("outrigger_tcp_connections_open", "Opaque TCP connections open now, by destination."),
-                &["destination"],
+                &["direction", "destination"],
             )?,
             bytes: IntCounterVec::new(
                 Opts::new(
                     "outrigger_tcp_bytes_total",
-                    "Bytes relayed over opaque TCP, by destination and direction (sent: app to destination).",
+                    "Bytes relayed over opaque TCP, by direction, destination and flow (sent: toward the destination).",
                 ),
-                &["destination", "flow"],
+                &["direction", "destination", "flow"],
             )?,
             duration: HistogramVec::new(
                 HistogramOpts::new(
@@ -39,7 +39,7 @@ impl TcpMetrics {
                     "How long opaque TCP connections lasted, by destination.",
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
-                &["destination"],
+                &["direction", "destination"],
             )?,
             intercepted: IntCounterVec::new(
                 Opts::new(
@@ -63,13 +63,15 @@ impl TcpMetrics {
     }
 
     /// Counts a connection as open until [`Open::close`].
-    pub fn open(&self, destination: &str) -> Open {
-        self.connections.with_label_values(&[destination]).inc();
-        let open = self.open.with_label_values(&[destination]);
+    /// Counts a connection as open until [`Open::close`]; `labels` are direction and
+    /// destination.
+    pub fn open(&self, labels: [&str; 2]) -> Open {
+        self.connections.with_label_values(&labels).inc();
+        let open = self.open.with_label_values(&labels);
         open.inc();
         Open {
             metrics: self.clone(),
-            destination: destination.to_string(),
+            labels: labels.map(str::to_string),
             open,
         }
     }
@@ -77,24 +79,24 @@ impl TcpMetrics {
 
 pub struct Open {
     metrics: TcpMetrics,
-    destination: String,
+    labels: [String; 2],
     open: prometheus::IntGauge,
 }
 
 impl Open {
     pub fn close(self, relayed: super::relay::Relayed, lasted: std::time::Duration) {
-        let d = self.destination.as_str();
+        let [dir, dest] = [self.labels[0].as_str(), self.labels[1].as_str()];
         self.metrics
             .bytes
-            .with_label_values(&[d, "sent"])
+            .with_label_values(&[dir, dest, "sent"])
             .inc_by(relayed.sent);
         self.metrics
             .bytes
-            .with_label_values(&[d, "received"])
+            .with_label_values(&[dir, dest, "received"])
             .inc_by(relayed.received);
         self.metrics
             .duration
-            .with_label_values(&[d])
+            .with_label_values(&[dir, dest])
             .observe(lasted.as_secs_f64());
     }
 }

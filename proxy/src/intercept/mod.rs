@@ -1,17 +1,19 @@
 //! Connections the pod's rules redirected to the outbound listener. The app dialled an
 //! address (`SO_ORIGINAL_DST`) and spoke some protocol (detected from its first bytes):
 //!
-//! - HTTP/1 whose `Host` names a service, and h2c to a service's endpoint, are served as
+//! - HTTP/1 whose `Host` names a service, and HTTP to a service's virtual IP, are served as
 //!   HTTP, exactly as if the app had called the sidecar itself: routes, retries, mTLS.
-//! - Everything else goes where it was going, as opaque TCP: TLS the app does itself (its SNI
-//!   is logged), databases, brokers, HTTP to hosts outside the mesh. A destination no service
-//!   claims is passed through and counted, or refused under `registry-only`.
+//! - Anything else to a service's virtual IP (a database, TLS the app does itself) is opaque
+//!   TCP to one of its endpoints, over mTLS between the sidecars ([`mesh_tcp`]).
+//! - Everything else goes where it was going, as opaque TCP: HTTP to hosts outside the mesh,
+//!   anything no service claims. It is passed through and counted, or refused under
+//!   `registry-only`.
 //!
-//! TODO(issue 14, points 2 and 4): services' virtual IPs in the contract, and opaque TCP to a
-//! service's endpoint carried over mTLS between the sidecars; today it is relayed in the clear
-//! to the address the app dialled.
+//! TODO(issue 14): inbound `SO_ORIGINAL_DST` for plaintext callers (opaque TCP from sidecars
+//! carries its port), and HTTP upgrades across the mesh.
 
 mod detect;
+pub mod mesh_tcp;
 mod metrics;
 mod original_dst;
 mod prefixed;
@@ -26,6 +28,7 @@ use crate::routing::Compiled;
 use crate::sidecar::Sidecar;
 use bytes::Bytes;
 use outrigger_config::sidecar::OutboundPolicy;
+use relay::Resettable;
 use std::net::SocketAddr;
 use tokio::net::TcpStream;
 
@@ -53,43 +56,73 @@ pub async fn outbound(
         }
     };
     let state = sidecar.snapshot.current();
-    let claimed = state.as_deref().and_then(|s| service_at(s, dst));
+    let service = state
+        .as_deref()
+        .and_then(|s| s.by_virtual_ip.get(&dst.ip()).cloned());
     let stream = Prefixed::new(prefix, stream);
-    let http_for_mesh = match &protocol {
-        Protocol::Http1 => state
-            .as_deref()
-            .is_some_and(|s| host_names_a_service(s, stream.prefix())),
-        Protocol::H2c => claimed.is_some(),
-        _ => false,
-    };
+    let opaque_here = service
+        .as_deref()
+        .is_some_and(|d| d.opaque.ports.contains(&dst.port()));
+    let http_for_mesh = !opaque_here
+        && match &protocol {
+            Protocol::Http1 => {
+                service.is_some()
+                    || state
+                        .as_deref()
+                        .is_some_and(|s| host_names_a_service(s, stream.prefix()))
+            }
+            Protocol::H2c => service.is_some(),
+            _ => false,
+        };
     if http_for_mesh {
         count(metrics, &protocol, "routed");
         return Some(stream);
     }
-    if claimed.is_none() && settings.outbound_policy == OutboundPolicy::RegistryOnly {
-        count(metrics, &protocol, "refused");
-        tracing::info!(%dst, protocol = protocol.as_str(), "intercepted connection refused: no service claims its destination (registry-only)");
-        return None;
-    }
-    count(metrics, &protocol, "passthrough");
-    let destination = claimed.as_deref().unwrap_or(PASSTHROUGH);
     let sni = match &protocol {
         Protocol::Tls { sni } => sni.as_deref(),
         _ => None,
     };
-    match relay::relay(stream, dst, settings.connect_timeout, metrics, destination).await {
-        Ok(r) if sidecar.settings.access_log => tracing::info!(
+    if let Some(dest) = service {
+        count(metrics, &protocol, "routed");
+        match mesh_tcp::to_service(stream, &dest, dst.port(), metrics).await {
+            Ok(r) => access(sidecar, dst, &dest.name, &protocol, sni, r),
+            Err(e) => {
+                tracing::info!(%dst, destination = %dest.name, sni, error = %e, "opaque TCP to a service failed")
+            }
+        }
+        return None;
+    }
+    if settings.outbound_policy == OutboundPolicy::RegistryOnly {
+        count(metrics, &protocol, "refused");
+        tracing::info!(%dst, protocol = protocol.as_str(), "intercepted connection refused: no service claims its destination (registry-only)");
+        stream.reset();
+        return None;
+    }
+    count(metrics, &protocol, "passthrough");
+    let labels = ["outbound", PASSTHROUGH];
+    match relay::relay(stream, dst, settings.connect_timeout, metrics, labels).await {
+        Ok(r) => access(sidecar, dst, PASSTHROUGH, &protocol, sni, r),
+        Err(e) => tracing::info!(%dst, sni, error = %e, "intercepted connection failed"),
+    }
+    None
+}
+
+fn access(
+    sidecar: &Sidecar,
+    dst: SocketAddr,
+    destination: &str,
+    protocol: &Protocol,
+    sni: Option<&str>,
+    r: relay::Relayed,
+) {
+    if sidecar.settings.access_log {
+        tracing::info!(
             target: "access",
             %dst, destination, protocol = protocol.as_str(), sni,
             sent = r.sent, received = r.received, reset = r.reset,
             "tcp"
-        ),
-        Ok(_) => {}
-        Err(e) => {
-            tracing::info!(%dst, destination, sni, error = %e, "intercepted connection failed")
-        }
+        );
     }
-    None
 }
 
 fn count(metrics: &TcpMetrics, protocol: &Protocol, outcome: &str) {
@@ -97,15 +130,6 @@ fn count(metrics: &TcpMetrics, protocol: &Protocol, outcome: &str) {
         .intercepted
         .with_label_values(&[protocol.as_str(), outcome])
         .inc();
-}
-
-/// The service one of whose endpoints is `dst`.
-fn service_at(state: &Compiled, dst: SocketAddr) -> Option<std::sync::Arc<str>> {
-    state
-        .outbound
-        .values()
-        .find(|d| d.endpoints.iter().any(|e| e.addr == dst))
-        .map(|d| d.name.clone())
 }
 
 /// Whether an HTTP/1 request head's `Host` is one the mesh routes.

@@ -6,6 +6,7 @@ use super::metrics::TcpMetrics;
 use super::prefixed::Prefixed;
 use std::net::SocketAddr;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -31,35 +32,80 @@ pub struct Relayed {
     pub reset: bool,
 }
 
-/// Connects to `addr` within `connect_timeout` and relays until both directions end. The
-/// app's connection is reset when the connect fails, as a refused connect would have been
-/// without the proxy in the way.
+/// A connection that can be made to end with a reset rather than a clean close.
+pub trait Resettable {
+    fn reset(&self);
+}
+
+impl Resettable for TcpStream {
+    fn reset(&self) {
+        // SO_LINGER 0: the next close sends RST instead of FIN.
+        let _ = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO));
+    }
+}
+
+impl<I: Resettable> Resettable for Prefixed<I> {
+    fn reset(&self) {
+        self.get_ref().reset();
+    }
+}
+
+impl Resettable for tokio_rustls::server::TlsStream<TcpStream> {
+    fn reset(&self) {
+        self.get_ref().0.reset();
+    }
+}
+
+impl Resettable for tokio_rustls::client::TlsStream<TcpStream> {
+    fn reset(&self) {
+        self.get_ref().0.reset();
+    }
+}
+
+/// A TCP connection to `addr` within `connect_timeout`.
+pub async fn connect(addr: SocketAddr, connect_timeout: Duration) -> Result<TcpStream, RelayError> {
+    match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(source)) => Err(RelayError::Connect { addr, source }),
+        Err(_) => Err(RelayError::ConnectTimeout {
+            addr,
+            after: connect_timeout,
+        }),
+    }
+}
+
+/// Connects to `addr` and relays until both directions end. The app's connection is reset
+/// when the connect fails, as a refused connect would have been without the proxy.
 pub async fn relay(
-    mut client: Prefixed<TcpStream>,
+    client: Prefixed<TcpStream>,
     addr: SocketAddr,
     connect_timeout: Duration,
     metrics: &TcpMetrics,
-    destination: &str,
+    labels: [&str; 2],
 ) -> Result<Relayed, RelayError> {
-    let started = Instant::now();
-    let connected = tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await;
-    let mut upstream = match connected {
-        Ok(Ok(s)) => s,
-        Ok(Err(source)) => {
-            reset(client.get_ref());
-            return Err(RelayError::Connect { addr, source });
-        }
-        Err(_) => {
-            reset(client.get_ref());
-            return Err(RelayError::ConnectTimeout {
-                addr,
-                after: connect_timeout,
-            });
+    let upstream = match connect(addr, connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            client.reset();
+            return Err(e);
         }
     };
-    let _ = upstream.set_nodelay(true);
-    let conn = metrics.open(destination);
-    let outcome = match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+    Ok(splice(client, upstream, metrics, labels).await)
+}
+
+/// Copies both ways until both directions end; `labels` are the metrics' direction and
+/// destination.
+pub async fn splice<A, B>(mut a: A, mut b: B, metrics: &TcpMetrics, labels: [&str; 2]) -> Relayed
+where
+    A: AsyncRead + AsyncWrite + Unpin + Resettable,
+    B: AsyncRead + AsyncWrite + Unpin + Resettable,
+{
+    let started = Instant::now();
+    let conn = metrics.open(labels);
+    let outcome = match tokio::io::copy_bidirectional(&mut a, &mut b).await {
         Ok((sent, received)) => Relayed {
             sent,
             received,
@@ -68,8 +114,8 @@ pub async fn relay(
         Err(_) => {
             // Which side failed is unknown here, and a reset on a socket that already
             // failed costs nothing: reset both, so neither peer mistakes it for a clean end.
-            reset(client.get_ref());
-            reset(&upstream);
+            a.reset();
+            b.reset();
             Relayed {
                 reset: true,
                 ..Relayed::default()
@@ -77,12 +123,7 @@ pub async fn relay(
         }
     };
     conn.close(outcome, started.elapsed());
-    Ok(outcome)
-}
-
-/// Makes the next close of this socket send RST instead of FIN.
-fn reset(stream: &TcpStream) {
-    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+    outcome
 }
 
 #[cfg(test)]
@@ -112,7 +153,7 @@ mod tests {
                 addr,
                 Duration::from_secs(5),
                 &m,
-                "db",
+                ["outbound", "db"],
             )
             .await
         });
@@ -153,7 +194,7 @@ mod tests {
                 addr,
                 Duration::from_secs(5),
                 &m,
-                "db",
+                ["outbound", "db"],
             )
             .await
         });
@@ -162,7 +203,7 @@ mod tests {
         app.write_all(b"x").await?;
         let mut one = [0u8; 1];
         upstream.read_exact(&mut one).await?;
-        reset(&upstream);
+        upstream.reset();
         drop(upstream);
         let mut buf = [0u8; 8];
         let read = app.read(&mut buf).await;
@@ -187,7 +228,7 @@ mod tests {
             addr,
             Duration::from_secs(5),
             &m,
-            "db",
+            ["outbound", "db"],
         )
         .await;
         assert!(matches!(r, Err(RelayError::Connect { .. })), "{r:?}");

@@ -44,6 +44,8 @@ pub struct Compiled {
     pub snapshot: Arc<Snapshot>,
     pub service: Arc<str>,
     pub outbound: AuthorityTable<Dest>,
+    /// Destinations by their virtual IP, for intercepted connections.
+    pub by_virtual_ip: std::collections::HashMap<std::net::IpAddr, Arc<Dest>>,
     pub inbound: Option<Arc<Dest>>,
     /// Metrics for requests that never reached a destination, per direction.
     pub unrouted_outbound: Arc<StatusMetrics>,
@@ -69,6 +71,18 @@ pub struct Dest {
     pub counters: DestCounters,
     /// Serialises ejection decisions (see `forward::attempt`).
     pub eject_lock: Mutex<()>,
+    /// What opaque TCP to this destination needs (see `intercept::mesh_tcp`).
+    pub opaque: OpaqueTarget,
+}
+
+/// Opaque TCP to a destination: which ports skip detection, and how the sidecars carry it.
+pub struct OpaqueTarget {
+    pub ports: Box<[u16]>,
+    /// mTLS to the peer sidecar with the opaque ALPN; `None` when the mesh runs without mTLS,
+    /// and the app's port on the endpoint's host is dialled directly.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub connect_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
 }
 
 pub struct DestCounters {
@@ -261,6 +275,7 @@ struct DestSpec<'a> {
     split: Vec<outrigger_config::WeightedVersion>,
     sticky: Option<String>,
     tls: Option<ClientTls>,
+    opaque_ports: Vec<u16>,
 }
 
 impl Compiler<'_> {
@@ -284,6 +299,7 @@ impl Compiler<'_> {
         };
         self.track_names(&snapshot);
         let mut outbound = AuthorityTable::default();
+        let mut by_virtual_ip = std::collections::HashMap::new();
         for d in &snapshot.destinations {
             let mut spec = outbound_spec(d);
             spec.endpoints =
@@ -303,6 +319,11 @@ impl Compiler<'_> {
             let dest = Arc::new(self.dest(&service, spec));
             for host in d.authorities() {
                 outbound.insert(&host, dest.clone());
+            }
+            if let Some(ip) = d.virtual_ip {
+                // `Host: 10.96.0.20` (an app that dials the address itself) selects it too.
+                outbound.insert(&ip.to_string(), dest.clone());
+                by_virtual_ip.insert(ip, dest.clone());
             }
         }
         let local = Destination::new(&snapshot.service);
@@ -351,6 +372,7 @@ impl Compiler<'_> {
             unrouted_inbound: unrouted(Direction::Inbound),
             service: service.clone(),
             outbound,
+            by_virtual_ip,
             inbound,
             snapshot: Arc::new(snapshot),
         }
@@ -504,6 +526,16 @@ impl Compiler<'_> {
             concurrency,
             budget,
             eject_lock: Mutex::new(()),
+            opaque: OpaqueTarget {
+                ports: spec.opaque_ports.into(),
+                tls: spec.tls.as_ref().map(|t| {
+                    let mut cfg = (*t.config).clone();
+                    cfg.alpn_protocols = vec![crate::tls::OPAQUE_ALPN.to_vec()];
+                    Arc::new(cfg)
+                }),
+                connect_timeout: spec.connect_timeout,
+                tls_handshake_timeout: spec.tls_handshake_timeout,
+            },
             counters: DestCounters {
                 tls_handshakes: m.tls_handshakes.with_label_values(&[dir, "ok"]),
                 tls_failures: m.tls_handshakes.with_label_values(&[dir, "error"]),
@@ -537,6 +569,12 @@ fn outbound_spec(d: &Destination) -> DestSpec<'_> {
         split: d.split.clone(),
         sticky: d.sticky_header.clone(),
         tls: None,
+        opaque_ports: d
+            .ports
+            .iter()
+            .filter(|p| p.opaque)
+            .map(|p| p.port)
+            .collect(),
     }
 }
 

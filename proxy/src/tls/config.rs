@@ -67,7 +67,11 @@ pub fn server(identity: Arc<Identity>, roots: &Roots) -> Result<Arc<ServerConfig
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(PresentCurrent(identity)));
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols = vec![
+        b"h2".to_vec(),
+        b"http/1.1".to_vec(),
+        super::OPAQUE_ALPN.to_vec(),
+    ];
     Ok(Arc::new(cfg))
 }
 

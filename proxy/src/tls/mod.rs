@@ -8,6 +8,10 @@ pub mod identity;
 pub mod verify;
 
 use rustls::crypto::CryptoProvider;
+
+/// ALPN of opaque TCP between sidecars: after the handshake the client sends the port the app
+/// dialled (two bytes, big-endian), then the app's bytes.
+pub const OPAQUE_ALPN: &[u8] = b"outrigger-tcp/1";
 use std::sync::Arc;
 
 /// ring: pure Rust + assembly, no C toolchain needed to build it.

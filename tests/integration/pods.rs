@@ -1,0 +1,251 @@
+//! Issue 14, points 2, 4 and 6 (first cases): pods joined by a bridge the test makes, each
+//! with its sidecar (uid 1337) fed by a real control plane on the bridge, apps unchanged.
+//!
+//! - A real Redis in the `redis` pod is reached from the `client` pod by name
+//!   (`redis-cli -h redis`): the name is the service's virtual IP in the pod's hosts file, the
+//!   pod's rules redirect the connect to its sidecar, which carries the opaque bytes over
+//!   mTLS to the redis pod's sidecar, which hands them to Redis on loopback.
+//! - An identity the redis service does not allow is refused there.
+//!
+//! Guard rails (`outrigger_tests::netns::PodNet`): the pod subnet may leave by the bridge only,
+//! checked with `ip route get` before anything is sent; all of it is removed on drop.
+
+use outrigger_tests::bin;
+use outrigger_tests::control::Control;
+use outrigger_tests::netns::{stdout, Netns, PodNet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+use tokio::time::Instant;
+
+const MESH: &str = "\
+kind: Service
+metadata: {name: client}
+spec: {calls: [redis]}
+---
+kind: Service
+metadata: {name: redis}
+spec:
+  virtual_ip: 10.96.0.20
+  ports: [{port: 6379, opaque: true}]
+---
+kind: Policy
+metadata: {name: redis-callers}
+spec: {service: redis, allow: [client]}
+";
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A sidecar in `pod` for `service`, as uid 1337, from files that uid can read in `dir`.
+async fn sidecar(
+    pod: &Netns,
+    control: &Control,
+    dir: &Path,
+    service: &str,
+    app: Option<&str>,
+) -> Killed {
+    let token = dir.join(format!("{service}.token"));
+    std::fs::write(&token, control.bootstrap_token(service).await)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let anchors = dir.join("anchors.pem");
+    std::fs::write(&anchors, control.anchors_pem()).unwrap_or_else(|e| panic!("{e}"));
+    let log =
+        std::fs::File::create(dir.join(format!("{service}.log"))).unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = pod.command("setpriv");
+    cmd.args(["--reuid=1337", "--regid=1337", "--clear-groups", "--"])
+        .arg(bin("outrigger-proxy"))
+        .args(["--control-plane", &control.url(), "--service", service])
+        .arg("--trust-anchors")
+        .arg(&anchors)
+        .arg("--bootstrap-token-file")
+        .arg(&token)
+        .args([
+            "--outbound",
+            "127.0.0.1:15001",
+            "--inbound",
+            "0.0.0.0:15006",
+        ]);
+    if let Some(app) = app {
+        cmd.args(["--app", app]);
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("outrigger-proxy: {e}"));
+    let killed = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = pod.exec(
+            "curl",
+            &["-sf", "-o", "/dev/null", "http://127.0.0.1:15000/ready"],
+        );
+        if ready.status.success() {
+            return killed;
+        }
+        if Instant::now() > deadline {
+            let log =
+                std::fs::read_to_string(dir.join(format!("{service}.log"))).unwrap_or_default();
+            panic!("the {service} sidecar never became ready; its log:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn metric(pod: &Netns, name: &str, labels: &str) -> f64 {
+    let text = stdout(&pod.exec("curl", &["-s", "http://127.0.0.1:15000/metrics"]));
+    let needle = format!("{name}{{{labels}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn redis_cli(pod: &Netns, args: &[&str]) -> String {
+    let mut all = vec!["-h", "redis", "--no-raw"];
+    all.extend_from_slice(args);
+    let out = pod.exec("redis-cli", &all);
+    format!(
+        "{}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_in_a_pod_is_reached_by_name_as_opaque_tcp_over_mtls() {
+    let mut net = PodNet::create("10.204.7");
+    let hosts = "10.96.0.20 redis redis.shop.svc.cluster.local\n";
+    let (client_pod, _) = net.pod("orr-client", "10.96.0.0/16", hosts);
+    let (redis_pod, _) = net.pod("orr-redis", "10.96.0.0/16", hosts);
+    let (intruder_pod, _) = net.pod("orr-intruder", "10.96.0.0/16", hosts);
+    for pod in [&client_pod, &intruder_pod] {
+        pod.redirect_outbound(15001);
+    }
+
+    let control_addr: SocketAddr = format!("{}:15010", net.host())
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let control = Control::start_at(control_addr, &[]).await;
+    let (status, body) = control.apply(MESH).await;
+    assert_eq!(status, 200, "{body}");
+    // intruder is a service of the mesh too, but not one redis allows.
+    let (status, body) = control
+        .apply("kind: Service\nmetadata: {name: intruder}\nspec: {calls: [redis]}\n")
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let _redis = Killed(
+        redis_pod
+            .command("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "6379",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("redis-server: {e}")),
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("orr-pods")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("{e}"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let _redis_sidecar = sidecar(
+        &redis_pod,
+        &control,
+        dir.path(),
+        "redis",
+        Some("127.0.0.1:6379"),
+    )
+    .await;
+    let _client_sidecar = sidecar(&client_pod, &control, dir.path(), "client", None).await;
+    let _intruder_sidecar = sidecar(&intruder_pod, &control, dir.path(), "intruder", None).await;
+
+    // The client's sidecar learns redis's endpoint from the control plane.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut answer = String::new();
+    while Instant::now() < deadline {
+        answer = redis_cli(&client_pod, &["SET", "greeting", "through two sidecars"]);
+        if answer == "OK" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answer, "OK", "redis-cli SET from the client pod");
+    assert_eq!(
+        redis_cli(&client_pod, &["GET", "greeting"]),
+        "\"through two sidecars\""
+    );
+    assert!(
+        metric(
+            &client_pod,
+            "outrigger_tcp_connections_total",
+            "destination=\"redis\",direction=\"outbound\""
+        ) >= 2.0,
+        "the client's sidecar carried the connections"
+    );
+    assert!(
+        metric(
+            &redis_pod,
+            "outrigger_tcp_connections_total",
+            "destination=\"redis\",direction=\"inbound\""
+        ) >= 2.0,
+        "the redis sidecar received them over mTLS"
+    );
+    assert!(
+        metric(
+            &redis_pod,
+            "outrigger_tls_handshakes_total",
+            "direction=\"inbound\",result=\"ok\""
+        ) >= 2.0,
+        "inbound mTLS handshakes"
+    );
+
+    eprintln!(
+        "opaque TCP: client sidecar {} outbound, redis sidecar {} inbound connections",
+        metric(
+            &client_pod,
+            "outrigger_tcp_connections_total",
+            "destination=\"redis\",direction=\"outbound\""
+        ),
+        metric(
+            &redis_pod,
+            "outrigger_tcp_connections_total",
+            "destination=\"redis\",direction=\"inbound\""
+        )
+    );
+
+    // The attacker: a sidecar of the mesh whose service redis does not allow.
+    let refused = redis_cli(&intruder_pod, &["GET", "greeting"]);
+    assert!(
+        !refused.contains("through two sidecars"),
+        "the intruder read redis: {refused}"
+    );
+    assert!(
+        metric(
+            &redis_pod,
+            "outrigger_authz_denied_total",
+            "service=\"redis\""
+        ) >= 1.0,
+        "the redis sidecar refused the intruder's identity"
+    );
+}
