@@ -5,6 +5,11 @@
 //!   (`redis-cli -h redis`): the name is the service's virtual IP in the pod's hosts file, the
 //!   pod's rules redirect the connect to its sidecar, which carries the opaque bytes over
 //!   mTLS to the redis pod's sidecar, which hands them to Redis on loopback.
+//! - Two real SMTP servers (server-first) in the `mail` pod: on the port the service marks
+//!   opaque the greeting crosses both sidecars in a few milliseconds; on a declared port that
+//!   is not opaque, after the detection timeout (300 ms), never Linkerd's 10 s.
+//! - TLS the app does itself (`openssl s_client`) to a pod outside the mesh is passed through,
+//!   its SNI logged.
 //! - An identity the redis service does not allow is refused there.
 //!
 //! Guard rails (`outrigger_tests::netns::PodNet`): the pod subnet may leave by the bridge only,
@@ -22,7 +27,7 @@ use tokio::time::Instant;
 const MESH: &str = "\
 kind: Service
 metadata: {name: client}
-spec: {calls: [redis]}
+spec: {calls: [redis, mail]}
 ---
 kind: Service
 metadata: {name: redis}
@@ -33,7 +38,14 @@ spec:
 kind: Policy
 metadata: {name: redis-callers}
 spec: {service: redis, allow: [client]}
+---
+kind: Service
+metadata: {name: mail}
+spec:
+  virtual_ip: 10.96.0.25
+  ports: [{port: 2525, opaque: true}, {port: 2526}]
 ";
+const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/integration/intercept/peer.py");
 
 struct Killed(Child);
 
@@ -109,6 +121,18 @@ fn metric(pod: &Netns, name: &str, labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+fn greet_ms(pod: &Netns, host: &str, port: &str) -> f64 {
+    let out = pod.exec("python3", &[PEER, "greet", host, port]);
+    assert!(
+        out.status.success(),
+        "greet {host}:{port}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout(&out)
+        .parse()
+        .unwrap_or_else(|e| panic!("greet {host}:{port}: {e}: {}", stdout(&out)))
+}
+
 fn redis_cli(pod: &Netns, args: &[&str]) -> String {
     let mut all = vec!["-h", "redis", "--no-raw"];
     all.extend_from_slice(args);
@@ -121,12 +145,16 @@ fn redis_cli(pod: &Netns, args: &[&str]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_in_a_pod_is_reached_by_name_as_opaque_tcp_over_mtls() {
+async fn apps_in_pods_reach_redis_smtp_and_tls_unchanged_through_their_sidecars() {
     let mut net = PodNet::create("10.204.7");
-    let hosts = "10.96.0.20 redis redis.shop.svc.cluster.local\n";
+    let hosts = "10.96.0.20 redis redis.shop.svc.cluster.local\n10.96.0.25 mail\n10.204.7.6 outside.example\n";
     let (client_pod, _) = net.pod("orr-client", "10.96.0.0/16", hosts);
     let (redis_pod, _) = net.pod("orr-redis", "10.96.0.0/16", hosts);
     let (intruder_pod, _) = net.pod("orr-intruder", "10.96.0.0/16", hosts);
+    let (mail_pod, _) = net.pod("orr-mail", "10.96.0.0/16", hosts);
+    // Outside the mesh: no sidecar, not a service.
+    let (outside_pod, outside_ip) = net.pod("orr-outside", "10.96.0.0/16", hosts);
+    assert_eq!(outside_ip, "10.204.7.6");
     for pod in [&client_pod, &intruder_pod] {
         pod.redirect_outbound(15001);
     }
@@ -179,6 +207,77 @@ async fn redis_in_a_pod_is_reached_by_name_as_opaque_tcp_over_mtls() {
     .await;
     let _client_sidecar = sidecar(&client_pod, &control, dir.path(), "client", None).await;
     let _intruder_sidecar = sidecar(&intruder_pod, &control, dir.path(), "intruder", None).await;
+    // Two real SMTP servers (Python's smtpd), which speak first.
+    let _smtp: Vec<Killed> = ["127.0.0.1:2525", "127.0.0.1:2526"]
+        .iter()
+        .map(|addr| {
+            Killed(
+                mail_pod
+                    .command("python3")
+                    .args([
+                        "-W",
+                        "ignore",
+                        "-m",
+                        "smtpd",
+                        "-n",
+                        "-c",
+                        "DebuggingServer",
+                        addr,
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("smtpd: {e}")),
+            )
+        })
+        .collect();
+    let _mail_sidecar = sidecar(
+        &mail_pod,
+        &control,
+        dir.path(),
+        "mail",
+        Some("127.0.0.1:2525"),
+    )
+    .await;
+    // A TLS server outside the mesh.
+    let (cert, key) = (
+        dir.path().join("outside.pem"),
+        dir.path().join("outside.key"),
+    );
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args(["-subj", "/CN=outside.example", "-days", "1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl req: {e}"));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let _tls_server = Killed(
+        outside_pod
+            .command("openssl")
+            .args(["s_server", "-quiet", "-accept", "8443", "-cert"])
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("openssl s_server: {e}")),
+    );
 
     // The client's sidecar learns redis's endpoint from the control plane.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -232,6 +331,50 @@ async fn redis_in_a_pod_is_reached_by_name_as_opaque_tcp_over_mtls() {
             "outrigger_tcp_connections_total",
             "destination=\"redis\",direction=\"inbound\""
         )
+    );
+
+    // A server-first protocol through both sidecars: on its opaque port the greeting comes
+    // at once; on a port the service declares but not as opaque, after detection gives up.
+    let opaque = greet_ms(&client_pod, "mail", "2525");
+    let detected = greet_ms(&client_pod, "mail", "2526");
+    eprintln!(
+        "SMTP greeting through two sidecars: opaque port {opaque} ms, detected port {detected} ms"
+    );
+    assert!(
+        opaque < 150.0,
+        "the opaque port's greeting took {opaque} ms"
+    );
+    assert!(
+        (300.0..1300.0).contains(&detected),
+        "the detected port's greeting took {detected} ms"
+    );
+
+    // TLS the app does itself, to a host outside the mesh: passed through, its SNI logged.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let handshake = loop {
+        let out = client_pod.exec(
+            "sh",
+            &["-c", "echo | openssl s_client -connect outside.example:8443 -servername outside.example 2>&1"],
+        );
+        let text = stdout(&out);
+        if text.contains("CN = outside.example") || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(handshake.contains("CN = outside.example"), "{handshake}");
+    assert!(
+        metric(
+            &client_pod,
+            "outrigger_intercepted_connections_total",
+            "outcome=\"passthrough\",protocol=\"tls\""
+        ) >= 1.0
+    );
+    let log = std::fs::read_to_string(dir.path().join("client.log")).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("sni") && l.contains("outside.example")),
+        "the client sidecar's log names the SNI:\n{log}"
     );
 
     // The attacker: a sidecar of the mesh whose service redis does not allow.

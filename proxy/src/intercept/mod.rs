@@ -44,7 +44,17 @@ pub async fn outbound(
 ) -> Option<Prefixed<TcpStream>> {
     let settings = &sidecar.settings.interception;
     let metrics = &sidecar.telemetry.metrics.tcp;
-    let (protocol, prefix) = if settings.opaque_ports.contains(&dst.port()) {
+    // The snapshot first: a port its service marks opaque skips detection, like the
+    // sidecar-wide opaque ports.
+    let state = sidecar.snapshot.current();
+    let service = state
+        .as_deref()
+        .and_then(|s| s.by_virtual_ip.get(&dst.ip()).cloned());
+    let opaque_here = settings.opaque_ports.contains(&dst.port())
+        || service
+            .as_deref()
+            .is_some_and(|d| d.opaque.ports.contains(&dst.port()));
+    let (protocol, prefix) = if opaque_here {
         (Protocol::Opaque, Bytes::new())
     } else {
         match detect(&mut stream, settings.detect_timeout).await {
@@ -55,14 +65,7 @@ pub async fn outbound(
             }
         }
     };
-    let state = sidecar.snapshot.current();
-    let service = state
-        .as_deref()
-        .and_then(|s| s.by_virtual_ip.get(&dst.ip()).cloned());
     let stream = Prefixed::new(prefix, stream);
-    let opaque_here = service
-        .as_deref()
-        .is_some_and(|d| d.opaque.ports.contains(&dst.port()));
     let http_for_mesh = !opaque_here
         && match &protocol {
             Protocol::Http1 => {
