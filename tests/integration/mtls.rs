@@ -665,3 +665,75 @@ async fn no_certificate_no_readiness_and_a_failed_renewal_keeps_the_current_one(
     );
     assert_eq!(call(&checkout, "/", false).await.status(), 200);
 }
+
+/// Issue 14 point 5: a WebSocket crosses the default strict mesh. The sidecars' HTTP/2 cannot
+/// carry `Upgrade`, so the request goes on an mTLS connection of its own (ALPN http/1.1); before,
+/// the header was stripped and the app never upgraded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_crosses_the_mesh_over_mtls() {
+    use outrigger_tests::client::{head_header, read_head};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let control = Control::start().await;
+    assert_eq!(control.apply(MESH).await.0, 200);
+    let app = Upstream::start("payment-app").await;
+    let payment = sidecar(&control, "payment", Some(app.addr)).await;
+    let checkout = sidecar(&control, "checkout", None).await;
+    reaches_payment(&checkout).await;
+
+    let mut s = tokio::net::TcpStream::connect(checkout.outbound())
+        .await
+        .expect("connect");
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    s.write_all(
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: payment\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write the upgrade request");
+    let (head, early) = read_head(&mut s, Duration::from_secs(10)).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(
+        head_header(&head, "upgrade")
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("websocket"),
+        "{head}"
+    );
+    assert_eq!(
+        head_header(&head, "x-upstream"),
+        Some("payment-app"),
+        "{head}"
+    );
+    assert!(early.is_empty(), "{early:?}");
+    for size in [1usize, 4096, 100_000] {
+        let msg: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let mut back = vec![0u8; size];
+        let (mut r, mut w) = s.split();
+        let (wrote, read) = tokio::join!(w.write_all(&msg), r.read_exact(&mut back));
+        wrote.expect("write through the tunnel");
+        read.expect("read the echo");
+        assert!(back == msg, "{size} bytes came back different");
+    }
+    // The payment sidecar took the upgrade from a verified peer, over TLS.
+    assert!(
+        payment
+            .metric_or_zero("outrigger_upgrades_total", &[("direction", "inbound")])
+            .await
+            >= 1.0
+    );
+    assert!(
+        checkout
+            .metric_or_zero("outrigger_upgrades_total", &[("direction", "outbound")])
+            .await
+            >= 1.0
+    );
+    s.shutdown().await.expect("half-close");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("the tunnel closes after the client's EOF")
+        .expect("clean close");
+}

@@ -8,6 +8,7 @@
 pub mod h1;
 pub mod h2;
 pub mod limited;
+pub mod upgrade;
 
 pub use limited::{ConnectionLimit, HandshakeTimeout, LimitedConnector};
 
@@ -59,6 +60,22 @@ impl Upstream {
             Protocol::Http1 => h1::send(&ep.state.h1, &self.connector, &ep.uri, req).await,
             Protocol::Http2 => h2::send(&ep.h2, &self.connector, &ep.uri, counters, req).await,
         }
+    }
+
+    /// A request asking to upgrade, over its own mTLS connection (see [`upgrade`]).
+    pub async fn send_upgrade(
+        &self,
+        ep: &EndpointTarget,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+        counters: &h2::TlsCounters<'_>,
+        req: http::Request<RequestBody>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let sent = upgrade::send(&self.connector, &ep.uri, tls, req).await;
+        match &sent {
+            Err(UpstreamError::Connect(_)) => counters.failures.inc(),
+            _ => counters.handshakes.inc(),
+        }
+        sent
     }
 }
 

@@ -171,16 +171,23 @@ async fn forward<'s, U: SendUpstream>(
         }
     };
 
+    // An upgrade to a peer sidecar goes as HTTP/1.1 on an mTLS connection of its own
+    // (`client::upgrade`): HTTP/2 between sidecars cannot carry it.
     let upgrade = req.version() == Version::HTTP_11
-        && dest.protocol == Protocol::Http1
+        && (dest.protocol == Protocol::Http1 || dest.tunnels.upgrade_tls.is_some())
         && wants_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let app_authority = match dest.protocol {
+    let hop = if upgrade {
+        Protocol::Http1
+    } else {
+        dest.protocol
+    };
+    let app_authority = match hop {
         Protocol::Http2 => authority(&req).and_then(|a| a.parse().ok()),
         Protocol::Http1 => None,
     };
     let (mut head, body) = req.into_parts();
-    if let Err(e) = rewrite::prepare(&mut head, dest.protocol, ctx.client, upgrade) {
+    if let Err(e) = rewrite::prepare(&mut head, hop, ctx.client, upgrade) {
         return Err(unpicked(e));
     }
     if direction == Direction::Inbound {

@@ -45,12 +45,21 @@ impl SendUpstream for Pooled {
             handshakes: &dest.counters.tls_handshakes,
             failures: &dest.counters.tls_failures,
         };
-        dest.client
-            .send(endpoint, &tls, req)
-            .await
-            .map_err(|e| SendError {
-                failure: classify(&e),
-                cause: e.into(),
-            })
+        let upgrade = dest.tunnels.upgrade_tls.as_ref().filter(|_| {
+            req.version() == http::Version::HTTP_11
+                && crate::forward::headers::wants_upgrade(req.headers())
+        });
+        let sent = match upgrade {
+            Some(cfg) => {
+                dest.client
+                    .send_upgrade(endpoint, cfg.clone(), &tls, req)
+                    .await
+            }
+            None => dest.client.send(endpoint, &tls, req).await,
+        };
+        sent.map_err(|e| SendError {
+            failure: classify(&e),
+            cause: e.into(),
+        })
     }
 }

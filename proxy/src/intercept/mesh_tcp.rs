@@ -63,14 +63,14 @@ pub async fn to_service(
             continue;
         }
         let labels = ["outbound", &*dest.name];
-        let attempt = match &dest.opaque.tls {
-            Some(tls) => match mtls(e.addr, tls, port, &dest.opaque).await {
+        let attempt = match &dest.tunnels.opaque_tls {
+            Some(tls) => match mtls(e.addr, tls, port, &dest.tunnels).await {
                 Ok(up) => return Ok(splice(client, up, metrics, labels).await),
                 Err(err) => err,
             },
             None => match connect(
                 SocketAddr::new(e.addr.ip(), port),
-                dest.opaque.connect_timeout,
+                dest.tunnels.connect_timeout,
             )
             .await
             {
@@ -89,7 +89,7 @@ async fn mtls(
     addr: SocketAddr,
     tls: &std::sync::Arc<rustls::ClientConfig>,
     port: u16,
-    target: &crate::routing::OpaqueTarget,
+    target: &crate::routing::Tunnels,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, MeshTcpError> {
     let tcp = connect(addr, target.connect_timeout).await?;
     // The peer is verified by its SPIFFE identity, not by name; the IP is only the SNI-less

@@ -53,7 +53,7 @@ pub async fn outbound(
     let opaque_here = settings.opaque_ports.contains(&dst.port())
         || service
             .as_deref()
-            .is_some_and(|d| d.opaque.ports.contains(&dst.port()));
+            .is_some_and(|d| d.tunnels.opaque_ports.contains(&dst.port()));
     let (protocol, prefix) = if opaque_here {
         (Protocol::Opaque, Bytes::new())
     } else {

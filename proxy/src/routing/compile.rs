@@ -71,16 +71,22 @@ pub struct Dest {
     pub counters: DestCounters,
     /// Serialises ejection decisions (see `forward::attempt`).
     pub eject_lock: Mutex<()>,
-    /// What opaque TCP to this destination needs (see `intercept::mesh_tcp`).
-    pub opaque: OpaqueTarget,
+    /// Connections to the peer sidecars outside the HTTP/2 pool (see `intercept::mesh_tcp`
+    /// and `client::upgrade`).
+    pub tunnels: Tunnels,
 }
 
-/// Opaque TCP to a destination: which ports skip detection, and how the sidecars carry it.
-pub struct OpaqueTarget {
-    pub ports: Box<[u16]>,
+/// What a destination's byte streams need: opaque TCP (which ports skip detection, and how the
+/// sidecars carry it) and HTTP/1 upgrades (WebSocket), which HTTP/2 between sidecars cannot
+/// carry.
+pub struct Tunnels {
+    pub opaque_ports: Box<[u16]>,
     /// mTLS to the peer sidecar with the opaque ALPN; `None` when the mesh runs without mTLS,
     /// and the app's port on the endpoint's host is dialled directly.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub opaque_tls: Option<Arc<rustls::ClientConfig>>,
+    /// mTLS to the peer sidecar with ALPN http/1.1, for requests that ask to upgrade; `None`
+    /// without mTLS, where the hop is HTTP/1 already.
+    pub upgrade_tls: Option<Arc<rustls::ClientConfig>>,
     pub connect_timeout: Duration,
     pub tls_handshake_timeout: Duration,
 }
@@ -526,13 +532,13 @@ impl Compiler<'_> {
             concurrency,
             budget,
             eject_lock: Mutex::new(()),
-            opaque: OpaqueTarget {
-                ports: spec.opaque_ports.into(),
-                tls: spec.tls.as_ref().map(|t| {
-                    let mut cfg = (*t.config).clone();
-                    cfg.alpn_protocols = vec![crate::tls::OPAQUE_ALPN.to_vec()];
-                    Arc::new(cfg)
-                }),
+            tunnels: Tunnels {
+                opaque_ports: spec.opaque_ports.into(),
+                opaque_tls: spec
+                    .tls
+                    .as_ref()
+                    .map(|t| with_alpn(t, crate::tls::OPAQUE_ALPN)),
+                upgrade_tls: spec.tls.as_ref().map(|t| with_alpn(t, b"http/1.1")),
                 connect_timeout: spec.connect_timeout,
                 tls_handshake_timeout: spec.tls_handshake_timeout,
             },
@@ -547,6 +553,13 @@ impl Compiler<'_> {
             },
         }
     }
+}
+
+/// The destination's mTLS client configuration, negotiating `alpn` instead of h2.
+fn with_alpn(tls: &ClientTls, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+    let mut cfg = (*tls.config).clone();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    Arc::new(cfg)
 }
 
 fn outbound_spec(d: &Destination) -> DestSpec<'_> {
