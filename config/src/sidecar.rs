@@ -93,6 +93,11 @@ pub struct ListenerLimits {
     /// flow-control hiccup, and a silent upstream does not count against it.
     #[serde(with = "crate::duration")]
     pub response_idle_timeout: Duration,
+    /// A byte tunnel (opaque TCP, an upgraded WebSocket) with nothing moving either way for
+    /// this long is closed. 1 h: Envoy's TCP proxy `idle_timeout` default; Linkerd has none.
+    /// Long, because a quiet database connection in a client's pool is not abandoned.
+    #[serde(with = "crate::duration")]
+    pub tunnel_idle_timeout: Duration,
     /// HTTP/2 streams a client may open at once on one connection. 200: hyper's server
     /// default, under Go's 250 and above the 100 that RFC 9113 §6.5.2 sets as the least and
     /// Envoy's edge best practices use (its built-in default is 2^31 - 1; Linkerd sets none).
@@ -120,6 +125,7 @@ impl Default for ListenerLimits {
             http1_header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             response_idle_timeout: Duration::from_secs(60),
+            tunnel_idle_timeout: Duration::from_secs(3600),
             http2_max_concurrent_streams: 200,
             http2_keepalive_interval: Duration::from_secs(10),
             http2_keepalive_timeout: Duration::from_secs(5),
@@ -149,6 +155,7 @@ impl Validate for ListenerLimits {
             ("http1_header_read_timeout", self.http1_header_read_timeout),
             ("idle_timeout", self.idle_timeout),
             ("response_idle_timeout", self.response_idle_timeout),
+            ("tunnel_idle_timeout", self.tunnel_idle_timeout),
             ("http2_keepalive_interval", self.http2_keepalive_interval),
             ("http2_keepalive_timeout", self.http2_keepalive_timeout),
         ] {

@@ -32,6 +32,7 @@ pub mod snapshot;
 pub mod telemetry;
 pub mod tls;
 pub mod trace;
+pub mod tunnel;
 pub mod watch;
 
 /// Which listener a request arrived on.

@@ -232,6 +232,7 @@ async fn forward<'s, U: SendUpstream>(
             permit,
             res,
             downstream_upgrade,
+            sidecar.settings.limits.tunnel_idle_timeout,
         )
         .map_err(under(metrics)),
         // The upstream only saw its request cut off; the fault was the client's body.

@@ -26,6 +26,7 @@ pub fn forwarded(
     permit: OwnedSemaphorePermit,
     mut res: Response<UpstreamBody>,
     downstream_upgrade: Option<OnUpgrade>,
+    tunnel_idle: std::time::Duration,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     framing::relay(&mut res)?;
     // The version is the client's connection's, not the upstream's: an HTTP/1.0 app must not
@@ -40,7 +41,11 @@ pub fn forwarded(
                 .upgrades
                 .with_label_values(&[ctx.direction.as_str()])
                 .inc();
-            upgrade::tunnel(down, hyper::upgrade::on(&mut res));
+            let idled = telemetry
+                .metrics
+                .connection_timeouts
+                .with_label_values(&[ctx.direction.as_str(), "tunnel_idle"]);
+            upgrade::tunnel(down, hyper::upgrade::on(&mut res), tunnel_idle, idled);
             strip_hop_by_hop(res.headers_mut(), true);
         }
         _ => strip_hop_by_hop(res.headers_mut(), false),
@@ -91,6 +96,7 @@ mod tests {
             permit,
             upstream,
             None,
+            std::time::Duration::from_secs(60),
         )
         .expect("relayed");
         for gone in ["connection", "x-internal", "keep-alive"] {
@@ -143,6 +149,7 @@ mod tests {
                 permit,
                 res,
                 None,
+                std::time::Duration::from_secs(60),
             )
         };
         let res = relay(upstream(None)).expect("relayed");

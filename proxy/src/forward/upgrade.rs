@@ -1,10 +1,19 @@
 //! HTTP/1.1 `Upgrade` tunnels (WebSocket): once both sides have switched protocols, bytes are
-//! copied in both directions until either side closes.
+//! copied in both directions until both sides close, or nothing moves for the tunnel idle
+//! timeout.
 
+use crate::tunnel::{copy_until_idle, Ended};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use std::time::Duration;
 
-pub fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
+/// `idled` counts a tunnel closed for idleness.
+pub fn tunnel(
+    downstream: OnUpgrade,
+    upstream: OnUpgrade,
+    idle: Duration,
+    idled: prometheus::IntCounter,
+) {
     tokio::spawn(async move {
         let (d, u) = match tokio::try_join!(downstream, upstream) {
             Ok(pair) => pair,
@@ -14,8 +23,10 @@ pub fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
             }
         };
         let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
-        if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
-            tracing::debug!(error = %e, "upgraded tunnel closed with an error");
+        match copy_until_idle(&mut d, &mut u, idle).await {
+            Ended::Done(..) => {}
+            Ended::Idle => idled.inc(),
+            Ended::Failed(e) => tracing::debug!(error = %e, "upgraded tunnel closed with an error"),
         }
     });
 }

@@ -48,6 +48,7 @@ pub async fn to_service(
     client: Prefixed<TcpStream>,
     dest: &Dest,
     port: u16,
+    idle: Duration,
     metrics: &TcpMetrics,
 ) -> Result<Relayed, MeshTcpError> {
     let n = dest.endpoints.len();
@@ -65,7 +66,7 @@ pub async fn to_service(
         let labels = ["outbound", &*dest.name];
         let attempt = match &dest.tunnels.opaque_tls {
             Some(tls) => match mtls(e.addr, tls, port, &dest.tunnels).await {
-                Ok(up) => return Ok(splice(client, up, metrics, labels).await),
+                Ok(up) => return Ok(splice(client, up, idle, metrics, labels).await),
                 Err(err) => err,
             },
             None => match connect(
@@ -74,7 +75,7 @@ pub async fn to_service(
             )
             .await
             {
-                Ok(up) => return Ok(splice(client, up, metrics, labels).await),
+                Ok(up) => return Ok(splice(client, up, idle, metrics, labels).await),
                 Err(err) => err.into(),
             },
         };
@@ -155,7 +156,15 @@ pub async fn inbound(
             return;
         }
     };
-    let r = splice(tls, app_conn, &metrics.tcp, ["inbound", &state.service]).await;
+    let idle = sidecar.settings.limits.tunnel_idle_timeout;
+    let r = splice(
+        tls,
+        app_conn,
+        idle,
+        &metrics.tcp,
+        ["inbound", &state.service],
+    )
+    .await;
     if sidecar.settings.access_log {
         tracing::info!(target: "access", peer = %peer.addr, identity = peer.identity.as_deref().unwrap_or("-"), %app, sent = r.sent, received = r.received, reset = r.reset, "tcp inbound");
     }

@@ -13,10 +13,13 @@ pub struct TcpMetrics {
     duration: HistogramVec,
     /// Intercepted connections by detected protocol and what became of them.
     pub intercepted: IntCounterVec,
+    /// The listener's timeouts counter: tunnels closed idle count as `tunnel_idle`.
+    timeouts: IntCounterVec,
 }
 
 impl TcpMetrics {
-    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+    /// `timeouts` is `outrigger_connection_timeouts_total` (by direction and reason).
+    pub fn new(registry: &Registry, timeouts: IntCounterVec) -> prometheus::Result<Self> {
         let m = Self {
             connections: IntCounterVec::new(
                 Opts::new("outrigger_tcp_connections_total", "Opaque TCP connections relayed, by destination."),
@@ -48,6 +51,7 @@ impl TcpMetrics {
                 ),
                 &["protocol", "outcome"],
             )?,
+            timeouts,
         };
         registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.open.clone()))?;
@@ -59,7 +63,9 @@ impl TcpMetrics {
 
     #[cfg(test)]
     pub fn for_tests() -> Self {
-        Self::new(&Registry::new()).unwrap_or_else(|e| panic!("{e}"))
+        let timeouts = IntCounterVec::new(Opts::new("t", "t"), &["direction", "reason"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        Self::new(&Registry::new(), timeouts).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Counts a connection as open until [`Open::close`].
@@ -81,6 +87,15 @@ pub struct Open {
     metrics: TcpMetrics,
     labels: [String; 2],
     open: prometheus::IntGauge,
+}
+
+impl TcpMetrics {
+    /// Counts a tunnel closed for idleness.
+    pub fn idle_closed(&self, direction: &str) {
+        self.timeouts
+            .with_label_values(&[direction, "tunnel_idle"])
+            .inc();
+    }
 }
 
 impl Open {

@@ -43,6 +43,7 @@ pub async fn outbound(
     sidecar: &Sidecar,
 ) -> Option<Prefixed<TcpStream>> {
     let settings = &sidecar.settings.interception;
+    let idle = sidecar.settings.limits.tunnel_idle_timeout;
     let metrics = &sidecar.telemetry.metrics.tcp;
     // The snapshot first: a port its service marks opaque skips detection, like the
     // sidecar-wide opaque ports.
@@ -87,7 +88,7 @@ pub async fn outbound(
     };
     if let Some(dest) = service {
         count(metrics, &protocol, "routed");
-        match mesh_tcp::to_service(stream, &dest, dst.port(), metrics).await {
+        match mesh_tcp::to_service(stream, &dest, dst.port(), idle, metrics).await {
             Ok(r) => access(sidecar, dst, &dest.name, &protocol, sni, r),
             Err(e) => {
                 tracing::info!(%dst, destination = %dest.name, sni, error = %e, "opaque TCP to a service failed")
@@ -103,7 +104,11 @@ pub async fn outbound(
     }
     count(metrics, &protocol, "passthrough");
     let labels = ["outbound", PASSTHROUGH];
-    match relay::relay(stream, dst, settings.connect_timeout, metrics, labels).await {
+    let timeouts = relay::Timeouts {
+        connect: settings.connect_timeout,
+        idle,
+    };
+    match relay::relay(stream, dst, timeouts, metrics, labels).await {
         Ok(r) => access(sidecar, dst, PASSTHROUGH, &protocol, sni, r),
         Err(e) => tracing::info!(%dst, sni, error = %e, "intercepted connection failed"),
     }

@@ -4,6 +4,7 @@
 
 use super::metrics::TcpMetrics;
 use super::prefixed::Prefixed;
+use crate::tunnel::Ended;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -82,10 +83,11 @@ pub async fn connect(addr: SocketAddr, connect_timeout: Duration) -> Result<TcpS
 pub async fn relay(
     client: Prefixed<TcpStream>,
     addr: SocketAddr,
-    connect_timeout: Duration,
+    timeouts: Timeouts,
     metrics: &TcpMetrics,
     labels: [&str; 2],
 ) -> Result<Relayed, RelayError> {
+    let connect_timeout = timeouts.connect;
     let upstream = match connect(addr, connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
@@ -93,25 +95,43 @@ pub async fn relay(
             return Err(e);
         }
     };
-    Ok(splice(client, upstream, metrics, labels).await)
+    Ok(splice(client, upstream, timeouts.idle, metrics, labels).await)
+}
+
+/// A relay's bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// No byte either way for this long closes it.
+    pub idle: Duration,
 }
 
 /// Copies both ways until both directions end; `labels` are the metrics' direction and
 /// destination.
-pub async fn splice<A, B>(mut a: A, mut b: B, metrics: &TcpMetrics, labels: [&str; 2]) -> Relayed
+pub async fn splice<A, B>(
+    mut a: A,
+    mut b: B,
+    idle: Duration,
+    metrics: &TcpMetrics,
+    labels: [&str; 2],
+) -> Relayed
 where
     A: AsyncRead + AsyncWrite + Unpin + Resettable,
     B: AsyncRead + AsyncWrite + Unpin + Resettable,
 {
     let started = Instant::now();
     let conn = metrics.open(labels);
-    let outcome = match tokio::io::copy_bidirectional(&mut a, &mut b).await {
-        Ok((sent, received)) => Relayed {
+    let outcome = match crate::tunnel::copy_until_idle(&mut a, &mut b, idle).await {
+        Ended::Done(sent, received) => Relayed {
             sent,
             received,
             reset: false,
         },
-        Err(_) => {
+        Ended::Idle => {
+            metrics.idle_closed(labels[0]);
+            Relayed::default()
+        }
+        Ended::Failed(_) => {
             // Which side failed is unknown here, and a reset on a socket that already
             // failed costs nothing: reset both, so neither peer mistakes it for a clean end.
             a.reset();
@@ -129,6 +149,11 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const T: Timeouts = Timeouts {
+        connect: Duration::from_secs(5),
+        idle: Duration::from_secs(60),
+    };
     use bytes::Bytes;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -151,7 +176,7 @@ mod tests {
             relay(
                 Prefixed::new(Bytes::from_static(b"hello "), proxied),
                 addr,
-                Duration::from_secs(5),
+                T,
                 &m,
                 ["outbound", "db"],
             )
@@ -192,7 +217,7 @@ mod tests {
             relay(
                 Prefixed::new(Bytes::new(), proxied),
                 addr,
-                Duration::from_secs(5),
+                T,
                 &m,
                 ["outbound", "db"],
             )
@@ -226,7 +251,7 @@ mod tests {
         let r = relay(
             Prefixed::new(Bytes::new(), proxied),
             addr,
-            Duration::from_secs(5),
+            T,
             &m,
             ["outbound", "db"],
         )

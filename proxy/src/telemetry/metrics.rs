@@ -297,7 +297,10 @@ impl Metrics {
             must(registry.register(c));
         }
         must(registry.register(Box::new(must(crate::logging::DroppedLinesCollector::new()))));
-        let tcp = must(crate::intercept::TcpMetrics::new(&registry));
+        let tcp = must(crate::intercept::TcpMetrics::new(
+            &registry,
+            connection_timeouts.clone(),
+        ));
         let inbound = InboundCounters {
             mtls: LazyCounter::new(&inbound_security, &["mtls"]),
             plaintext: LazyCounter::new(&inbound_security, &["plaintext"]),
