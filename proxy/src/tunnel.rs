@@ -12,6 +12,11 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+/// Per direction. tokio's default of 8 KiB makes a bulk transfer cost a syscall pair per 8 KiB:
+/// at 64 KiB a relayed GiB took less CPU in `bench/src/bin/opaque-tcp.rs` (RESULTS.md, "Opaque
+/// TCP"), for 128 KiB per open tunnel.
+const BUFFER: usize = 64 * 1024;
+
 /// How a tunnel ended.
 #[derive(Debug)]
 pub enum Ended {
@@ -41,7 +46,7 @@ where
         last: last.clone(),
         epoch,
     };
-    let copy = tokio::io::copy_bidirectional(&mut wa, &mut wb);
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut wa, &mut wb, BUFFER, BUFFER);
     tokio::pin!(copy);
     // Looked at four times per timeout: closed between 1 and 1.25 timeouts after the last
     // byte, for one timer per tunnel rather than one per read.
