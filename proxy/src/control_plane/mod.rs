@@ -8,6 +8,7 @@
 pub mod advertise;
 pub mod api;
 pub mod channel;
+pub mod push_stream;
 pub mod register;
 pub mod renew;
 pub mod secret;

@@ -6,12 +6,10 @@
 //! rotated root reaches the sidecar before the control plane's certificate is signed by it.
 
 use super::api::Api;
+use super::push_stream::{self, Line, LineTooLong, Lines};
 use super::trust::Trust;
 use super::{backoff, ControlPlane};
 use crate::sidecar::Sidecar;
-use outrigger_config::path::FieldPath;
-use outrigger_config::{Snapshot, Validate, Validator};
-use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +17,6 @@ use std::time::Duration;
 pub const SOURCE: &str = "control-plane";
 /// The control plane sends a keepalive every 10 s; three missed ones mean the stream is dead.
 const IDLE: Duration = Duration::from_secs(30);
-/// A snapshot line larger than this is refused rather than buffered without bound.
-const MAX_LINE: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
@@ -32,18 +28,8 @@ enum SessionError {
     Idle(Duration),
     #[error("the stream ended")]
     Ended,
-    #[error("a line exceeded {MAX_LINE} bytes")]
-    LineTooLong,
-}
-
-#[derive(Deserialize)]
-struct Message {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    version: u64,
-    #[serde(default)]
-    snapshot: Option<serde_json::Value>,
+    #[error(transparent)]
+    LineTooLong(#[from] LineTooLong),
 }
 
 pub fn spawn(cp: ControlPlane, api: Api, trust: Option<Arc<Trust>>, sidecar: Arc<Sidecar>) {
@@ -89,7 +75,7 @@ async fn session(
     let mut body = api.stream(&path).await?;
     sidecar.telemetry.metrics.control_plane_connected.set(1);
     tracing::info!(service = %cp.service, sidecar = %cp.sidecar_id, "subscribed to the control plane");
-    let mut buf: Vec<u8> = Vec::new();
+    let mut lines = Lines::default();
     loop {
         let frame =
             match tokio::time::timeout(IDLE, http_body_util::BodyExt::frame(&mut body)).await {
@@ -100,16 +86,11 @@ async fn session(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        buf.extend_from_slice(&data);
-        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=end).collect();
-            if handle_line(cp, api, trust, sidecar, &line[..end]) {
+        lines.feed(&data, |line| {
+            if handle_line(cp, api, trust, sidecar, line) {
                 *applied = true;
             }
-        }
-        if buf.len() > MAX_LINE {
-            return Err(SessionError::LineTooLong);
-        }
+        })?;
     }
 }
 
@@ -121,66 +102,32 @@ fn handle_line(
     sidecar: &Sidecar,
     line: &[u8],
 ) -> bool {
-    if line.iter().all(u8::is_ascii_whitespace) {
-        return false;
-    }
-    let msg: Message = match serde_json::from_slice(line) {
-        Ok(m) => m,
-        Err(e) => {
+    let (version, decoded) = match push_stream::parse(line, cp.app.as_ref(), &cp.version) {
+        Line::Nothing => return false,
+        Line::Unreadable(e) => {
             tracing::warn!(error = %e, "ignoring an unreadable control plane message");
             return false;
         }
+        Line::Snapshot { version, snapshot } => (version, snapshot),
     };
-    if msg.kind != "snapshot" {
-        return false;
-    }
-    match decode(cp, msg.version, msg.snapshot) {
+    match decoded {
         Ok(snapshot) => {
             let bundle = trust.map(|_| snapshot.mtls.trust_bundle.clone());
-            let version = sidecar.snapshot.apply(snapshot, SOURCE, &sidecar.telemetry);
+            let version = sidecar.snapshot.apply(*snapshot, SOURCE, &sidecar.telemetry);
             if let (Some(trust), Some(bundle)) = (trust, bundle) {
                 trust.set_pushed(&bundle);
             }
             tracing::info!(version, "applied snapshot from the control plane");
-            ack(cp, api, msg.version, None);
+            ack(cp, api, version, None);
             true
         }
         Err(reason) => {
             sidecar.snapshot.reject(SOURCE, &sidecar.telemetry);
-            tracing::warn!(version = msg.version, %reason, "rejected snapshot; the last good one keeps serving");
-            ack(cp, api, msg.version, Some(reason));
+            tracing::warn!(version, %reason, "rejected snapshot; the last good one keeps serving");
+            ack(cp, api, version, Some(reason));
             false
         }
     }
-}
-
-/// Decodes and completes a snapshot; the error is the NACK reason, naming the field.
-fn decode(
-    cp: &ControlPlane,
-    version: u64,
-    value: Option<serde_json::Value>,
-) -> Result<Snapshot, String> {
-    let value = value.ok_or_else(|| "the message has no snapshot".to_string())?;
-    let mut snapshot: Snapshot = serde_path_to_error::deserialize(value)
-        .map_err(|e| format!("{}: {}", e.path(), e.inner()))?;
-    snapshot.version = version;
-    if let Some(i) = snapshot.inbound.as_mut() {
-        if i.app.is_none() {
-            i.app = cp.app.clone();
-        }
-        i.version = cp.version.clone();
-    }
-    let mut v = Validator::default();
-    snapshot.validate(&FieldPath::root(), &mut v);
-    if !v.problems.is_empty() {
-        let reasons: Vec<String> = v
-            .problems
-            .iter()
-            .map(|(p, r)| format!("{p}: {r}"))
-            .collect();
-        return Err(reasons.join("; "));
-    }
-    Ok(snapshot)
 }
 
 fn ack(cp: &ControlPlane, api: &Api, version: u64, error: Option<String>) {
@@ -210,46 +157,6 @@ pub(crate) fn encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cp() -> ControlPlane {
-        ControlPlane {
-            url: http::Uri::from_static("http://127.0.0.1:1"),
-            service: "order".into(),
-            version: "v2".into(),
-            sidecar_id: "order-1".into(),
-            channel: super::super::channel::Channel::Plaintext {
-                operator_token: None,
-                bootstrap_token: None,
-            },
-            app: Some("127.0.0.1:8085".parse().unwrap()),
-            advertise: None,
-            admin: None,
-            trust_domain: "outrigger.local".into(),
-        }
-    }
-
-    #[test]
-    fn decode_fills_in_what_the_sidecar_knows() {
-        let v = json!({"service": "order", "inbound": {"protocol": "http1"}, "destinations": []});
-        let s = decode(&cp(), 7, Some(v)).expect("valid");
-        assert_eq!(s.version, 7);
-        let i = s.inbound.expect("inbound");
-        assert_eq!(i.app, Some("127.0.0.1:8085".parse().unwrap()));
-        assert_eq!(i.version, "v2");
-    }
-
-    #[test]
-    fn decode_errors_name_the_field() {
-        let v = json!({"service": "order", "destinations": [{"name": "payment", "endpoints": [{"address": "nope"}]}]});
-        let e = decode(&cp(), 1, Some(v)).expect_err("invalid");
-        assert!(
-            e.starts_with("destinations[0].endpoints[0].address:"),
-            "{e}"
-        );
-        let v = json!({"service": "Order!"});
-        let e = decode(&cp(), 1, Some(v)).expect_err("invalid");
-        assert!(e.contains("service: "), "{e}");
-    }
 
     #[test]
     fn encode_keeps_tokens_and_escapes_the_rest() {

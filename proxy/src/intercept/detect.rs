@@ -107,7 +107,7 @@ fn found(protocol: Protocol, buf: BytesMut, timed_out: bool) -> Detected {
 
 /// The protocol, once these first bytes decide it; `None` while they are a prefix of more
 /// than one answer.
-fn classify(buf: &[u8]) -> Option<Protocol> {
+pub fn classify(buf: &[u8]) -> Option<Protocol> {
     let first = *buf.first()?;
     if first == 0x16 {
         return tls_hello(buf);

@@ -19,7 +19,7 @@ mod original_dst;
 mod prefixed;
 mod relay;
 
-pub use detect::{detect, Detected, Protocol};
+pub use detect::{classify, detect, Detected, Protocol};
 pub use metrics::TcpMetrics;
 pub use original_dst::original_dst;
 pub use prefixed::Prefixed;
