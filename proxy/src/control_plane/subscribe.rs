@@ -113,7 +113,9 @@ fn handle_line(
     match decoded {
         Ok(snapshot) => {
             let bundle = trust.map(|_| snapshot.mtls.trust_bundle.clone());
-            let version = sidecar.snapshot.apply(*snapshot, SOURCE, &sidecar.telemetry);
+            let version = sidecar
+                .snapshot
+                .apply(*snapshot, SOURCE, &sidecar.telemetry);
             if let (Some(trust), Some(bundle)) = (trust, bundle) {
                 trust.set_pushed(&bundle);
             }

@@ -7,4 +7,4 @@ pub mod matcher;
 pub mod split;
 pub mod table;
 
-pub use compile::{Tunnels, Compiled, Dest, EndpointTarget, RouteEntry};
+pub use compile::{Compiled, Dest, EndpointTarget, RouteEntry, Tunnels};
