@@ -23,6 +23,7 @@ mod log;
 mod order;
 mod payment;
 mod server;
+mod store;
 mod trace;
 mod user;
 
@@ -56,7 +57,7 @@ enum Service {
     /// Stock: GET /stock/{product_id}, POST /reserve, POST /release
     Inventory(InventoryArgs),
     /// Idempotent charges: POST /charge (Idempotency-Key header)
-    Payment(Common),
+    Payment(PaymentArgs),
     /// Orders: POST /orders, GET /orders/{id}; calls the others through the mesh
     Order(OrderArgs),
 }
@@ -80,6 +81,20 @@ struct Common {
     /// Milliseconds added to every response (not /healthz, /admin/*).
     #[arg(long, value_name = "N", value_parser = faults::parse_latency)]
     latency_ms: Option<u64>,
+    /// The service's SQLite database, shared by all its instances (created if missing). Without
+    /// it the data lives in memory and dies with the process.
+    #[arg(long, value_name = "FILE")]
+    db: Option<std::path::PathBuf>,
+}
+
+#[derive(Args)]
+struct PaymentArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Test fault: die right after committing each new charge, before answering (a crash
+    /// between commit and reply; the caller's retry must find the charge, not make another).
+    #[arg(long)]
+    crash_after_commit: bool,
 }
 
 #[derive(Args)]
@@ -126,42 +141,57 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let cli = Cli::parse();
-    let (service, common, routes, default_faults, default_port) = match cli.service {
-        Service::User(common) => (user::NAME, common, user::routes(), NO_FAULTS, 8081),
-        Service::Catalog(common) => (catalog::NAME, common, catalog::routes(), NO_FAULTS, 8082),
+    let no_admin = || axum::Router::new();
+    let opened = |common: &Common, schema: &str| {
+        store::Db::open(common.db.as_deref(), schema)
+            .map_err(|e| format!("opening {}: {e}", common.db.as_deref().map_or("the in-memory database".into(), |p| p.display().to_string())))
+    };
+    let (service, common, (routes, admin), default_faults, default_port) = match cli.service {
+        Service::User(common) => (user::NAME, common, (user::routes(), no_admin()), NO_FAULTS, 8081),
+        Service::Catalog(common) => (catalog::NAME, common, (catalog::routes(), no_admin()), NO_FAULTS, 8082),
         Service::Inventory(args) => (
             inventory::NAME,
             args.common,
-            inventory::routes(args.stock),
+            (inventory::routes(args.stock), no_admin()),
             NO_FAULTS,
             8083,
         ),
-        Service::Payment(common) => {
-            let defaults = if common.version == "v2" {
+        Service::Payment(args) => {
+            let defaults = if args.common.version == "v2" {
                 payment::V2_DEFAULT_FAULTS
             } else {
                 NO_FAULTS
             };
-            (payment::NAME, common, payment::routes(), defaults, 8084)
+            let db = match opened(&args.common, payment::SCHEMA) {
+                Ok(db) => db,
+                Err(e) => {
+                    log::Logger::new(payment::NAME).error(&e, None);
+                    return ExitCode::FAILURE;
+                }
+            };
+            let routes = payment::routes(db, args.crash_after_commit);
+            (payment::NAME, args.common, routes, defaults, 8084)
         }
         Service::Order(args) => {
             let mesh = MeshClient::new(args.mesh, Duration::from_millis(args.call_timeout_ms));
-            (
-                order::NAME,
-                args.common,
-                order::routes(mesh),
-                NO_FAULTS,
-                8085,
-            )
+            let db = match opened(&args.common, order::SCHEMA) {
+                Ok(db) => db,
+                Err(e) => {
+                    log::Logger::new(order::NAME).error(&e, None);
+                    return ExitCode::FAILURE;
+                }
+            };
+            (order::NAME, args.common, order::routes(mesh, db), NO_FAULTS, 8085)
         }
     };
-    run(service, common, routes, default_faults, default_port).await
+    run(service, common, routes, admin, default_faults, default_port).await
 }
 
 async fn run(
     service: &'static str,
     common: Common,
     routes: Router,
+    admin: Router,
     default_faults: FaultSettings,
     default_port: u16,
 ) -> ExitCode {
@@ -174,7 +204,7 @@ async fn run(
         service,
         version: common.version,
     };
-    match server::run(identity, &listen, faults, routes).await {
+    match server::run(identity, &listen, faults, routes, admin).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::Logger::new(service).error(&format!("{e:#}"), None);

@@ -7,13 +7,17 @@
 //!   or 502 (a dependency failed)
 //! - `GET /orders/{id}` → 200 the stored order; 404 `unknown-order`
 //!
-//! The steps, in order: price from `catalog` (`GET /products/{id}`), stock from `inventory`
-//! (`POST /reserve`), money from `payment` (`POST /charge`, `Idempotency-Key: <order_id>`,
-//! `x-user-id: <user>`). If the charge fails the reservation is released before answering, so
-//! a failed order never holds stock; if the reserve fails nothing is charged.
-
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+//! - `GET /admin/stats` → `{"orders","confirmed","failed","compensated","resumed"}`
+//!
+//! Placing an order is a saga whose state is in the service's SQLite database after every
+//! step: price from `catalog` (`GET /products/{id}`; the order is then `pending`), stock from
+//! `inventory` (`POST /reserve`; `reserved`), money from `payment` (`POST /charge`,
+//! `Idempotency-Key: <order_id>`, `x-user-id: <user>`; `confirmed`). If the charge fails the
+//! reservation is released (the compensation) before answering, so a failed order never holds
+//! stock; if the reserve fails nothing is charged. An order service that dies mid-saga
+//! finishes it when it starts again (`resume`): a `reserved` order retries its charge with the
+//! same key, which payment deduplicates, and compensates if that fails; a `pending` one
+//! releases whatever it may have reserved and fails.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -26,6 +30,7 @@ use crate::client::{MeshClient, Reply};
 use crate::ids;
 use crate::json::{ApiError, JsonBody};
 use crate::log::Logger;
+use crate::store::Db;
 use crate::trace::TraceContext;
 use crate::{catalog, inventory, payment};
 
@@ -62,9 +67,48 @@ struct Order {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 enum Status {
+    Pending,
+    Reserved,
     Confirmed,
     Failed,
 }
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Reserved => "reserved",
+            Status::Confirmed => "confirmed",
+            Status::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Status {
+        match s {
+            "pending" => Status::Pending,
+            "reserved" => Status::Reserved,
+            "confirmed" => Status::Confirmed,
+            _ => Status::Failed,
+        }
+    }
+}
+
+/// Orders, their saga state, and the counts `up` reports.
+pub const SCHEMA: &str = "
+    CREATE TABLE orders (
+        order_id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        user TEXT NOT NULL,
+        product_id TEXT NOT NULL,
+        quantity INTEGER NOT NULL,
+        amount_cents INTEGER,
+        reservation_id TEXT,
+        payment_id TEXT,
+        reason TEXT,
+        compensated INTEGER NOT NULL DEFAULT 0,
+        resumed INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX orders_unfinished ON orders (status) WHERE status IN ('pending', 'reserved')";
 
 /// The answer to `POST /orders`: the spec'd fields only.
 #[derive(Serialize)]
@@ -96,40 +140,190 @@ struct PaymentReply {
 struct Shared {
     mesh: MeshClient,
     log: Logger,
-    orders: Arc<Mutex<HashMap<String, Order>>>,
+    db: Db,
 }
 
-/// The service's routes, calling the other services through `mesh`.
-pub fn routes(mesh: MeshClient) -> Router {
+/// The service's routes, calling the other services through `mesh`, and its admin routes.
+/// Unfinished sagas left in `db` by an instance that died are finished in the background.
+pub fn routes(mesh: MeshClient, db: Db) -> (Router, Router) {
     let state = Shared {
         mesh,
         log: Logger::new(NAME),
-        orders: Arc::default(),
+        db,
     };
-    Router::new()
+    tokio::spawn(resume(state.clone()));
+    let app = Router::new()
         .route("/orders", post(place))
         .route("/orders/{id}", get(show))
-        .with_state(state)
+        .with_state(state.clone());
+    let admin = Router::new()
+        .route("/admin/stats", get(stats))
+        .with_state(state);
+    (app, admin)
+}
+
+fn unavailable(e: crate::store::StoreError) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "orders-unavailable").with_detail(e.to_string())
 }
 
 impl Shared {
-    /// Each insert replaces a whole order, so a poisoned lock still guards consistent data.
-    fn store(&self, order: Order) {
-        let mut orders = self.orders.lock().unwrap_or_else(PoisonError::into_inner);
-        orders.insert(order.order_id.clone(), order);
+    /// Writes the order's whole state: every saga step is on disk before the next begins.
+    async fn store(&self, order: &Order) -> Result<(), Failure> {
+        let o = order.clone();
+        self.db
+            .call(move |c| {
+                c.execute(
+                    "INSERT INTO orders (order_id, status, user, product_id, quantity, amount_cents,
+                         reservation_id, payment_id, reason)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT (order_id) DO UPDATE SET status = ?2, amount_cents = ?6,
+                         reservation_id = ?7, payment_id = ?8, reason = ?9",
+                    rusqlite::params![
+                        o.order_id,
+                        o.status.as_str(),
+                        o.user,
+                        o.product_id,
+                        o.quantity as i64,
+                        o.amount_cents.map(|a| a as i64),
+                        o.reservation_id,
+                        o.payment_id,
+                        o.reason
+                    ],
+                )
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| failure(StatusCode::SERVICE_UNAVAILABLE, format!("orders: {e}")))
     }
+
+    async fn mark(&self, order_id: &str, column: &'static str) {
+        let id = order_id.to_owned();
+        let sql = format!("UPDATE orders SET {column} = 1 WHERE order_id = ?1");
+        if let Err(e) = self.db.call(move |c| c.execute(&sql, [id])).await {
+            self.log.error(&format!("cannot mark order {order_id} {column}: {e}"), None);
+        }
+    }
+}
+
+fn order_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Order> {
+    let status: String = r.get("status")?;
+    let quantity: i64 = r.get("quantity")?;
+    let amount: Option<i64> = r.get("amount_cents")?;
+    Ok(Order {
+        order_id: r.get("order_id")?,
+        status: Status::parse(&status),
+        user: r.get("user")?,
+        product_id: r.get("product_id")?,
+        quantity: quantity.max(0) as u64,
+        amount_cents: amount.map(|a| a.max(0) as u64),
+        reservation_id: r.get("reservation_id")?,
+        payment_id: r.get("payment_id")?,
+        reason: r.get("reason")?,
+    })
 }
 
 async fn show(
     State(state): State<Shared>,
     Path(id): Path<String>,
 ) -> Result<Json<Order>, ApiError> {
-    let orders = state.orders.lock().unwrap_or_else(PoisonError::into_inner);
-    orders
-        .get(&id)
-        .cloned()
+    let found = state
+        .db
+        .call(move |c| {
+            use rusqlite::OptionalExtension;
+            c.query_row("SELECT * FROM orders WHERE order_id = ?1", [id], order_from_row)
+                .optional()
+        })
+        .await
+        .map_err(unavailable)?;
+    found.map(Json).ok_or_else(|| ApiError::not_found("unknown-order"))
+}
+
+#[derive(Serialize)]
+struct Stats {
+    orders: i64,
+    confirmed: i64,
+    failed: i64,
+    compensated: i64,
+    resumed: i64,
+}
+
+async fn stats(State(state): State<Shared>) -> Result<Json<Stats>, ApiError> {
+    state
+        .db
+        .call(|c| {
+            c.query_row(
+                "SELECT count(*), count(*) FILTER (WHERE status = 'confirmed'),
+                        count(*) FILTER (WHERE status = 'failed'),
+                        coalesce(sum(compensated), 0), coalesce(sum(resumed), 0) FROM orders",
+                [],
+                |r| {
+                    Ok(Stats {
+                        orders: r.get(0)?,
+                        confirmed: r.get(1)?,
+                        failed: r.get(2)?,
+                        compensated: r.get(3)?,
+                        resumed: r.get(4)?,
+                    })
+                },
+            )
+        })
+        .await
         .map(Json)
-        .ok_or_else(|| ApiError::not_found("unknown-order"))
+        .map_err(unavailable)
+}
+
+/// Finishes every saga an earlier process left half done. Several instances may run this at
+/// once: each step is idempotent (the charge by its key, the release by order id), so the
+/// worst case is a step done twice to the same effect.
+async fn resume(state: Shared) {
+    let unfinished = state
+        .db
+        .call(|c| {
+            let mut q = c.prepare("SELECT * FROM orders WHERE status IN ('pending', 'reserved')")?;
+            let rows = q.query_map([], order_from_row)?;
+            rows.collect::<rusqlite::Result<Vec<Order>>>()
+        })
+        .await;
+    let unfinished = match unfinished {
+        Ok(o) => o,
+        Err(e) => {
+            state.log.error(&format!("cannot read unfinished orders: {e}"), None);
+            return;
+        }
+    };
+    for mut order in unfinished {
+        let trace = TraceContext::from_headers(&HeaderMap::new());
+        state.mark(&order.order_id, "resumed").await;
+        let outcome = match (order.status, order.amount_cents, order.reservation_id.clone()) {
+            (Status::Reserved, Some(amount), Some(reservation)) => {
+                match charge(&state, &trace, &order, amount).await {
+                    Ok(payment_id) => {
+                        order.payment_id = Some(payment_id);
+                        order.status = Status::Confirmed;
+                        "confirmed"
+                    }
+                    Err(failed) => {
+                        release(&state, &trace, &reservation).await;
+                        state.mark(&order.order_id, "compensated").await;
+                        order.status = Status::Failed;
+                        order.reason = Some(failed.reason);
+                        "compensated"
+                    }
+                }
+            }
+            _ => {
+                // Interrupted before its reservation was recorded: give back whatever the
+                // reserve may have taken, by order id.
+                release_by_order(&state, &trace, &order.order_id).await;
+                state.mark(&order.order_id, "compensated").await;
+                order.status = Status::Failed;
+                order.reason = Some("interrupted before the charge".into());
+                "failed"
+            }
+        };
+        let _ = state.store(&order).await;
+        state.log.info(&format!("resumed order {}: {outcome}", order.order_id), None);
+    }
 }
 
 async fn place(
@@ -140,7 +334,7 @@ async fn place(
     validate(&req)?;
     let mut order = Order {
         order_id: ids::new_id("ord"),
-        status: Status::Failed,
+        status: Status::Pending,
         user: req.user,
         product_id: req.product_id,
         quantity: req.quantity,
@@ -159,19 +353,22 @@ async fn place(
                 &format!("order {} failed: {}", order.order_id, failure.reason),
                 trace.request_id(),
             );
+            order.status = Status::Failed;
             order.reason = Some(failure.reason);
             failure.status
         }
     };
+    if let Err(f) = state.store(&order).await {
+        state.log.error(&format!("order {}: {}", order.order_id, f.reason), trace.request_id());
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "orders-unavailable").with_detail(f.reason));
+    }
     let body = Placed {
         order_id: &order.order_id,
         status: order.status,
         payment_id: order.payment_id.as_deref(),
         reason: order.reason.as_deref(),
     };
-    let response = (status, Json(body)).into_response();
-    state.store(order);
-    Ok(response)
+    Ok((status, Json(body)).into_response())
 }
 
 fn validate(req: &OrderRequest) -> Result<(), ApiError> {
@@ -241,9 +438,12 @@ async fn run_steps(state: &Shared, trace: &TraceContext, order: &mut Order) -> R
         .checked_mul(order.quantity)
         .ok_or_else(|| failure(StatusCode::BAD_REQUEST, "amount too large"))?;
     order.amount_cents = Some(amount);
+    state.store(order).await?;
 
     let reservation_id = reserve(state, trace, order).await?;
     order.reservation_id = Some(reservation_id.clone());
+    order.status = Status::Reserved;
+    state.store(order).await?;
 
     match charge(state, trace, order, amount).await {
         Ok(payment_id) => {
@@ -252,6 +452,7 @@ async fn run_steps(state: &Shared, trace: &TraceContext, order: &mut Order) -> R
         }
         Err(failed) => {
             release(state, trace, &reservation_id).await;
+            state.mark(&order.order_id, "compensated").await;
             Err(failed)
         }
     }

@@ -40,6 +40,7 @@ pub async fn run(
     listen: &str,
     faults: Arc<Faults>,
     app: Router,
+    admin: Router,
 ) -> anyhow::Result<()> {
     let log = Logger::new(identity.service);
     let router = app
@@ -49,6 +50,8 @@ pub async fn run(
         ))
         .merge(health_routes(identity.clone()))
         .merge(faults::admin_routes(Arc::clone(&faults)))
+        // The service's own admin routes (its stats): never faulted.
+        .merge(admin)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

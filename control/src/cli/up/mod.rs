@@ -166,6 +166,8 @@ struct Mtls {
 
 #[derive(Serialize)]
 struct Summary {
+    /// What the shop's databases say, across runs on the same work directory.
+    shop: ShopData,
     duration_secs: f64,
     /// The control plane's trust bundle: the `--trust-anchors` of anything that talks to it.
     trust_anchors: PathBuf,
@@ -175,6 +177,20 @@ struct Summary {
     logins: load::Outcome,
     services: Vec<ServiceSummary>,
     workdir: PathBuf,
+}
+
+/// The shop's own account, from its databases (so it counts every run on the work directory).
+#[derive(Debug, Default, Serialize)]
+struct ShopData {
+    charges_attempted: u64,
+    /// Charges whose Idempotency-Key had already paid: retries answered with the first charge.
+    charges_deduplicated: u64,
+    charges: u64,
+    orders_stored: u64,
+    /// Orders whose reserved stock was released after the charge failed.
+    orders_compensated: u64,
+    /// Orders an order instance finished after another died mid-saga.
+    orders_resumed: u64,
 }
 
 /// The files `up` keeps its credentials and the control plane's trust anchors in.
@@ -341,8 +357,16 @@ async fn run_mesh(
         }
     };
 
+    // One database per service, shared by its instances, kept in the work directory: a second
+    // `up` with the same --workdir starts from the first's data.
+    let shop_data = workdir.join("data").join("shop");
+    std::fs::create_dir_all(&shop_data).map_err(io(format!("creating {}", shop_data.display())))?;
     for (n, i) in instances.iter().enumerate() {
         let mut app_args = vec![i.service.to_string(), "--listen".into(), i.app.to_string()];
+        app_args.extend([
+            "--db".into(),
+            shop_data.join(format!("{}.db", i.service)).display().to_string(),
+        ]);
         if i.service == "payment" {
             app_args.extend(["--version".into(), i.version.to_string()]);
             if i.version == "v2" {
@@ -542,7 +566,27 @@ async fn run_mesh(
             ) as u64;
         }
     }
+    // Service-wide counts from the shop's own databases, through any instance's admin route.
+    let mut shop = ShopData::default();
+    let stat = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+    if let Some(p) = instances.iter().find(|i| i.service == "payment") {
+        if let Some(body) = probe.get(p.app, "/admin/stats").await {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            shop.charges_attempted = stat(&v, "charges_attempted");
+            shop.charges_deduplicated = stat(&v, "charges_deduplicated");
+            shop.charges = stat(&v, "charges");
+        }
+    }
+    if let Some(o) = instances.iter().find(|i| i.service == "order") {
+        if let Some(body) = probe.get(o.app, "/admin/stats").await {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            shop.orders_stored = stat(&v, "orders");
+            shop.orders_compensated = stat(&v, "compensated");
+            shop.orders_resumed = stat(&v, "resumed");
+        }
+    }
     let summary = Summary {
+        shop,
         duration_secs: elapsed.as_secs_f64(),
         trust_anchors: secrets.trust_anchors.clone(),
         mtls: m,
@@ -748,6 +792,17 @@ fn print_summary(s: &Summary) {
         s.mtls.handshakes,
         s.mtls.certificates,
         s.mtls.certificate_errors
+    );
+    println!(
+        "shop data ({}): {} charges attempted, {} deduplicated, {} charges; {} orders stored, \
+         {} compensated, {} resumed after a crash",
+        s.workdir.join("data").join("shop").display(),
+        s.shop.charges_attempted,
+        s.shop.charges_deduplicated,
+        s.shop.charges,
+        s.shop.orders_stored,
+        s.shop.orders_compensated,
+        s.shop.orders_resumed
     );
     println!("logs: {}", s.workdir.join("logs").display());
     println!("trust anchors: {}", s.trust_anchors.display());
