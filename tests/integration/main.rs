@@ -33,6 +33,7 @@ mod reconnect_storm;
 mod resilience_endpoints;
 mod resilience_retries;
 mod rollout;
+mod shop_data;
 mod shutdown;
 mod strict;
 mod system;

@@ -8,12 +8,12 @@ use outrigger_tests::client;
 use outrigger_tests::control::{Control, CHECKOUT_CALLS_PAYMENT};
 use outrigger_tests::proxy::{metric_value, ProxyBuilder};
 use outrigger_tests::up::Up;
+use outrigger_tests::up_procs::{kill, running, shop_of, spawn_logged, Instance, Killed};
 use outrigger_tests::upstream::Upstream;
 use outrigger_tests::{bin, eventually, free_port};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -117,136 +117,6 @@ const MIN_ORDERS: u64 = 100;
 /// The bound: callers stop picking an instance within 1 s of its leaving.
 const CALLERS_STOP_WITHIN_MS: i64 = 1000;
 
-/// A process `outrigger up` started, as its command line says.
-#[derive(Debug, Clone)]
-struct Started {
-    pid: u32,
-    /// The command line, the program first.
-    args: Vec<String>,
-}
-
-impl Started {
-    fn program(&self) -> &str {
-        self.args
-            .first()
-            .and_then(|p| p.rsplit('/').next())
-            .unwrap_or_default()
-    }
-
-    fn flag(&self, name: &str) -> Option<&str> {
-        let at = self.args.iter().position(|a| a == name)?;
-        self.args.get(at + 1).map(String::as_str)
-    }
-
-    fn addr(&self, name: &str) -> SocketAddr {
-        self.flag(name)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} address in {:?}", self.args))
-    }
-
-    /// The same arguments (without the program) with these flags' values replaced.
-    fn args_with(&self, changes: &[(&str, String)]) -> Vec<String> {
-        let mut out: Vec<String> = self.args.iter().skip(1).cloned().collect();
-        for (name, value) in changes {
-            let at = out
-                .iter()
-                .position(|a| a == name)
-                .unwrap_or_else(|| panic!("no {name} in {out:?}"));
-            out[at + 1] = value.clone();
-        }
-        out
-    }
-}
-
-/// (state, parent pid, start time in clock ticks) of a process, from /proc.
-fn stat(pid: u32) -> Option<(String, u32, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command's closing parenthesis: state, ppid, ... starttime (field 22).
-    let (_, rest) = stat.rsplit_once(')')?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some((
-        f.first()?.to_string(),
-        f.get(1)?.parse().ok()?,
-        f.get(19)?.parse().ok()?,
-    ))
-}
-
-/// Running: neither gone nor a zombie (`up` reaps its children only when it stops, so a child
-/// that exited stays a zombie and its pid is not reused meanwhile).
-fn running(pid: u32) -> bool {
-    stat(pid).is_some_and(|(state, _, _)| state != "Z")
-}
-
-/// The running children of `parent`, in the order they started.
-fn children_of(parent: u32) -> Vec<Started> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let Some((state, ppid, start)) = stat(pid) else {
-            continue;
-        };
-        if ppid != parent || state == "Z" {
-            continue;
-        }
-        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args = raw
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        found.push((start, Started { pid, args }));
-    }
-    found.sort_by_key(|(start, s)| (*start, s.pid));
-    found.into_iter().map(|(_, s)| s).collect()
-}
-
-fn kill(pid: u32, signal: &str) {
-    let sent = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status();
-    assert!(sent.is_ok_and(|s| s.success()), "kill -{signal} {pid}");
-}
-
-/// One shop instance `up` started: the app and the sidecar in front of it.
-struct Instance {
-    service: String,
-    /// The sidecar's id, which also names its log (`<id>-sidecar.log`).
-    id: String,
-    app: Started,
-    sidecar: Started,
-}
-
-/// The shop instances of a running `up` in the order it started them, and the edge sidecar's
-/// admin address (the shoppers' sidecar, which has no app).
-fn shop_of(up: &Up) -> (Vec<Instance>, SocketAddr) {
-    let children = children_of(up.pid());
-    let apps: Vec<&Started> = children.iter().filter(|c| c.program() == "shop").collect();
-    let mut instances = Vec::new();
-    let mut edge = None;
-    for sidecar in children.iter().filter(|c| c.program() == "outrigger-proxy") {
-        let Some(app) = sidecar.flag("--app") else {
-            edge = Some(sidecar.addr("--admin"));
-            continue;
-        };
-        let app = apps
-            .iter()
-            .find(|a| a.flag("--listen") == Some(app))
-            .unwrap_or_else(|| panic!("no shop process listens on {app}: {children:?}"));
-        instances.push(Instance {
-            service: sidecar.flag("--service").unwrap_or_default().to_string(),
-            id: sidecar.flag("--sidecar-id").unwrap_or_default().to_string(),
-            app: (*app).clone(),
-            sidecar: sidecar.clone(),
-        });
-    }
-    let edge = edge.unwrap_or_else(|| panic!("no edge sidecar among {children:?}"));
-    (instances, edge)
-}
-
 /// `up`'s control plane, called as its operator (with the admin token `up` keeps).
 struct Operator {
     client: outrigger_tests::https::Client,
@@ -313,31 +183,6 @@ struct Replacement {
     // Dropped sidecar first.
     _sidecar: Killed,
     _app: Killed,
-}
-
-/// A process of the test's own, killed when dropped (a failed assertion included).
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_logged(program: &Path, args: &[String], log: &Path) -> Killed {
-    let out = std::fs::File::create(log).expect("log file");
-    let err = out.try_clone().expect("log file");
-    let child = Command::new(program)
-        .args(args)
-        // `up`'s children die with `up` (outrigger_config::lifeline); these belong to the test.
-        .env_remove("OUTRIGGER_PARENT_PID")
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
-    Killed(child)
 }
 
 /// Polls the admin-style `path` on `addr` until it answers 200; panics if `child` exits.
