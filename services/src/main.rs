@@ -143,12 +143,31 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let no_admin = || axum::Router::new();
     let opened = |common: &Common, schema: &str| {
-        store::Db::open(common.db.as_deref(), schema)
-            .map_err(|e| format!("opening {}: {e}", common.db.as_deref().map_or("the in-memory database".into(), |p| p.display().to_string())))
+        store::Db::open(common.db.as_deref(), schema).map_err(|e| {
+            format!(
+                "opening {}: {e}",
+                common
+                    .db
+                    .as_deref()
+                    .map_or("the in-memory database".into(), |p| p.display().to_string())
+            )
+        })
     };
     let (service, common, (routes, admin), default_faults, default_port) = match cli.service {
-        Service::User(common) => (user::NAME, common, (user::routes(), no_admin()), NO_FAULTS, 8081),
-        Service::Catalog(common) => (catalog::NAME, common, (catalog::routes(), no_admin()), NO_FAULTS, 8082),
+        Service::User(common) => (
+            user::NAME,
+            common,
+            (user::routes(), no_admin()),
+            NO_FAULTS,
+            8081,
+        ),
+        Service::Catalog(common) => (
+            catalog::NAME,
+            common,
+            (catalog::routes(), no_admin()),
+            NO_FAULTS,
+            8082,
+        ),
         Service::Inventory(args) => (
             inventory::NAME,
             args.common,
@@ -181,7 +200,13 @@ async fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            (order::NAME, args.common, order::routes(mesh, db), NO_FAULTS, 8085)
+            (
+                order::NAME,
+                args.common,
+                order::routes(mesh, db),
+                NO_FAULTS,
+                8085,
+            )
         }
     };
     run(service, common, routes, admin, default_faults, default_port).await

@@ -200,7 +200,8 @@ impl Shared {
         let id = order_id.to_owned();
         let sql = format!("UPDATE orders SET {column} = 1 WHERE order_id = ?1");
         if let Err(e) = self.db.call(move |c| c.execute(&sql, [id])).await {
-            self.log.error(&format!("cannot mark order {order_id} {column}: {e}"), None);
+            self.log
+                .error(&format!("cannot mark order {order_id} {column}: {e}"), None);
         }
     }
 }
@@ -230,12 +231,18 @@ async fn show(
         .db
         .call(move |c| {
             use rusqlite::OptionalExtension;
-            c.query_row("SELECT * FROM orders WHERE order_id = ?1", [id], order_from_row)
-                .optional()
+            c.query_row(
+                "SELECT * FROM orders WHERE order_id = ?1",
+                [id],
+                order_from_row,
+            )
+            .optional()
         })
         .await
         .map_err(unavailable)?;
-    found.map(Json).ok_or_else(|| ApiError::not_found("unknown-order"))
+    found
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("unknown-order"))
 }
 
 #[derive(Serialize)]
@@ -279,7 +286,8 @@ async fn resume(state: Shared) {
     let unfinished = state
         .db
         .call(|c| {
-            let mut q = c.prepare("SELECT * FROM orders WHERE status IN ('pending', 'reserved')")?;
+            let mut q =
+                c.prepare("SELECT * FROM orders WHERE status IN ('pending', 'reserved')")?;
             let rows = q.query_map([], order_from_row)?;
             rows.collect::<rusqlite::Result<Vec<Order>>>()
         })
@@ -287,14 +295,20 @@ async fn resume(state: Shared) {
     let unfinished = match unfinished {
         Ok(o) => o,
         Err(e) => {
-            state.log.error(&format!("cannot read unfinished orders: {e}"), None);
+            state
+                .log
+                .error(&format!("cannot read unfinished orders: {e}"), None);
             return;
         }
     };
     for mut order in unfinished {
         let trace = TraceContext::from_headers(&HeaderMap::new());
         state.mark(&order.order_id, "resumed").await;
-        let outcome = match (order.status, order.amount_cents, order.reservation_id.clone()) {
+        let outcome = match (
+            order.status,
+            order.amount_cents,
+            order.reservation_id.clone(),
+        ) {
             (Status::Reserved, Some(amount), Some(reservation)) => {
                 match charge(&state, &trace, &order, amount).await {
                     Ok(payment_id) => {
@@ -322,7 +336,10 @@ async fn resume(state: Shared) {
             }
         };
         let _ = state.store(&order).await;
-        state.log.info(&format!("resumed order {}: {outcome}", order.order_id), None);
+        state.log.info(
+            &format!("resumed order {}: {outcome}", order.order_id),
+            None,
+        );
     }
 }
 
@@ -359,8 +376,14 @@ async fn place(
         }
     };
     if let Err(f) = state.store(&order).await {
-        state.log.error(&format!("order {}: {}", order.order_id, f.reason), trace.request_id());
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "orders-unavailable").with_detail(f.reason));
+        state.log.error(
+            &format!("order {}: {}", order.order_id, f.reason),
+            trace.request_id(),
+        );
+        return Err(
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "orders-unavailable")
+                .with_detail(f.reason),
+        );
     }
     let body = Placed {
         order_id: &order.order_id,

@@ -123,7 +123,10 @@ async fn charge(
         .db
         .call(move |c| record(c, &key, payment))
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ledger-unavailable").with_detail(e.to_string()))?;
+        .map_err(|e| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ledger-unavailable")
+                .with_detail(e.to_string())
+        })?;
     match recorded {
         Recorded::New(p) => {
             if state.crash_after_commit {
@@ -140,8 +143,10 @@ async fn charge(
             );
             Ok(response)
         }
-        Recorded::Conflict => Err(ApiError::new(StatusCode::CONFLICT, "idempotency-key-reused")
-            .with_detail("this key already paid a different order or amount")),
+        Recorded::Conflict => Err(
+            ApiError::new(StatusCode::CONFLICT, "idempotency-key-reused")
+                .with_detail("this key already paid a different order or amount"),
+        ),
     }
 }
 
@@ -149,7 +154,10 @@ async fn charge(
 /// key at once cannot both pay, because the key is the primary key.
 fn record(c: &mut rusqlite::Connection, key: &str, new: Payment) -> rusqlite::Result<Recorded> {
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    tx.execute("UPDATE counters SET value = value + 1 WHERE name = 'attempted'", [])?;
+    tx.execute(
+        "UPDATE counters SET value = value + 1 WHERE name = 'attempted'",
+        [],
+    )?;
     let inserted = tx.execute(
         "INSERT INTO charges (idempotency_key, payment_id, order_id, amount_cents)
          VALUES (?1, ?2, ?3, ?4) ON CONFLICT (idempotency_key) DO NOTHING",
@@ -166,7 +174,10 @@ fn record(c: &mut rusqlite::Connection, key: &str, new: Payment) -> rusqlite::Re
         if order_id != new.order_id || amount != new.amount_cents as i64 {
             Recorded::Conflict
         } else {
-            tx.execute("UPDATE counters SET value = value + 1 WHERE name = 'deduplicated'", [])?;
+            tx.execute(
+                "UPDATE counters SET value = value + 1 WHERE name = 'deduplicated'",
+                [],
+            )?;
             Recorded::Replayed(Payment {
                 payment_id,
                 status: "captured",
@@ -191,7 +202,9 @@ async fn stats(State(state): State<Shared>) -> Result<Json<Stats>, ApiError> {
         .db
         .call(|c| {
             let counter = |name: &str| {
-                c.query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| r.get(0))
+                c.query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })
             };
             Ok(Stats {
                 charges_attempted: counter("attempted")?,
@@ -201,7 +214,10 @@ async fn stats(State(state): State<Shared>) -> Result<Json<Stats>, ApiError> {
         })
         .await
         .map(Json)
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ledger-unavailable").with_detail(e.to_string()))
+        .map_err(|e| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ledger-unavailable")
+                .with_detail(e.to_string())
+        })
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
@@ -247,10 +263,21 @@ mod tests {
             Recorded::Replayed(p) => assert_eq!(p.payment_id, first),
             _ => panic!("the same charge again is a replay"),
         }
-        assert!(matches!(record(&mut c, "ord-1", pay("ord-2", 500))?, Recorded::Conflict));
+        assert!(matches!(
+            record(&mut c, "ord-1", pay("ord-2", 500))?,
+            Recorded::Conflict
+        ));
         let count: i64 = c.query_row("SELECT count(*) FROM charges", [], |r| r.get(0))?;
-        let dedup: i64 = c.query_row("SELECT value FROM counters WHERE name='deduplicated'", [], |r| r.get(0))?;
-        let attempted: i64 = c.query_row("SELECT value FROM counters WHERE name='attempted'", [], |r| r.get(0))?;
+        let dedup: i64 = c.query_row(
+            "SELECT value FROM counters WHERE name='deduplicated'",
+            [],
+            |r| r.get(0),
+        )?;
+        let attempted: i64 = c.query_row(
+            "SELECT value FROM counters WHERE name='attempted'",
+            [],
+            |r| r.get(0),
+        )?;
         assert_eq!((count, dedup, attempted), (1, 1, 3));
         Ok(())
     }

@@ -73,7 +73,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn instances_opening_together_create_the_schema_once() -> Result<(), Box<dyn std::error::Error>> {
+    fn instances_opening_together_create_the_schema_once() -> Result<(), Box<dyn std::error::Error>>
+    {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("s.db");
         let schema = "CREATE TABLE t (k TEXT PRIMARY KEY)";
@@ -96,12 +97,15 @@ mod tests {
         let schema = "CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)";
         let a = Db::open(Some(&path), schema)?;
         let b = Db::open(Some(&path), schema)?;
-        a.call(|c| c.execute("INSERT INTO t VALUES ('x', 1)", [])).await?;
+        a.call(|c| c.execute("INSERT INTO t VALUES ('x', 1)", []))
+            .await?;
         let v: i64 = b
             .call(|c| c.query_row("SELECT v FROM t WHERE k = 'x'", [], |r| r.get(0)))
             .await?;
         assert_eq!(v, 1);
-        let dup = b.call(|c| c.execute("INSERT INTO t VALUES ('x', 2)", [])).await;
+        let dup = b
+            .call(|c| c.execute("INSERT INTO t VALUES ('x', 2)", []))
+            .await;
         assert!(dup.is_err(), "the key is unique across instances");
         Ok(())
     }

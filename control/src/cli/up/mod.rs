@@ -365,7 +365,10 @@ async fn run_mesh(
         let mut app_args = vec![i.service.to_string(), "--listen".into(), i.app.to_string()];
         app_args.extend([
             "--db".into(),
-            shop_data.join(format!("{}.db", i.service)).display().to_string(),
+            shop_data
+                .join(format!("{}.db", i.service))
+                .display()
+                .to_string(),
         ]);
         if i.service == "payment" {
             app_args.extend(["--version".into(), i.version.to_string()]);
