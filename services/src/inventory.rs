@@ -1,4 +1,5 @@
-//! The inventory service: stock per product and reservations against it, in memory.
+//! The inventory service: stock per product and reservations against it, in the service's
+//! SQLite database (each reserve and release one transaction).
 //!
 //! - `GET /stock/{product_id}` → 200 `{"product_id","available"}`; 404 `unknown-product`
 //! - `POST /reserve {"product_id","quantity","order_id"}` → 200 `{"reservation_id"}`;
@@ -12,19 +13,29 @@
 //! the stock once (`released` is true only for the call that returned it). Release by
 //! `order_id` exists for a caller whose reserve timed out and who so never learnt the id.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
-
 use axum::extract::{Path, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::PRODUCTS;
 use crate::ids;
 use crate::json::{ApiError, JsonBody};
+use crate::store::{Db, StoreError};
+
+/// Stock per product and every reservation (an order reserves once: `order_id` is unique).
+pub const SCHEMA: &str = "
+    CREATE TABLE stock (product_id TEXT PRIMARY KEY, available INTEGER NOT NULL);
+    CREATE TABLE reservations (
+        reservation_id TEXT PRIMARY KEY,
+        product_id TEXT NOT NULL,
+        quantity INTEGER NOT NULL,
+        released INTEGER NOT NULL DEFAULT 0,
+        order_id TEXT UNIQUE
+    )";
 
 pub const NAME: &str = "inventory";
 
@@ -67,57 +78,67 @@ struct StockLevel {
     available: u64,
 }
 
-struct Reservation {
-    product_id: &'static str,
-    quantity: u64,
-    released: bool,
+/// Stocks every product with `initial` units the first time the database is opened; later
+/// starts keep what is there.
+pub fn stock_up(db: &Db, initial: u64) -> Result<(), StoreError> {
+    let conn = db.blocking();
+    for p in PRODUCTS {
+        conn.execute(
+            "INSERT OR IGNORE INTO stock (product_id, available) VALUES (?1, ?2)",
+            params![p.id, initial as i64],
+        )?;
+    }
+    Ok(())
 }
 
-struct Stock {
-    available: HashMap<&'static str, u64>,
-    reservations: HashMap<String, Reservation>,
-    /// order_id → reservation_id, for idempotent reserves and release by order.
-    by_order: HashMap<String, String>,
-}
-
-type Shared = Arc<Mutex<Stock>>;
-
-/// The service's routes, every product starting with `initial` units.
-pub fn routes(initial: u64) -> Router {
-    let stock = Stock {
-        available: PRODUCTS.iter().map(|p| (p.id, initial)).collect(),
-        reservations: HashMap::new(),
-        by_order: HashMap::new(),
-    };
+/// The service's routes.
+pub fn routes(db: Db) -> Router {
     Router::new()
         .route("/stock/{product_id}", get(stock_level))
         .route("/reserve", post(reserve))
         .route("/release", post(release))
-        .with_state(Arc::new(Mutex::new(stock)))
+        .with_state(db)
 }
 
-/// Every update below finishes its bookkeeping before it could panic, so a poisoned lock
-/// still guards consistent data: keep serving.
-fn lock(state: &Shared) -> std::sync::MutexGuard<'_, Stock> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
+fn unavailable(e: StoreError) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stock-unavailable").with_detail(e.to_string())
 }
 
 async fn stock_level(
-    State(state): State<Shared>,
+    State(db): State<Db>,
     Path(product_id): Path<String>,
 ) -> Result<Json<StockLevel>, ApiError> {
-    let available = *lock(&state)
-        .available
-        .get(product_id.as_str())
-        .ok_or_else(|| ApiError::not_found("unknown-product"))?;
+    let id = product_id.clone();
+    let available: Option<i64> = db
+        .call(move |c| {
+            c.query_row(
+                "SELECT available FROM stock WHERE product_id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .await
+        .map_err(unavailable)?;
+    let available = available.ok_or_else(|| ApiError::not_found("unknown-product"))?;
     Ok(Json(StockLevel {
         product_id,
-        available,
+        available: available.max(0) as u64,
     }))
 }
 
+/// A reserve's outcome, decided inside its transaction.
+enum Reserve {
+    New(String),
+    Duplicate(String),
+    Reused,
+    AlreadyReleased,
+    Unknown,
+    Short(i64),
+}
+
 async fn reserve(
-    State(state): State<Shared>,
+    State(db): State<Db>,
     JsonBody(req): JsonBody<ReserveRequest>,
 ) -> Result<Response, ApiError> {
     if req.quantity == 0 {
@@ -126,76 +147,79 @@ async fn reserve(
             "quantity must be at least 1",
         ));
     }
-    let mut stock = lock(&state);
-    let Stock {
-        available,
-        reservations,
-        by_order,
-    } = &mut *stock;
-
-    if let Some(existing_id) = req.order_id.as_ref().and_then(|id| by_order.get(id)) {
-        let existing = reservations
-            .get(existing_id)
-            .ok_or_else(|| ApiError::internal("reservation index out of step"))?;
-        if existing.product_id != req.product_id || existing.quantity != req.quantity {
-            return Err(ApiError::new(StatusCode::CONFLICT, "order-id-reused")
-                .with_detail("this order_id already reserved a different product or quantity"));
-        }
-        if existing.released {
-            return Err(ApiError::new(StatusCode::CONFLICT, "reservation-released")
-                .with_detail("this order's reservation was already released"));
-        }
-        let mut response = Json(Reserved {
-            reservation_id: existing_id.clone(),
+    let outcome = db
+        .call(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            if let Some(order_id) = &req.order_id {
+                let existing: Option<(String, String, i64, bool)> = tx
+                    .query_row(
+                        "SELECT reservation_id, product_id, quantity, released FROM reservations WHERE order_id = ?1",
+                        [order_id],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    )
+                    .optional()?;
+                if let Some((id, product, quantity, released)) = existing {
+                    return Ok(if product != req.product_id || quantity != req.quantity as i64 {
+                        Reserve::Reused
+                    } else if released {
+                        Reserve::AlreadyReleased
+                    } else {
+                        Reserve::Duplicate(id)
+                    });
+                }
+            }
+            let left: Option<i64> = tx
+                .query_row("SELECT available FROM stock WHERE product_id = ?1", [&req.product_id], |r| r.get(0))
+                .optional()?;
+            let Some(left) = left else {
+                return Ok(Reserve::Unknown);
+            };
+            if left < req.quantity as i64 {
+                return Ok(Reserve::Short(left));
+            }
+            let id = ids::new_id("res");
+            tx.execute(
+                "UPDATE stock SET available = available - ?1 WHERE product_id = ?2",
+                params![req.quantity as i64, req.product_id],
+            )?;
+            tx.execute(
+                "INSERT INTO reservations (reservation_id, product_id, quantity, order_id) VALUES (?1, ?2, ?3, ?4)",
+                params![id, req.product_id, req.quantity as i64, req.order_id],
+            )?;
+            tx.commit()?;
+            Ok(Reserve::New(id))
         })
-        .into_response();
-        response.headers_mut().insert(
-            HeaderName::from_static(DUPLICATE_HEADER),
-            HeaderValue::from_static("true"),
-        );
-        return Ok(response);
+        .await
+        .map_err(unavailable)?;
+    match outcome {
+        Reserve::New(reservation_id) => Ok(Json(Reserved { reservation_id }).into_response()),
+        Reserve::Duplicate(reservation_id) => {
+            let mut response = Json(Reserved { reservation_id }).into_response();
+            response.headers_mut().insert(
+                HeaderName::from_static(DUPLICATE_HEADER),
+                HeaderValue::from_static("true"),
+            );
+            Ok(response)
+        }
+        Reserve::Reused => Err(ApiError::new(StatusCode::CONFLICT, "order-id-reused")
+            .with_detail("this order_id already reserved a different product or quantity")),
+        Reserve::AlreadyReleased => {
+            Err(ApiError::new(StatusCode::CONFLICT, "reservation-released")
+                .with_detail("this order's reservation was already released"))
+        }
+        Reserve::Unknown => Err(ApiError::not_found("unknown-product")),
+        Reserve::Short(left) => Err(ApiError::new(StatusCode::CONFLICT, "out-of-stock")
+            .with_detail(format!("{left} available"))),
     }
-
-    let (&product_id, left) = available
-        .get_key_value(req.product_id.as_str())
-        .ok_or_else(|| ApiError::not_found("unknown-product"))?;
-    let left = *left;
-    if left < req.quantity {
-        return Err(ApiError::new(StatusCode::CONFLICT, "out-of-stock")
-            .with_detail(format!("{left} available")));
-    }
-    available.insert(product_id, left - req.quantity);
-    let reservation_id = ids::new_id("res");
-    reservations.insert(
-        reservation_id.clone(),
-        Reservation {
-            product_id,
-            quantity: req.quantity,
-            released: false,
-        },
-    );
-    if let Some(order_id) = req.order_id {
-        by_order.insert(order_id, reservation_id.clone());
-    }
-    Ok(Json(Reserved { reservation_id }).into_response())
 }
 
 async fn release(
-    State(state): State<Shared>,
+    State(db): State<Db>,
     JsonBody(req): JsonBody<ReleaseRequest>,
 ) -> Result<Json<Released>, ApiError> {
-    let mut stock = lock(&state);
-    let Stock {
-        available,
-        reservations,
-        by_order,
-    } = &mut *stock;
-    let reservation_id = match (req.reservation_id, req.order_id) {
-        (Some(id), None) => id,
-        (None, Some(order_id)) => by_order
-            .get(&order_id)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found("unknown-reservation"))?,
+    let by = match (req.reservation_id, req.order_id) {
+        (Some(id), None) => ("reservation_id", id),
+        (None, Some(order_id)) => ("order_id", order_id),
         _ => {
             return Err(ApiError::bad_request(
                 "bad-release",
@@ -203,15 +227,33 @@ async fn release(
             ))
         }
     };
-    let reservation = reservations
-        .get_mut(&reservation_id)
-        .ok_or_else(|| ApiError::not_found("unknown-reservation"))?;
-    let released = !reservation.released;
-    if released {
-        reservation.released = true;
-        let level = available.entry(reservation.product_id).or_insert(0);
-        *level = level.saturating_add(reservation.quantity);
-    }
+    let outcome = db
+        .call(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let found: Option<(String, String, i64, bool)> = tx
+                .query_row(
+                    &format!("SELECT reservation_id, product_id, quantity, released FROM reservations WHERE {} = ?1", by.0),
+                    [&by.1],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            let Some((id, product, quantity, was_released)) = found else {
+                return Ok(None);
+            };
+            if !was_released {
+                tx.execute("UPDATE reservations SET released = 1 WHERE reservation_id = ?1", [&id])?;
+                tx.execute(
+                    "UPDATE stock SET available = available + ?1 WHERE product_id = ?2",
+                    params![quantity, product],
+                )?;
+            }
+            tx.commit()?;
+            Ok(Some((id, !was_released)))
+        })
+        .await
+        .map_err(unavailable)?;
+    let (reservation_id, released) =
+        outcome.ok_or_else(|| ApiError::not_found("unknown-reservation"))?;
     Ok(Json(Released {
         reservation_id,
         released,

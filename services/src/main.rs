@@ -141,65 +141,74 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let cli = Cli::parse();
-    let no_admin = || axum::Router::new();
-    let opened = |common: &Common, schema: &str| {
+    let built = build(cli.service);
+    let (service, common, (routes, admin), default_faults, default_port) = match built {
+        Ok(b) => b,
+        Err((service, e)) => {
+            log::Logger::new(service).error(&e, None);
+            return ExitCode::FAILURE;
+        }
+    };
+    run(service, common, routes, admin, default_faults, default_port).await
+}
+
+/// A service: its name, flags, routes and admin routes, default faults and default port.
+type Built = (&'static str, Common, (Router, Router), FaultSettings, u16);
+
+/// Opens the service's database and builds its routes; the error names the service.
+fn build(service: Service) -> Result<Built, (&'static str, String)> {
+    let opened = |name: &'static str, common: &Common, schema: &str| {
         store::Db::open(common.db.as_deref(), schema).map_err(|e| {
-            format!(
-                "opening {}: {e}",
-                common
-                    .db
-                    .as_deref()
-                    .map_or("the in-memory database".into(), |p| p.display().to_string())
-            )
+            let what = common.db.as_deref().map_or_else(
+                || "the in-memory database".to_string(),
+                |p| p.display().to_string(),
+            );
+            (name, format!("opening {what}: {e}"))
         })
     };
-    let (service, common, (routes, admin), default_faults, default_port) = match cli.service {
-        Service::User(common) => (
-            user::NAME,
-            common,
-            (user::routes(), no_admin()),
-            NO_FAULTS,
-            8081,
-        ),
+    Ok(match service {
+        Service::User(common) => {
+            let db = opened(user::NAME, &common, user::SCHEMA)?;
+            (
+                user::NAME,
+                common,
+                (user::routes(db), Router::new()),
+                NO_FAULTS,
+                8081,
+            )
+        }
         Service::Catalog(common) => (
             catalog::NAME,
             common,
-            (catalog::routes(), no_admin()),
+            (catalog::routes(), Router::new()),
             NO_FAULTS,
             8082,
         ),
-        Service::Inventory(args) => (
-            inventory::NAME,
-            args.common,
-            (inventory::routes(args.stock), no_admin()),
-            NO_FAULTS,
-            8083,
-        ),
+        Service::Inventory(args) => {
+            let db = opened(inventory::NAME, &args.common, inventory::SCHEMA)?;
+            inventory::stock_up(&db, args.stock)
+                .map_err(|e| (inventory::NAME, format!("stocking the inventory: {e}")))?;
+            (
+                inventory::NAME,
+                args.common,
+                (inventory::routes(db), Router::new()),
+                NO_FAULTS,
+                8083,
+            )
+        }
         Service::Payment(args) => {
             let defaults = if args.common.version == "v2" {
                 payment::V2_DEFAULT_FAULTS
             } else {
                 NO_FAULTS
             };
-            let db = match opened(&args.common, payment::SCHEMA) {
-                Ok(db) => db,
-                Err(e) => {
-                    log::Logger::new(payment::NAME).error(&e, None);
-                    return ExitCode::FAILURE;
-                }
-            };
+            let db = opened(payment::NAME, &args.common, payment::SCHEMA)?;
             let routes = payment::routes(db, args.crash_after_commit);
             (payment::NAME, args.common, routes, defaults, 8084)
         }
         Service::Order(args) => {
             let mesh = MeshClient::new(args.mesh, Duration::from_millis(args.call_timeout_ms));
-            let db = match opened(&args.common, order::SCHEMA) {
-                Ok(db) => db,
-                Err(e) => {
-                    log::Logger::new(order::NAME).error(&e, None);
-                    return ExitCode::FAILURE;
-                }
-            };
+            let db = opened(order::NAME, &args.common, order::SCHEMA)?;
             (
                 order::NAME,
                 args.common,
@@ -208,8 +217,7 @@ async fn main() -> ExitCode {
                 8085,
             )
         }
-    };
-    run(service, common, routes, admin, default_faults, default_port).await
+    })
 }
 
 async fn run(

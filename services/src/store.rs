@@ -51,6 +51,11 @@ impl Db {
         })
     }
 
+    /// The connection, for work at startup before the server takes requests.
+    pub fn blocking(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Runs `f` with the connection on the blocking pool.
     pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where

@@ -1,4 +1,5 @@
-//! The user service: registration, login and the caller's profile, all in memory.
+//! The user service: registration, login and the caller's profile, in the service's SQLite
+//! database (accounts and sessions survive a restart and are shared by its instances).
 //!
 //! - `POST /register {"username","password"}` → 201 `{"id"}`; 409 `username-taken`
 //! - `POST /login {"username","password"}` → 200 `{"token"}`; 401 `bad-credentials`
@@ -6,9 +7,6 @@
 //!
 //! Passwords are stored as salted SHA-256: not plain text, yet cheap enough that login under
 //! load measures the mesh rather than a deliberately slow password hash.
-
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::State;
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
@@ -21,6 +19,18 @@ use sha2::{Digest, Sha256};
 
 use crate::ids;
 use crate::json::{ApiError, JsonBody};
+use crate::store::{Db, StoreError};
+use rusqlite::{params, OptionalExtension};
+
+/// Accounts (salted digests) and session tokens.
+pub const SCHEMA: &str = "
+    CREATE TABLE accounts (
+        username TEXT PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        salt BLOB NOT NULL,
+        digest BLOB NOT NULL
+    );
+    CREATE TABLE sessions (token TEXT PRIMARY KEY, username TEXT NOT NULL)";
 
 pub const NAME: &str = "user";
 
@@ -49,35 +59,17 @@ struct Profile {
     username: String,
 }
 
-struct Account {
-    id: String,
-    salt: [u8; 16],
-    digest: [u8; 32],
-}
-
-#[derive(Default)]
-struct Users {
-    by_name: HashMap<String, Account>,
-    /// token → username
-    sessions: HashMap<String, String>,
-}
-
-type Shared = Arc<Mutex<Users>>;
-
 /// The service's routes (faults, health and logging are added by `server`).
-pub fn routes() -> Router {
-    let state: Shared = Arc::default();
+pub fn routes(db: Db) -> Router {
     Router::new()
         .route("/register", post(register))
         .route("/login", post(login))
         .route("/profile", get(profile))
-        .with_state(state)
+        .with_state(db)
 }
 
-/// A panic elsewhere while holding the lock leaves the maps consistent (every update is a
-/// single insert), so keep serving instead of poisoning the whole service.
-fn lock(state: &Shared) -> std::sync::MutexGuard<'_, Users> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
+fn unavailable(e: StoreError) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "users-unavailable").with_detail(e.to_string())
 }
 
 fn digest(salt: &[u8], password: &str) -> [u8; 32] {
@@ -110,62 +102,87 @@ fn check_fields(creds: &Credentials) -> Result<(), ApiError> {
 }
 
 async fn register(
-    State(state): State<Shared>,
+    State(db): State<Db>,
     JsonBody(creds): JsonBody<Credentials>,
 ) -> Result<(StatusCode, Json<Registered>), ApiError> {
     check_fields(&creds)?;
     let salt = ids::secret::<16>().map_err(|e| ApiError::internal(e.to_string()))?;
-    let account = Account {
-        id: ids::new_id("usr"),
-        salt,
-        digest: digest(&salt, &creds.password),
-    };
-    let mut users = lock(&state);
-    if users.by_name.contains_key(&creds.username) {
+    let id = ids::new_id("usr");
+    let hashed = digest(&salt, &creds.password);
+    let row = id.clone();
+    // The username is the primary key: two instances registering one name cannot both win.
+    let inserted = db
+        .call(move |c| {
+            c.execute(
+                "INSERT INTO accounts (username, id, salt, digest) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (username) DO NOTHING",
+                params![creds.username, row, salt.as_slice(), hashed.as_slice()],
+            )
+        })
+        .await
+        .map_err(unavailable)?;
+    if inserted == 0 {
         return Err(ApiError::new(StatusCode::CONFLICT, "username-taken"));
     }
-    let id = account.id.clone();
-    users.by_name.insert(creds.username, account);
     Ok((StatusCode::CREATED, Json(Registered { id })))
 }
 
 async fn login(
-    State(state): State<Shared>,
+    State(db): State<Db>,
     JsonBody(creds): JsonBody<Credentials>,
 ) -> Result<Json<Session>, Response> {
     let token = ids::secret::<32>()
         .map(|bytes| ids::hex(&bytes))
         .map_err(|e| ApiError::internal(e.to_string()).into_response())?;
-    let mut users = lock(&state);
-    let valid = users.by_name.get(&creds.username).is_some_and(|account| {
-        same_digest(&account.digest, &digest(&account.salt, &creds.password))
-    });
+    let session = token.clone();
+    let valid = db
+        .call(move |c| {
+            let account: Option<(Vec<u8>, Vec<u8>)> = c
+                .query_row(
+                    "SELECT salt, digest FROM accounts WHERE username = ?1",
+                    [&creds.username],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let valid = account.is_some_and(|(salt, stored)| {
+                <[u8; 32]>::try_from(stored.as_slice())
+                    .is_ok_and(|stored| same_digest(&stored, &digest(&salt, &creds.password)))
+            });
+            if valid {
+                c.execute(
+                    "INSERT INTO sessions (token, username) VALUES (?1, ?2)",
+                    params![session, creds.username],
+                )?;
+            }
+            Ok(valid)
+        })
+        .await
+        .map_err(|e| unavailable(e).into_response())?;
     if !valid {
         // Unknown user and wrong password answer alike, so logins cannot probe usernames.
         return Err(unauthorized("bad-credentials"));
     }
-    users.sessions.insert(token.clone(), creds.username);
     Ok(Json(Session { token }))
 }
 
-async fn profile(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-) -> Result<Json<Profile>, Response> {
-    let token = bearer_token(&headers).ok_or_else(|| unauthorized("missing-token"))?;
-    let users = lock(&state);
-    let username = users
-        .sessions
-        .get(token)
-        .ok_or_else(|| unauthorized("bad-token"))?;
-    let account = users
-        .by_name
-        .get(username)
-        .ok_or_else(|| unauthorized("bad-token"))?;
-    Ok(Json(Profile {
-        id: account.id.clone(),
-        username: username.clone(),
-    }))
+async fn profile(State(db): State<Db>, headers: HeaderMap) -> Result<Json<Profile>, Response> {
+    let token = bearer_token(&headers)
+        .ok_or_else(|| unauthorized("missing-token"))?
+        .to_owned();
+    let found = db
+        .call(move |c| {
+            c.query_row(
+                "SELECT a.id, a.username FROM sessions s JOIN accounts a ON a.username = s.username
+                 WHERE s.token = ?1",
+                [token],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+        })
+        .await
+        .map_err(|e| unavailable(e).into_response())?;
+    let (id, username) = found.ok_or_else(|| unauthorized("bad-token"))?;
+    Ok(Json(Profile { id, username }))
 }
 
 /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).

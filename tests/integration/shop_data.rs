@@ -192,6 +192,105 @@ async fn the_shop_charges_once_and_finishes_its_sagas_across_crashes() {
     let resumed = stats(order_addr)["resumed"].as_u64().unwrap_or(0);
     eprintln!("{left} sagas left unfinished by SIGKILL; {resumed} resumed after the restart");
     assert!(resumed >= left as u64, "resumed {resumed} of {left}");
+
+    // Every other service restarted on its database keeps what it had: a user and their
+    // session, the stock, the orders and the charges.
+    let user = instances
+        .iter()
+        .find(|i| i.service == "user")
+        .unwrap_or_else(|| panic!("no user instance"));
+    let user_addr = user.app.addr("--listen");
+    let creds = r#"{"username":"restart-proof","password":"s3cret"}"#;
+    let (status, _) = curl(user_addr, "POST", "/register", Some(creds));
+    assert_eq!(status, 201);
+    let (_, session) = curl(user_addr, "POST", "/login", Some(creds));
+    let token = session["token"].as_str().unwrap_or_default().to_string();
+    let inventory = instances
+        .iter()
+        .find(|i| i.service == "inventory")
+        .unwrap_or_else(|| panic!("no inventory instance"));
+    let inv_addr = inventory.app.addr("--listen");
+    let total_stock = |addr| -> u64 {
+        (1..=10)
+            .map(|n| {
+                curl(addr, "GET", &format!("/stock/p{n}"), None).1["available"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    let stock_before = total_stock(inv_addr);
+    assert!(
+        stock_before < 10 * 1_000_000,
+        "no order took stock: {stock_before}"
+    );
+    let orders_before = stats(order_addr)["orders"].as_u64();
+    let mut restarted = Vec::new();
+    for i in [user, inventory] {
+        kill(i.app.pid, "KILL");
+        eventually(Duration::from_secs(10), "the app to die", || async {
+            (!running(i.app.pid)).then_some(())
+        })
+        .await;
+        let args: Vec<String> = i.app.args.iter().skip(1).cloned().collect();
+        let log = up.logs().join(format!("{}-restarted.log", i.service));
+        restarted.push(spawn_logged(Path::new(&i.app.args[0]), &args, &log));
+    }
+    eventually(Duration::from_secs(20), "the user service back", || async {
+        (curl(user_addr, "POST", "/login", Some(creds)).0 == 200).then_some(())
+    })
+    .await;
+    let (status, profile) = curl_bearer(user_addr, "/profile", &token);
+    assert_eq!(
+        status, 200,
+        "the session from before the restart: {profile}"
+    );
+    assert_eq!(profile["username"], "restart-proof");
+    eventually(
+        Duration::from_secs(20),
+        "the inventory service back",
+        || async { (curl(inv_addr, "GET", "/stock/p1", None).0 == 200).then_some(()) },
+    )
+    .await;
+    let stock_after = total_stock(inv_addr);
+    assert!(
+        stock_after <= stock_before,
+        "the stock came back larger after a restart: {stock_before} -> {stock_after}"
+    );
+    assert!(stats(order_addr)["orders"].as_u64() >= orders_before);
+    eprintln!("stock {stock_before} before the restarts, {stock_after} after");
     up.stop(Duration::from_secs(60)).await;
     charged_once(&shop);
+}
+
+/// (status, JSON body) of a call straight to a shop app.
+fn curl(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut c = std::process::Command::new("curl");
+    c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method]);
+    if let Some(b) = body {
+        c.args(["-H", "content-type: application/json", "-d", b]);
+    }
+    answer(c.arg(format!("http://{addr}{path}")))
+}
+
+fn curl_bearer(addr: std::net::SocketAddr, path: &str, token: &str) -> (u16, serde_json::Value) {
+    let mut c = std::process::Command::new("curl");
+    c.args(["-s", "-o", "-", "-w", "\n%{http_code}"])
+        .args(["-H", &format!("authorization: Bearer {token}")]);
+    answer(c.arg(format!("http://{addr}{path}")))
+}
+
+fn answer(c: &mut std::process::Command) -> (u16, serde_json::Value) {
+    let out = c.output().unwrap_or_else(|e| panic!("curl: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or_default(),
+    )
 }
