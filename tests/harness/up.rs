@@ -38,6 +38,16 @@ impl Up {
     pub async fn start(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let workdir = dir.path().join("run");
+        Self::start_in(dir, workdir, args).await
+    }
+
+    /// Like [`Up::start`] on a work directory of the caller's (a second `up` on the first's).
+    pub async fn start_on(workdir: &Path, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, workdir.to_path_buf(), args).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, workdir: PathBuf, args: &[&str]) -> Self {
         let stderr = dir.path().join("up.stderr");
         let mut child = Command::new(bin("outrigger"))
             // Longer than any test needs: tests stop it themselves.

@@ -294,3 +294,69 @@ fn answer(c: &mut std::process::Command) -> (u16, serde_json::Value) {
         serde_json::from_str(body).unwrap_or_default(),
     )
 }
+
+/// Issue 13 point 3: a second `up` on the same `--workdir` starts from the first's data, and
+/// the summary counts from the shop's databases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_up_on_the_same_workdir_starts_from_the_first_ones_data() {
+    let keep = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let workdir = keep.path().join("shop-run");
+    let mut first = Up::start_on(&workdir, &[]).await;
+    let (instances, _) = shop_of(&first);
+    let order = instances
+        .iter()
+        .find(|i| i.service == "order")
+        .unwrap_or_else(|| panic!("no order instance"))
+        .app
+        .addr("--listen");
+    let placed = eventually(
+        Duration::from_secs(30),
+        "orders in the first run",
+        || async { stats(order)["orders"].as_u64().filter(|n| *n >= 5) },
+    )
+    .await;
+    first.stop(Duration::from_secs(60)).await;
+    let after_first = stats_in(&workdir);
+    assert!(after_first >= placed, "{after_first} < {placed}");
+
+    let summary = keep.path().join("summary.json");
+    let summary_arg = summary.display().to_string();
+    let mut second = Up::start_on(&workdir, &["--summary-json", &summary_arg]).await;
+    let (instances, _) = shop_of(&second);
+    let order = instances
+        .iter()
+        .find(|i| i.service == "order")
+        .unwrap_or_else(|| panic!("no order instance"))
+        .app
+        .addr("--listen");
+    let at_start = stats(order)["orders"].as_u64().unwrap_or(0);
+    assert!(
+        at_start >= after_first,
+        "the second run starts with {at_start} orders, the first left {after_first}"
+    );
+    second.stop(Duration::from_secs(60)).await;
+    let json: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&summary).unwrap_or_else(|e| panic!("{}: {e}", summary.display())),
+    )
+    .unwrap_or_default();
+    let stored = json["shop"]["orders_stored"].as_u64().unwrap_or(0);
+    assert!(stored >= after_first, "the summary's orders: {json}");
+    assert!(
+        json["shop"]["charges_attempted"].as_u64().unwrap_or(0) >= 1,
+        "{json}"
+    );
+    eprintln!("first run left {after_first} orders; the second began with {at_start} and ended with {stored}");
+}
+
+/// Orders stored in a work directory's order database.
+fn stats_in(workdir: &Path) -> u64 {
+    let c = rusqlite::Connection::open_with_flags(
+        workdir.join("data").join("shop").join("order.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap_or_else(|e| panic!("order.db: {e}"));
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{e}"));
+    n.max(0) as u64
+}
