@@ -17,6 +17,7 @@ pub mod fault;
 pub mod forward;
 pub mod grpc;
 pub mod hex;
+pub mod init;
 pub mod intercept;
 pub mod lifecycle;
 pub mod listener;

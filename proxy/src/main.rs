@@ -26,8 +26,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// NAME --app ADDR`); or as a plain reverse proxy that sends every request to one upstream
 /// (`--listen ADDR --upstream ADDR`).
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Static sidecar config (YAML): `proxy` settings and the `snapshot`. Changes to the
     /// snapshot apply while running; invalid changes are rejected and logged.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "upstream", "control_plane"])]
@@ -186,9 +189,19 @@ fn parse_protocol(s: &str) -> Result<Protocol, String> {
     }
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Program this network namespace (a pod's) so every TCP connection in or out goes
+    /// through the sidecar: run once, as root, before the app starts (the init container).
+    Init(outrigger_proxy::init::InitArgs),
+}
+
 fn main() -> anyhow::Result<()> {
     outrigger_config::lifeline::die_with_parent()?;
     let cli = Cli::parse();
+    if let Some(Command::Init(args)) = &cli.command {
+        return outrigger_proxy::init::run(args).context("init");
+    }
     // Held to the end of main: dropping it flushes the queued log lines.
     let _log = outrigger_proxy::logging::init(&cli.log).context("--log")?;
 

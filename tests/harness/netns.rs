@@ -82,7 +82,12 @@ impl Netns {
 
     /// `iptables ARGS` inside, which must succeed.
     pub fn iptables(&self, args: &[&str]) {
-        let out = self.exec("iptables", args);
+        self.iptables_with("iptables", args);
+    }
+
+    /// `IPTABLES ARGS` inside (`iptables-nft`, `iptables-legacy`), which must succeed.
+    pub fn iptables_with(&self, iptables: &str, args: &[&str]) {
+        let out = self.exec(iptables, args);
         assert!(
             out.status.success(),
             "iptables {args:?}: {}",
@@ -90,49 +95,20 @@ impl Netns {
         );
     }
 
-    /// What the init step does, by hand: every TCP connect but the proxy uid's (1337) and
-    /// loopback's goes to the outbound listener.
-    /// TODO(issue 14 point 1): run `outrigger-proxy init` here once it lands.
-    pub fn redirect_outbound(&self, port: u16) {
-        let port = port.to_string();
-        self.iptables(&[
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "-p",
-            "tcp",
-            "-m",
-            "owner",
-            "--uid-owner",
-            "1337",
-            "-j",
-            "RETURN",
-        ]);
-        self.iptables(&[
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "-p",
-            "tcp",
-            "-d",
-            "127.0.0.0/8",
-            "-j",
-            "RETURN",
-        ]);
-        self.iptables(&[
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "-p",
-            "tcp",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &port,
-        ]);
+    /// The init step, as a pod's init container runs it: `outrigger-proxy init` in this
+    /// namespace, with the default ports (outbound 15001, inbound 15006, proxy uid 1337).
+    pub fn init(&self, extra: &[&str]) {
+        let out = self
+            .command(crate::bin("outrigger-proxy"))
+            .arg("init")
+            .args(extra)
+            .output()
+            .unwrap_or_else(|e| panic!("outrigger-proxy init: {e}"));
+        assert!(
+            out.status.success(),
+            "outrigger-proxy init {extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 

@@ -4,8 +4,8 @@
 //! One network namespace the test makes, with only `lo`, which also carries the destinations'
 //! addresses: no veth, no route out, so nothing in it can reach past this
 //! machine. In it run the servers, the sidecar as uid 1337, and the apps (curl, python),
-//! unchanged: `http://payment/` resolves through the namespace's hosts file. The nat rules
-//! redirect every TCP connect but the proxy uid's and loopback's to the outbound listener.
+//! unchanged: `http://payment/` resolves through the namespace's hosts file. The init step
+//! (`outrigger-proxy init`) redirects every TCP connect but the proxy uid's and loopback's.
 
 use outrigger_tests::bin;
 use outrigger_tests::netns::{stdout, Netns};
@@ -114,7 +114,7 @@ async fn redirected_connections_reach_what_the_app_dialled_by_protocol() {
     for a in ["10.203.1.10/32", "10.203.1.20/32"] {
         ns.ip(&["addr", "add", a, "dev", "lo"]);
     }
-    ns.redirect_outbound(15001);
+    ns.init(&[]);
 
     let mut servers = ns
         .command("python3")

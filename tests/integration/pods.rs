@@ -156,7 +156,7 @@ async fn apps_in_pods_reach_redis_smtp_and_tls_unchanged_through_their_sidecars(
     let (outside_pod, outside_ip) = net.pod("orr-outside", "10.96.0.0/16", hosts);
     assert_eq!(outside_ip, "10.204.7.6");
     for pod in [&client_pod, &intruder_pod] {
-        pod.redirect_outbound(15001);
+        pod.init(&[]);
     }
 
     let control_addr: SocketAddr = format!("{}:15010", net.host())

@@ -234,7 +234,7 @@ async fn bench(gib: f64, conns: usize, rounds: usize) -> Result<()> {
     let (client, _) = net.pod("orb-client", "10.96.0.0/16", hosts);
     let (direct, _) = net.pod("orb-direct", "10.96.0.0/16", hosts);
     let (server, server_ip) = net.pod("orb-server", "10.96.0.0/16", hosts);
-    client.redirect_outbound(15001);
+    client.init(&[]);
     let control = Control::start_at(format!("{}:15010", net.host()).parse()?, &[]).await;
     let (status, body) = control.apply(MESH).await;
     if status != 200 {
