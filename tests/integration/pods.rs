@@ -5,6 +5,8 @@
 //!   (`redis-cli -h redis`): the name is the service's virtual IP in the pod's hosts file, the
 //!   pod's rules redirect the connect to its sidecar, which carries the opaque bytes over
 //!   mTLS to the redis pod's sidecar, which hands them to Redis on loopback.
+//! - Plain HTTP (`curl http://web:8080/`) is routed by the client's sidecar and crosses to the
+//!   web pod over mTLS.
 //! - Two real SMTP servers (server-first) in the `mail` pod: on the port the service marks
 //!   opaque the greeting crosses both sidecars in a few milliseconds; on a declared port that
 //!   is not opaque, after the detection timeout (300 ms), never Linkerd's 10 s.
@@ -27,7 +29,7 @@ use tokio::time::Instant;
 const MESH: &str = "\
 kind: Service
 metadata: {name: client}
-spec: {calls: [redis, mail]}
+spec: {calls: [redis, mail, web]}
 ---
 kind: Service
 metadata: {name: redis}
@@ -44,6 +46,10 @@ metadata: {name: mail}
 spec:
   virtual_ip: 10.96.0.25
   ports: [{port: 2525, opaque: true}, {port: 2526}]
+---
+kind: Service
+metadata: {name: web}
+spec: {virtual_ip: 10.96.0.40}
 ";
 const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/integration/intercept/peer.py");
 
@@ -147,7 +153,7 @@ fn redis_cli(pod: &Netns, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apps_in_pods_reach_redis_smtp_and_tls_unchanged_through_their_sidecars() {
     let mut net = PodNet::create("10.204.7");
-    let hosts = "10.96.0.20 redis redis.shop.svc.cluster.local\n10.96.0.25 mail\n10.204.7.6 outside.example\n";
+    let hosts = "10.96.0.20 redis redis.shop.svc.cluster.local\n10.96.0.25 mail\n10.96.0.40 web\n10.204.7.6 outside.example\n";
     let (client_pod, _) = net.pod("orr-client", "10.96.0.0/16", hosts);
     let (redis_pod, _) = net.pod("orr-redis", "10.96.0.0/16", hosts);
     let (intruder_pod, _) = net.pod("orr-intruder", "10.96.0.0/16", hosts);
@@ -155,6 +161,7 @@ async fn apps_in_pods_reach_redis_smtp_and_tls_unchanged_through_their_sidecars(
     // Outside the mesh: no sidecar, not a service.
     let (outside_pod, outside_ip) = net.pod("orr-outside", "10.96.0.0/16", hosts);
     assert_eq!(outside_ip, "10.204.7.6");
+    let (web_pod, _) = net.pod("orr-web", "10.96.0.0/16", hosts);
     for pod in [&client_pod, &intruder_pod] {
         pod.init(&[]);
     }
@@ -237,6 +244,23 @@ async fn apps_in_pods_reach_redis_smtp_and_tls_unchanged_through_their_sidecars(
         dir.path(),
         "mail",
         Some("127.0.0.1:2525"),
+    )
+    .await;
+    let _web = Killed(
+        web_pod
+            .command("python3")
+            .args(["-m", "http.server", "8080", "--bind", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("http.server: {e}")),
+    );
+    let web_sidecar = sidecar(
+        &web_pod,
+        &control,
+        dir.path(),
+        "web",
+        Some("127.0.0.1:8080"),
     )
     .await;
     // A TLS server outside the mesh.
@@ -332,6 +356,45 @@ async fn apps_in_pods_reach_redis_smtp_and_tls_unchanged_through_their_sidecars(
             "destination=\"redis\",direction=\"inbound\""
         )
     );
+
+    // HTTP between pods: the app's plain `curl http://web:8080/` is intercepted, routed by
+    // Host and carried over mTLS to the web pod's sidecar.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let page = loop {
+        let out = client_pod.exec(
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://web:8080/",
+            ],
+        );
+        let code = stdout(&out);
+        if code == "200" || Instant::now() > deadline {
+            break code;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(page, "200", "curl http://web:8080/ from the client pod");
+    assert!(
+        metric(
+            &web_pod,
+            "outrigger_inbound_requests_by_security_total",
+            "security=\"mtls\""
+        ) >= 1.0,
+        "the web pod's sidecar took the request over mTLS"
+    );
+    assert!(
+        metric(
+            &client_pod,
+            "outrigger_intercepted_connections_total",
+            "outcome=\"routed\",protocol=\"http1\""
+        ) >= 1.0
+    );
+    drop(web_sidecar);
 
     // A server-first protocol through both sidecars: on its opaque port the greeting comes
     // at once; on a port the service declares but not as opaque, after detection gives up.
