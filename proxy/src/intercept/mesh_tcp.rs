@@ -5,12 +5,12 @@
 //! ([`inbound`]). Without mTLS in the mesh, the app's port on the endpoint's host is dialled
 //! directly.
 
-use super::metrics::TcpMetrics;
 use super::prefixed::Prefixed;
 use super::relay::{connect, splice, RelayError, Relayed, Resettable};
 use crate::peer::Peer;
 use crate::routing::{Compiled, Dest};
 use crate::sidecar::Sidecar;
+use crate::telemetry::tcp::TcpMetrics;
 use crate::tls::OPAQUE_ALPN;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

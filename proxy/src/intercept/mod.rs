@@ -14,18 +14,17 @@
 
 mod detect;
 pub mod mesh_tcp;
-mod metrics;
 mod original_dst;
 mod prefixed;
 mod relay;
 
 pub use detect::{classify, detect, Detected, Protocol};
-pub use metrics::TcpMetrics;
 pub use original_dst::original_dst;
 pub use prefixed::Prefixed;
 
 use crate::routing::Compiled;
 use crate::sidecar::Sidecar;
+use crate::telemetry::tcp::TcpMetrics;
 use bytes::Bytes;
 use outrigger_config::sidecar::OutboundPolicy;
 use relay::Resettable;

@@ -2,8 +2,8 @@
 //! with the connect bounded, half-closes passed on (a FIN one way shuts down writing the
 //! other way, while the reverse direction keeps flowing) and a reset passed on as a reset.
 
-use super::metrics::TcpMetrics;
 use super::prefixed::Prefixed;
+use crate::telemetry::tcp::TcpMetrics;
 use crate::tunnel::Ended;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -142,7 +142,7 @@ where
             }
         }
     };
-    conn.close(outcome, started.elapsed());
+    conn.close(outcome.sent, outcome.received, started.elapsed());
     outcome
 }
 

@@ -62,7 +62,7 @@ pub struct Metrics {
     /// The span pipeline's counters (exported, dropped by reason).
     pub spans: crate::trace::export::SpanCounters,
     /// Intercepted connections and opaque TCP.
-    pub tcp: crate::intercept::TcpMetrics,
+    pub tcp: super::tcp::TcpMetrics,
 }
 
 const ROUTE_LABELS: &[&str] = &["direction", "service", "dst_service", "route"];
@@ -297,7 +297,7 @@ impl Metrics {
             must(registry.register(c));
         }
         must(registry.register(Box::new(must(crate::logging::DroppedLinesCollector::new()))));
-        let tcp = must(crate::intercept::TcpMetrics::new(
+        let tcp = must(super::tcp::TcpMetrics::new(
             &registry,
             connection_timeouts.clone(),
         ));

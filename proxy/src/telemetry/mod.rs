@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod metrics;
 pub mod record;
 pub mod stats;
+pub mod tcp;
 
 use crate::trace::Tracer;
 use access_log::AccessLog;

@@ -2,8 +2,13 @@
 //! how long connections lasted. `destination` is a service's name, or `passthrough` for
 //! destinations no service claims (their addresses would make labels unbounded).
 
-use crate::telemetry::metrics::LATENCY_BUCKETS;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// A TCP connection lasts from milliseconds (a probe) to hours (a database pool's), not a
+/// request's milliseconds.
+const CONNECTION_BUCKETS: &[f64] = &[
+    0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0,
+];
 
 #[derive(Clone)]
 pub struct TcpMetrics {
@@ -41,7 +46,7 @@ impl TcpMetrics {
                     "outrigger_tcp_connection_duration_seconds",
                     "How long opaque TCP connections lasted, by destination.",
                 )
-                .buckets(LATENCY_BUCKETS.to_vec()),
+                .buckets(CONNECTION_BUCKETS.to_vec()),
                 &["direction", "destination"],
             )?,
             intercepted: IntCounterVec::new(
@@ -99,16 +104,17 @@ impl TcpMetrics {
 }
 
 impl Open {
-    pub fn close(self, relayed: super::relay::Relayed, lasted: std::time::Duration) {
+    /// `sent` toward the destination, `received` back from it.
+    pub fn close(self, sent: u64, received: u64, lasted: std::time::Duration) {
         let [dir, dest] = [self.labels[0].as_str(), self.labels[1].as_str()];
         self.metrics
             .bytes
             .with_label_values(&[dir, dest, "sent"])
-            .inc_by(relayed.sent);
+            .inc_by(sent);
         self.metrics
             .bytes
             .with_label_values(&[dir, dest, "received"])
-            .inc_by(relayed.received);
+            .inc_by(received);
         self.metrics
             .duration
             .with_label_values(&[dir, dest])
