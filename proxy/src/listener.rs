@@ -252,6 +252,9 @@ pub(crate) async fn serve<I>(
             }
         }
     };
+    // hyper handed an upgraded connection over to its tunnel: the connection is still open
+    // and keeps its slot, and the drain waits for it, until the tunnel ends.
+    me.tunnels.released().await;
     // An HTTP/2 keepalive timeout is not counted apart: hyper ends such a connection as a
     // clean close (GOAWAY NO_ERROR), not an error, so it shows in `connections_open` only.
     if let Err(e) = ended {

@@ -125,3 +125,56 @@ async fn drain_timeout_bounds_the_wait() {
         "exit after {took:?}"
     );
 }
+
+/// Issue 14 point 5: an upgraded tunnel (WebSocket) is drained like a request, not cut. After
+/// SIGTERM it keeps carrying bytes while the proxy waits for it, and once it closes the proxy
+/// exits at once, long before the drain timeout. Before, hyper's handing the connection to
+/// the tunnel ended its HTTP serving, so the drain saw no connection and exited under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_tunnel_is_drained_not_cut() {
+    use outrigger_tests::client::read_head;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("a").await;
+    let mut proxy = ProxyBuilder::quick(up.addr)
+        .arg("--drain-timeout")
+        .arg("60s")
+        .spawn()
+        .ready()
+        .await;
+    let mut s = tokio::net::TcpStream::connect(proxy.outbound())
+        .await
+        .expect("connect");
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .expect("write the upgrade request");
+    let (head, _) = read_head(&mut s, Duration::from_secs(10)).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+
+    let signalled = Instant::now();
+    proxy.signal("TERM");
+    eventually(Duration::from_secs(5), "/ready to turn 503", || async {
+        (proxy.admin_get("/ready").await.0 == 503).then_some(())
+    })
+    .await;
+    for round in 0..3u8 {
+        let msg = [round; 64];
+        let mut back = [0u8; 64];
+        s.write_all(&msg)
+            .await
+            .expect("write through the draining tunnel");
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: no echo while draining"))
+            .unwrap_or_else(|e| panic!("round {round}: the tunnel was cut while draining: {e}"));
+        assert_eq!(back, msg);
+    }
+    drop(s);
+    assert_eq!(proxy.exit_code(Duration::from_secs(20)).await, Some(0));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(30),
+        "the proxy waited out the drain timeout after its last tunnel closed"
+    );
+}

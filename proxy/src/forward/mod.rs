@@ -176,7 +176,7 @@ async fn forward<'s, U: SendUpstream>(
     let upgrade = req.version() == Version::HTTP_11
         && (dest.protocol == Protocol::Http1 || dest.tunnels.upgrade_tls.is_some())
         && wants_upgrade(req.headers());
-    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let downstream_upgrade = upgrade.then(|| (hyper::upgrade::on(&mut req), peer.tunnels.hold()));
     let hop = if upgrade {
         Protocol::Http1
     } else {

@@ -9,6 +9,7 @@ use super::telemetry::RequestTelemetry;
 use super::upgrade;
 use crate::body::{ResponseBody, UpstreamBody};
 use crate::error::ProxyError;
+use crate::peer::TunnelHold;
 use crate::telemetry::metrics::StatusMetrics;
 use crate::telemetry::stats::SlidingHistogram;
 use crate::telemetry::Telemetry;
@@ -25,7 +26,7 @@ pub fn forwarded(
     (metrics, stats): (&Arc<StatusMetrics>, &Arc<SlidingHistogram>),
     permit: OwnedSemaphorePermit,
     mut res: Response<UpstreamBody>,
-    downstream_upgrade: Option<OnUpgrade>,
+    downstream_upgrade: Option<(OnUpgrade, TunnelHold)>,
     tunnel_idle: std::time::Duration,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     framing::relay(&mut res)?;

@@ -2,19 +2,22 @@
 //! copied in both directions until both sides close, or nothing moves for the tunnel idle
 //! timeout.
 
+use crate::peer::TunnelHold;
 use crate::tunnel::{copy_until_idle, Ended};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::time::Duration;
 
-/// `idled` counts a tunnel closed for idleness.
+/// `idled` counts a tunnel closed for idleness. `hold` keeps the client's connection counted
+/// (its slot, the listener's drain) until the tunnel ends.
 pub fn tunnel(
-    downstream: OnUpgrade,
+    (downstream, hold): (OnUpgrade, TunnelHold),
     upstream: OnUpgrade,
     idle: Duration,
     idled: prometheus::IntCounter,
 ) {
     tokio::spawn(async move {
+        let _hold = hold;
         let (d, u) = match tokio::try_join!(downstream, upstream) {
             Ok(pair) => pair,
             Err(e) => {
