@@ -313,7 +313,20 @@ async fn accept_loop(
                         .await
                         .map(Accepted::Intercepted),
                 },
-                Direction::Inbound => secure(&sidecar, &bounds, stream).await,
+                Direction::Inbound => {
+                    // Read before the handshake, which takes the stream: a plaintext caller
+                    // the pod's rules redirected here dialled one of the app's ports.
+                    let dst = crate::intercept::original_dst(&stream);
+                    match (secure(&sidecar, &bounds, stream).await, dst) {
+                        (Some(Accepted::Plain(s)), Some(dst)) => {
+                            let peer = Peer::plaintext(addr);
+                            crate::intercept::inbound(s, dst, &peer, &sidecar)
+                                .await
+                                .map(Accepted::Intercepted)
+                        }
+                        (accepted, _) => accepted,
+                    }
+                }
             };
             match accepted {
                 Some(Accepted::Intercepted(stream)) => {

@@ -134,7 +134,9 @@ impl PodNet {
     /// The bridge, its address, and the guard rails, checked before any pod exists.
     pub fn create(prefix: &str) -> Self {
         assert!(is_root(), "pods need root: run the tests as root");
-        let bridge = format!("orb{}", std::process::id() % 100_000);
+        // Unique per subnet too: tests in one process make their own bridges side by side.
+        let octet = prefix.rsplit('.').next().unwrap_or("0");
+        let bridge = format!("o{octet}b{}", std::process::id() % 100_000);
         let subnet = format!("{prefix}.0/24");
         let _ = Command::new("ip").args(["link", "del", &bridge]).output();
         let mut net = Self {

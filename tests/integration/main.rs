@@ -25,6 +25,7 @@ mod large_apply;
 mod logs;
 mod module_cycles;
 mod mtls;
+mod pod_inbound;
 mod pod_init;
 mod pods;
 mod pooling;

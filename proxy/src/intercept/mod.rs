@@ -9,16 +9,18 @@
 //!   anything no service claims. It is passed through and counted, or refused under
 //!   `registry-only`.
 //!
-//! TODO(issue 14): inbound `SO_ORIGINAL_DST` for plaintext callers (opaque TCP from sidecars
-//! carries its port), and HTTP upgrades across the mesh.
+//! On the inbound side, plaintext callers redirected to the inbound listener reach the app's
+//! port they dialled ([`inbound`]).
 
 mod detect;
+mod inbound;
 pub mod mesh_tcp;
 mod original_dst;
 mod prefixed;
 mod relay;
 
 pub use detect::{classify, detect, Detected, Protocol};
+pub use inbound::inbound;
 pub use original_dst::original_dst;
 pub use prefixed::Prefixed;
 

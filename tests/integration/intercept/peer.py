@@ -3,6 +3,8 @@
 serve:            HTTP on 10.203.1.10:80 (the payment app) and 10.203.1.20:8080 (a host outside
                   the mesh), an echo server on 10.203.1.20:7000, and greeting servers that speak
                   first (as MySQL and SMTP do) on 10.203.1.20:3306 and :7001. Prints "ready".
+serve-app:        an app in a pod, on every address: HTTP on :8080 (web-app), echo on :7000 and a
+                  greeting server on :7001. Prints "ready".
 echo HOST PORT:   sends bytes, half-closes, prints what came back.
 greet HOST PORT:  connects and prints the milliseconds until the server's first bytes.
 """
@@ -61,6 +63,16 @@ def serve():
     sys.stdin.read()
 
 
+def serve_app():
+    http = Threaded(("0.0.0.0", 8080), App)
+    http.name = "web-app"
+    servers = [http, Threaded(("0.0.0.0", 7000), Echo), Threaded(("0.0.0.0", 7001), Greet)]
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    print("ready", flush=True)
+    sys.stdin.read()
+
+
 def echo(host, port):
     with socket.create_connection((host, int(port)), timeout=10) as c:
         c.sendall(b"opaque bytes \x00\x01\x02")
@@ -82,4 +94,4 @@ def greet(host, port):
 
 
 if __name__ == "__main__":
-    {"serve": serve, "echo": echo, "greet": greet}[sys.argv[1]](*sys.argv[2:])
+    {"serve": serve, "serve-app": serve_app, "echo": echo, "greet": greet}[sys.argv[1]](*sys.argv[2:])
