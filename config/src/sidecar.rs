@@ -31,6 +31,9 @@ pub struct ProxySettings {
     pub inbound: Option<SocketAddr>,
     /// Admin endpoints; keep it on loopback.
     pub admin: SocketAddr,
+    /// The health listener for the kubelet and Prometheus (read-only: `/live`, `/ready`,
+    /// `/metrics`, `/app-health/…`), e.g. `0.0.0.0:15021`. `null` (the default) = off.
+    pub health: Option<SocketAddr>,
     /// How long shutdown waits for in-flight requests.
     #[serde(with = "crate::duration")]
     pub drain_timeout: Duration,
@@ -217,6 +220,7 @@ impl Default for ProxySettings {
             outbound: Some(SocketAddr::from(([127, 0, 0, 1], 15001))),
             inbound: Some(SocketAddr::from(([0, 0, 0, 0], 15006))),
             admin: SocketAddr::from(([127, 0, 0, 1], 15000)),
+            health: None,
             drain_timeout: Duration::from_secs(30),
             access_log: true,
             max_header_bytes: 64 * 1024,
@@ -280,9 +284,12 @@ impl Validate for ProxySettings {
         }
         self.limits.validate(&at.key("limits"), v);
         self.interception.validate(&at.key("interception"), v);
-        let addrs = [self.outbound, self.inbound, Some(self.admin)];
+        let addrs = [self.outbound, self.inbound, Some(self.admin), self.health];
         let mut seen = Vec::new();
-        for (key, a) in ["outbound", "inbound", "admin"].into_iter().zip(addrs) {
+        for (key, a) in ["outbound", "inbound", "admin", "health"]
+            .into_iter()
+            .zip(addrs)
+        {
             if let Some(a) = a {
                 if a.port() != 0 && seen.contains(&a) {
                     v.fail(at.key(key), format!("{a} is used by another listener"));

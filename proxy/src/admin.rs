@@ -50,15 +50,7 @@ async fn route(
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
         (&Method::GET, "/metrics") => metrics(sidecar).await,
-        (&Method::GET, "/ready") => match sidecar.lifecycle.readiness(&sidecar.snapshot) {
-            Ok(()) => text(StatusCode::OK, "ready\n"),
-            // The reason, so whoever sees the probe fail knows what to fix.
-            Err(reason) => {
-                let mut r = Response::new(Full::new(Bytes::from(format!("not ready: {reason}\n"))));
-                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                r
-            }
-        },
+        (&Method::GET, "/ready") => ready(&sidecar),
         (&Method::GET, "/config") => match sidecar.snapshot.current() {
             Some(c) => json_response(
                 StatusCode::OK,
@@ -92,6 +84,18 @@ async fn route(
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `/ready`: 200, or 503 with the reason, so whoever sees the probe fail knows what to fix.
+pub(crate) fn ready(sidecar: &Sidecar) -> Response<Full<Bytes>> {
+    match sidecar.lifecycle.readiness(&sidecar.snapshot) {
+        Ok(()) => text(StatusCode::OK, "ready\n"),
+        Err(reason) => {
+            let mut r = Response::new(Full::new(Bytes::from(format!("not ready: {reason}\n"))));
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r
+        }
     }
 }
 
@@ -136,7 +140,7 @@ fn logging(peer: SocketAddr, method: &Method, query: Option<&str>) -> Response<F
 
 /// `/metrics`, encoded on the blocking pool: with hundreds of series an encode takes
 /// milliseconds, which on a single-worker runtime would stall every request for as long.
-async fn metrics(sidecar: Arc<Sidecar>) -> Response<Full<Bytes>> {
+pub(crate) async fn metrics(sidecar: Arc<Sidecar>) -> Response<Full<Bytes>> {
     let body = match tokio::task::spawn_blocking(move || sidecar.telemetry.metrics.encode()).await {
         Ok(text) => text,
         Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n"),
@@ -149,7 +153,7 @@ async fn metrics(sidecar: Arc<Sidecar>) -> Response<Full<Bytes>> {
     r
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
     r

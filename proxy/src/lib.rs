@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod await_sidecar;
 pub mod balance;
 pub mod body;
 pub mod client;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod fault;
 pub mod forward;
 pub mod grpc;
+pub mod health;
 pub mod hex;
 pub mod init;
 pub mod intercept;

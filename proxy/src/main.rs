@@ -129,6 +129,19 @@ struct Cli {
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
 
+    /// Health listener for the kubelet's probes and Prometheus, reachable from outside the pod
+    /// while the admin stays on loopback (e.g. 0.0.0.0:15021): GET /live, /ready, /metrics and
+    /// the app's own probes under /app-health/ (see --app-probes). Read-only.
+    #[arg(long, value_name = "ADDR")]
+    health: Option<SocketAddr>,
+
+    /// The app's HTTP probes the health listener makes for the kubelet, as JSON:
+    /// {"/app-health/CONTAINER/readyz": {"port": 8080, "path": "/healthz"}, …}. Written by
+    /// `outrigger inject`, which points the app's probes at the health port, because under
+    /// interception a probe to the app's port would meet strict mTLS.
+    #[arg(long, value_name = "JSON", env = "OUTRIGGER_APP_PROBES")]
+    app_probes: Option<String>,
+
     /// Worker threads; 1 runs everything on a single thread.
     #[arg(long, value_name = "N", default_value_t = default_threads())]
     threads: usize,
@@ -194,13 +207,37 @@ enum Command {
     /// Program this network namespace (a pod's) so every TCP connection in or out goes
     /// through the sidecar: run once, as root, before the app starts (the init container).
     Init(outrigger_proxy::init::InitArgs),
+    /// Wait until the sidecar is ready; then run COMMAND (after `--`) and, with --shutdown,
+    /// end the sidecar when it is done (a Job without native sidecars). Exits with COMMAND's
+    /// status.
+    Await(outrigger_proxy::await_sidecar::AwaitArgs),
+    /// Copy this binary to DEST (mode 0755), e.g. into an emptyDir an app container shares,
+    /// for images with no `cp`.
+    CopySelf {
+        #[arg(value_name = "DEST")]
+        dest: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     outrigger_config::lifeline::die_with_parent()?;
-    let cli = Cli::parse();
-    if let Some(Command::Init(args)) = &cli.command {
-        return outrigger_proxy::init::run(args).context("init");
+    let mut cli = Cli::parse();
+    match &cli.command {
+        Some(Command::Init(args)) => return outrigger_proxy::init::run(args).context("init"),
+        Some(Command::CopySelf { dest }) => {
+            return Ok(outrigger_proxy::await_sidecar::copy_self(dest)?)
+        }
+        Some(Command::Await(_)) => {
+            let Some(Command::Await(args)) = cli.command.take() else {
+                return Ok(());
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let code = runtime.block_on(outrigger_proxy::await_sidecar::run(args))?;
+            std::process::exit(code);
+        }
+        None => {}
     }
     // Held to the end of main: dropping it flushes the queued log lines.
     let _log = outrigger_proxy::logging::init(&cli.log).context("--log")?;
@@ -223,6 +260,15 @@ fn main() -> anyhow::Result<()> {
     if let Some(admin) = cli.admin {
         settings.admin = admin;
     }
+    if let Some(h) = cli.health {
+        settings.health = Some(h);
+    }
+    let app_probes = match cli.app_probes.as_deref().map(str::trim) {
+        Some(json) if !json.is_empty() => {
+            outrigger_proxy::health::app_probe::AppProbes::parse(json).context("--app-probes")?
+        }
+        _ => Default::default(),
+    };
     if let Some(d) = cli.drain_timeout {
         settings.drain_timeout = d;
     }
@@ -256,7 +302,11 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
     };
-    runtime.block_on(server::run(server::Options { settings, source }))?;
+    runtime.block_on(server::run(server::Options {
+        settings,
+        source,
+        app_probes,
+    }))?;
     // Tasks still holding connections past the drain deadline must not delay the exit.
     runtime.shutdown_timeout(Duration::from_millis(100));
     Ok(())

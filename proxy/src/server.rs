@@ -44,6 +44,8 @@ pub enum ServerError {
 pub struct Options {
     pub settings: ProxySettings,
     pub source: Source,
+    /// The app's HTTP probes the health listener makes for the kubelet.
+    pub app_probes: crate::health::app_probe::AppProbes,
 }
 
 /// Where snapshots come from.
@@ -80,7 +82,11 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 }
 
 pub async fn run(opts: Options) -> Result<(), ServerError> {
-    let Options { settings, source } = opts;
+    let Options {
+        settings,
+        source,
+        app_probes,
+    } = opts;
     raise_open_files_limit(&settings);
     let metrics = Metrics::new();
     let access_log = settings
@@ -119,6 +125,15 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     let admin_addr = admin.local_addr().unwrap_or(settings.admin);
     tracing::info!(addr = %admin_addr, "admin listening");
     admin::spawn(admin, sidecar.clone());
+    if let Some(addr) = settings.health {
+        let health = bind("health", addr).await?;
+        tracing::info!(addr = %health.local_addr().unwrap_or(addr), app_probes = app_probes.len(), "health listening");
+        crate::health::spawn(health, sidecar.clone(), Arc::new(app_probes));
+    } else if !app_probes.is_empty() {
+        tracing::warn!(
+            "app probes are given but there is no health listener (--health) to serve them"
+        );
+    }
 
     let mut watch_file = None;
     if let Some((snapshot, watch)) = initial {

@@ -265,6 +265,11 @@ impl Proxy {
         self.inbound.expect("inbound listener")
     }
 
+    /// The admin listener's address.
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -20,6 +20,7 @@ mod dns;
 mod errors;
 mod faults;
 mod framing;
+mod health_port;
 mod intercept;
 mod large_apply;
 mod logs;
