@@ -15,6 +15,7 @@ pub mod ca;
 pub mod canary;
 pub mod clock;
 pub mod metrics;
+pub mod podnet;
 pub mod push;
 pub mod registry;
 pub mod resources;
