@@ -6,6 +6,7 @@
 //! Each call carries the inbound request's trace headers (`trace.rs`) and is bounded by one
 //! deadline covering connect, response and body.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -55,15 +56,21 @@ impl Reply {
     }
 }
 
-/// The mesh's address, as given by `--mesh`: `http://host:port`, nothing after it.
+/// The mesh's address, as given by `--mesh`: `http://host:port`, nothing after it; or
+/// `direct`, where each call goes to `http://SERVICE/…` by name and the pod's interception
+/// takes it to the sidecar (the app unchanged, as in `outrigger up --pods`).
 #[derive(Debug, Clone)]
 pub struct MeshAddr {
-    authority: Authority,
+    /// `None`: direct, by the service's name.
+    authority: Option<Authority>,
 }
 
 impl MeshAddr {
     /// clap parser for `--mesh`. Only plain `http`: the sidecar on the same host does TLS.
     pub fn parse(arg: &str) -> Result<MeshAddr, String> {
+        if arg == "direct" {
+            return Ok(MeshAddr { authority: None });
+        }
         let uri: Uri = arg
             .parse()
             .map_err(|e| format!("not a URL ({e}): {arg:?}"))?;
@@ -79,7 +86,9 @@ impl MeshAddr {
                 "the mesh URL takes no path, calls keep their own: {arg:?}"
             ));
         }
-        Ok(MeshAddr { authority })
+        Ok(MeshAddr {
+            authority: Some(authority),
+        })
     }
 }
 
@@ -135,9 +144,13 @@ impl MeshClient {
         extra: HeaderMap,
         trace: &TraceContext,
     ) -> Result<Request<Full<Bytes>>, CallError> {
+        let authority = match &self.mesh.authority {
+            Some(a) => a.clone(),
+            None => Authority::from_str(service).map_err(|e| CallError::Build(e.to_string()))?,
+        };
         let uri = Uri::builder()
             .scheme(Scheme::HTTP)
-            .authority(self.mesh.authority.clone())
+            .authority(authority)
             .path_and_query(path)
             .build()
             .map_err(|e| CallError::Build(e.to_string()))?;
@@ -207,6 +220,30 @@ mod tests {
         assert!(MeshAddr::parse("127.0.0.1:15001").is_err());
         assert!(MeshAddr::parse("http://127.0.0.1:15001/api").is_err());
         assert!(MeshAddr::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn direct_calls_go_to_the_service_by_name() {
+        let Ok(mesh) = MeshAddr::parse("direct") else {
+            panic!("direct rejected");
+        };
+        let client = MeshClient::new(mesh, Duration::from_secs(1));
+        let trace = TraceContext::from_headers(&HeaderMap::new());
+        let Ok(request) = client.build::<()>(
+            "payment",
+            Method::GET,
+            "/charges/1",
+            None,
+            HeaderMap::new(),
+            &trace,
+        ) else {
+            panic!("request not built");
+        };
+        assert_eq!(request.uri(), "http://payment/charges/1");
+        assert_eq!(
+            request.headers().get(HOST),
+            Some(&HeaderValue::from_static("payment"))
+        );
     }
 
     #[test]

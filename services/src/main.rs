@@ -111,7 +111,8 @@ struct OrderArgs {
     #[command(flatten)]
     common: Common,
     /// The sidecar's outbound listener; every call to catalog, inventory and payment goes
-    /// there with Host set to the service name.
+    /// there with Host set to the service name. `direct`: call `http://SERVICE/…` by name
+    /// instead, for a pod whose rules send every connection to the sidecar.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:15001", value_parser = MeshAddr::parse)]
     mesh: MeshAddr,
     /// Deadline for each call to another service, in milliseconds.

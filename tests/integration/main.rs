@@ -45,3 +45,4 @@ mod top;
 mod tracing;
 mod trust_day2;
 mod up_children;
+mod up_pods;

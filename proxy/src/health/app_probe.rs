@@ -128,9 +128,10 @@ impl AppProbes {
 }
 
 impl AppProbe {
-    /// The app's status for the kubelet (which counts 200–399 as success), or 503 with the
-    /// reason when the app did not answer.
-    pub async fn run(&self) -> (StatusCode, String) {
+    /// The app's status for the kubelet (which counts 200–399 as success) and the start of its
+    /// body (what a failing probe said is then in the kubelet's event), or 503 with the reason
+    /// when the app did not answer.
+    pub async fn run(&self) -> (StatusCode, bytes::Bytes) {
         match request(
             Method::GET,
             self.addr,
@@ -140,10 +141,10 @@ impl AppProbe {
         )
         .await
         {
-            Ok((status, _)) => (status, format!("app answered {status}\n")),
+            Ok(answer) => answer,
             Err(e) => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("app probe failed: {e}\n"),
+                bytes::Bytes::from(format!("app probe failed: {e}\n")),
             ),
         }
     }
@@ -234,6 +235,9 @@ mod tests {
             .run()
             .await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(why.contains("app probe failed"), "{why}");
+        assert!(
+            String::from_utf8_lossy(&why).contains("app probe failed"),
+            "{why:?}"
+        );
     }
 }

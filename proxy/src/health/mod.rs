@@ -74,8 +74,8 @@ async fn route(
         "/metrics" => admin::metrics(sidecar.clone()).await,
         _ => match probes.get(path) {
             Some(p) => {
-                let (status, why) = p.run().await;
-                let mut r = Response::new(Full::new(Bytes::from(why)));
+                let (status, body) = p.run().await;
+                let mut r = Response::new(Full::new(body));
                 *r.status_mut() = status;
                 r
             }

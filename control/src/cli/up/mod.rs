@@ -11,6 +11,7 @@
 
 mod load;
 mod metrics_text;
+mod pods;
 mod procs;
 mod prometheus;
 pub(super) mod table;
@@ -77,6 +78,11 @@ pub struct UpArgs {
     /// sidecar starts).
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
     pub bootstrap_token_ttl: Duration,
+    /// Run every instance in a pod of its own: a network namespace on a bridge `up` makes,
+    /// with the init step's rules, the app unchanged (it calls `http://payment/…`) and its
+    /// sidecar as uid 1337. Needs root. Everything made is removed on exit.
+    #[arg(long)]
+    pub pods: bool,
 }
 
 fn sampling_ratio(s: &str) -> Result<f64, String> {
@@ -106,6 +112,20 @@ pub enum UpError {
     Random(String),
     #[error("{0} exited during startup; see its log in {1}")]
     Exited(String, PathBuf),
+    #[error("up --pods: {0}")]
+    Pods(outrigger_control::podnet::PodNetError),
+    #[error(
+        "up --pods needs root: each pod is a network namespace on a bridge, with iptables rules. \
+         Run it as root (sudo outrigger up --pods), or without --pods to run the mesh on loopback \
+         as any user"
+    )]
+    PodsNeedRoot,
+}
+
+impl From<outrigger_control::podnet::PodNetError> for UpError {
+    fn from(e: outrigger_control::podnet::PodNetError) -> Self {
+        Self::Pods(e)
+    }
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> UpError {
@@ -117,10 +137,13 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> UpError {
 struct Instance {
     service: &'static str,
     version: &'static str,
+    /// Where the app listens, as its sidecar reaches it.
     app: SocketAddr,
     outbound: SocketAddr,
     inbound: SocketAddr,
     admin: SocketAddr,
+    /// With `--pods`: the pod, whose health port `up` reads the app through.
+    pod: Option<pods::Pod>,
 }
 
 impl Instance {
@@ -136,7 +159,11 @@ struct Ports(Vec<std::net::TcpListener>);
 
 impl Ports {
     fn take(&mut self) -> Result<SocketAddr, UpError> {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("reserving a port"))?;
+        self.take_on([127, 0, 0, 1].into())
+    }
+
+    fn take_on(&mut self, ip: std::net::IpAddr) -> Result<SocketAddr, UpError> {
+        let l = std::net::TcpListener::bind((ip, 0)).map_err(io("reserving a port"))?;
         let addr = l.local_addr().map_err(io("reading a reserved port"))?;
         self.0.push(l);
         Ok(addr)
@@ -162,6 +189,9 @@ struct Mtls {
     /// for one that failed, all sidecars together.
     certificates: u64,
     certificate_errors: u64,
+    /// Connections the pods' rules redirected to a sidecar that it served (`--pods`): the
+    /// apps dialled services by name, not their sidecar.
+    intercepted: u64,
 }
 
 #[derive(Serialize)]
@@ -204,6 +234,10 @@ struct Secrets {
 }
 
 pub async fn run(args: UpArgs) -> Result<(), UpError> {
+    // Before anything is made.
+    if args.pods && !outrigger_control::podnet::is_root() {
+        return Err(UpError::PodsNeedRoot);
+    }
     let bins = match &args.bin_dir {
         Some(d) => d.clone(),
         None => std::env::current_exe()
@@ -233,9 +267,26 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
         None => SHOP_MESH.to_string(),
     };
 
+    // Made before any process and removed after they have all stopped (on drop), also when
+    // the run fails.
+    let mut pods = if args.pods {
+        Some(pods::Pods::create()?)
+    } else {
+        None
+    };
     let mut procs = Procs::new(&logs);
-    let result = run_mesh(&args, &bins, &workdir, &secrets, &mesh, &mut procs).await;
+    let result = run_mesh(
+        &args,
+        &bins,
+        &workdir,
+        &secrets,
+        &mesh,
+        &mut procs,
+        pods.as_mut(),
+    )
+    .await;
     procs.stop(Duration::from_secs(10)).await;
+    drop(pods);
     result
 }
 
@@ -246,8 +297,10 @@ async fn run_mesh(
     secrets: &Secrets,
     mesh: &str,
     procs: &mut Procs,
+    mut pods: Option<&mut pods::Pods>,
 ) -> Result<(), UpError> {
     let logs = workdir.join("logs");
+    let proxy_bin = bins.join("outrigger-proxy");
     let layout: [(&'static str, &'static str); 7] = [
         ("user", "v1"),
         ("catalog", "v1"),
@@ -259,19 +312,51 @@ async fn run_mesh(
     ];
     // Every port is reserved before anything starts, then released all at once.
     let mut ports = Ports::default();
-    let control = ports.take()?;
+    let control = match pods.as_deref() {
+        Some(p) => ports.take_on(p.host_ip()?)?,
+        None => ports.take()?,
+    };
     let mut instances = Vec::new();
-    for (service, version) in layout {
-        instances.push(Instance {
-            service,
-            version,
-            app: ports.take()?,
-            outbound: ports.take()?,
-            inbound: ports.take()?,
-            admin: ports.take()?,
+    for (n, (service, version)) in layout.into_iter().enumerate() {
+        instances.push(match pods.as_deref_mut() {
+            // In a pod every instance has the same ports; its address tells them apart.
+            Some(p) => {
+                let pod = p.pod(&format!("{service}-{n}"), &proxy_bin)?;
+                Instance {
+                    service,
+                    version,
+                    app: SocketAddr::from(([127, 0, 0, 1], pods::APP_PORT)),
+                    outbound: SocketAddr::from(([127, 0, 0, 1], 15001)),
+                    inbound: SocketAddr::from(([0, 0, 0, 0], 15006)),
+                    admin: pod.at(pods::ADMIN_PORT),
+                    pod: Some(pod),
+                }
+            }
+            None => Instance {
+                service,
+                version,
+                app: ports.take()?,
+                outbound: ports.take()?,
+                inbound: ports.take()?,
+                admin: ports.take()?,
+                pod: None,
+            },
         });
     }
-    let (edge, edge_admin, edge_inbound) = (ports.take()?, ports.take()?, ports.take()?);
+    // The edge. In a pod its outbound listener is on the pod's address, which the rules leave
+    // alone: the shoppers on the host call it there.
+    let edge_pod = match pods.as_deref_mut() {
+        Some(p) => Some(p.pod("storefront", &proxy_bin)?),
+        None => None,
+    };
+    let (edge, edge_admin, edge_inbound) = match &edge_pod {
+        Some(pod) => (
+            pod.at(15001),
+            pod.at(pods::ADMIN_PORT),
+            SocketAddr::from(([0, 0, 0, 0], 15006)),
+        ),
+        None => (ports.take()?, ports.take()?, ports.take()?),
+    };
     drop(ports);
 
     let control_url = format!("https://{control}");
@@ -361,8 +446,27 @@ async fn run_mesh(
     // `up` with the same --workdir starts from the first's data.
     let shop_data = workdir.join("data").join("shop");
     std::fs::create_dir_all(&shop_data).map_err(io(format!("creating {}", shop_data.display())))?;
+    // Sidecars in pods run as the proxy's uid, which must read the trust anchors: a copy, as
+    // the data directory is the control plane's alone.
+    let trust_anchors = if pods.is_some() {
+        let copy = workdir.join("trust-bundle.pem");
+        std::fs::copy(&secrets.trust_anchors, &copy).map_err(io(format!(
+            "copying the trust bundle to {}",
+            copy.display()
+        )))?;
+        // Public certificates: readable by the proxy's uid, whatever the original's mode.
+        std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .map_err(io(format!("making {} readable", copy.display())))?;
+        copy
+    } else {
+        secrets.trust_anchors.clone()
+    };
     for (n, i) in instances.iter().enumerate() {
-        let mut app_args = vec![i.service.to_string(), "--listen".into(), i.app.to_string()];
+        let listen = match &i.pod {
+            Some(_) => SocketAddr::from(([0, 0, 0, 0], pods::APP_PORT)),
+            None => i.app,
+        };
+        let mut app_args = vec![i.service.to_string(), "--listen".into(), listen.to_string()];
         app_args.extend([
             "--db".into(),
             shop_data
@@ -377,14 +481,26 @@ async fn run_mesh(
             }
         }
         if i.service == "order" {
-            app_args.extend(["--mesh".into(), format!("http://{}", i.outbound)]);
+            // In a pod the app is unchanged: it calls `http://catalog/…` by name.
+            let mesh = match &i.pod {
+                Some(_) => "direct".to_string(),
+                None => format!("http://{}", i.outbound),
+            };
+            app_args.extend(["--mesh".into(), mesh]);
         }
-        procs.spawn(&i.id(n), &bins.join("shop"), &app_args)?;
+        spawn(
+            procs,
+            i.pod.as_ref(),
+            &i.id(n),
+            &bins.join("shop"),
+            &app_args,
+            false,
+        )?;
         let token = bootstrap(i.id(n), i.service).await?;
-        let sidecar = sidecar_args(
+        let mut sidecar = sidecar_args(
             args,
             &control_url,
-            &secrets.trust_anchors,
+            &trust_anchors,
             &token,
             i.service,
             i.version,
@@ -394,18 +510,28 @@ async fn run_mesh(
             i.inbound,
             i.admin,
         );
-        procs.spawn(
+        if let Some(pod) = &i.pod {
+            pods::give_to_proxy(&token)?;
+            sidecar.extend(pods::sidecar_flags(pod.ip));
+        }
+        spawn(
+            procs,
+            i.pod.as_ref(),
             &format!("{}-sidecar", i.id(n)),
-            &bins.join("outrigger-proxy"),
+            &proxy_bin,
             &sidecar,
+            true,
         )?;
     }
     // The edge: the shoppers' own sidecar, with no app and nothing inbound.
     let token = bootstrap("storefront".into(), "storefront").await?;
+    if edge_pod.is_some() {
+        pods::give_to_proxy(&token)?;
+    }
     let edge_args = sidecar_args(
         args,
         &control_url,
-        &secrets.trust_anchors,
+        &trust_anchors,
         &token,
         "storefront",
         "v1",
@@ -415,10 +541,13 @@ async fn run_mesh(
         edge_inbound,
         edge_admin,
     );
-    procs.spawn(
+    spawn(
+        procs,
+        edge_pod.as_ref(),
         "storefront-sidecar",
-        &bins.join("outrigger-proxy"),
+        &proxy_bin,
         &edge_args,
+        true,
     )?;
 
     let order_admin = instances
@@ -473,6 +602,14 @@ async fn run_mesh(
         "mTLS: {} between sidecars (identities from the control plane's CA)",
         args.mtls
     );
+    if pods.is_some() {
+        println!(
+            "pods: each instance in a network namespace on bridge {} with interception; apps call \
+             http://SERVICE/ unchanged; sidecars as uid {}",
+            pods.as_deref().map_or("", |p| p.bridge()),
+            pods::PROXY_UID
+        );
+    }
     println!(
         "shoppers: {} placing {:.0} orders/s; payment v2 canary fails {:.0}% of charges{}",
         args.shoppers,
@@ -526,8 +663,15 @@ async fn run_mesh(
     for row in final_rows {
         let mut healthy = true;
         for i in instances.iter().filter(|i| i.service == row.service) {
-            healthy &= probe.get(i.app, "/healthz").await.is_some()
-                && probe.get(i.admin, "/ready").await.is_some();
+            let app = match &i.pod {
+                Some(pod) => {
+                    probe
+                        .get(pod.at(pods::HEALTH_PORT), pods::READY_PROBE)
+                        .await
+                }
+                None => probe.get(i.app, "/healthz").await,
+            };
+            healthy &= app.is_some() && probe.get(i.admin, "/ready").await.is_some();
         }
         services.push(ServiceSummary { row, healthy });
     }
@@ -538,6 +682,7 @@ async fn run_mesh(
         plaintext_requests: 0,
         certificates: 0,
         certificate_errors: 0,
+        intercepted: 0,
     };
     for a in &admins {
         if let Some(text) = probe.get(*a, "/metrics").await {
@@ -567,13 +712,26 @@ async fn run_mesh(
                 "outrigger_identity_renewals_total",
                 &[("result", "error")],
             ) as u64;
+            m.intercepted += metrics_text::sum(
+                &text,
+                "outrigger_intercepted_connections_total",
+                &[("outcome", "routed")],
+            ) as u64;
         }
     }
     // Service-wide counts from the shop's own databases, through any instance's admin route.
     let mut shop = ShopData::default();
     let stat = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+    let stats = |i: &Instance| {
+        let probe = &probe;
+        let at = match &i.pod {
+            Some(pod) => (pod.at(pods::HEALTH_PORT), pods::STATS_PROBE),
+            None => (i.app, "/admin/stats"),
+        };
+        async move { probe.get(at.0, at.1).await }
+    };
     if let Some(p) = instances.iter().find(|i| i.service == "payment") {
-        if let Some(body) = probe.get(p.app, "/admin/stats").await {
+        if let Some(body) = stats(p).await {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             shop.charges_attempted = stat(&v, "charges_attempted");
             shop.charges_deduplicated = stat(&v, "charges_deduplicated");
@@ -581,7 +739,7 @@ async fn run_mesh(
         }
     }
     if let Some(o) = instances.iter().find(|i| i.service == "order") {
-        if let Some(body) = probe.get(o.app, "/admin/stats").await {
+        if let Some(body) = stats(o).await {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             shop.orders_stored = stat(&v, "orders");
             shop.orders_compensated = stat(&v, "compensated");
@@ -603,6 +761,26 @@ async fn run_mesh(
     if let Some(p) = &args.summary_json {
         let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
         std::fs::write(p, json).map_err(io(format!("writing {}", p.display())))?;
+    }
+    Ok(())
+}
+
+/// Starts `bin args`, in `pod` when there is one (a sidecar as the proxy's uid).
+fn spawn(
+    procs: &mut Procs,
+    pod: Option<&pods::Pod>,
+    name: &str,
+    bin: &Path,
+    args: &[String],
+    sidecar: bool,
+) -> Result<(), UpError> {
+    match pod {
+        Some(p) => procs.spawn(
+            name,
+            Path::new("ip"),
+            &pods::in_pod(&p.netns, bin, args, sidecar),
+        )?,
+        None => procs.spawn(name, bin, args)?,
     }
     Ok(())
 }
@@ -796,6 +974,12 @@ fn print_summary(s: &Summary) {
         s.mtls.certificates,
         s.mtls.certificate_errors
     );
+    if s.mtls.intercepted > 0 {
+        println!(
+            "interception: {} connections the apps made by name were taken to their sidecars",
+            s.mtls.intercepted
+        );
+    }
     println!(
         "shop data ({}): {} charges attempted, {} deduplicated, {} charges; {} orders stored, \
          {} compensated, {} resumed after a crash",

@@ -130,6 +130,7 @@ mod tests {
             outbound: a(2),
             inbound: a(3),
             admin: a(admin),
+            pod: None,
         }
     }
 
