@@ -140,7 +140,11 @@ fn greet_ms(pod: &Netns, host: &str, port: &str) -> f64 {
 }
 
 fn redis_cli(pod: &Netns, args: &[&str]) -> String {
-    let mut all = vec!["-h", "redis", "--no-raw"];
+    redis_cli_at(pod, "redis", args)
+}
+
+fn redis_cli_at(pod: &Netns, host: &str, args: &[&str]) -> String {
+    let mut all = vec!["-h", host, "--no-raw"];
     all.extend_from_slice(args);
     let out = pod.exec("redis-cli", &all);
     format!(
@@ -155,7 +159,7 @@ async fn apps_in_pods_reach_redis_smtp_and_tls_unchanged_through_their_sidecars(
     let mut net = PodNet::create("10.204.7");
     let hosts = "10.96.0.20 redis redis.shop.svc.cluster.local\n10.96.0.25 mail\n10.96.0.40 web\n10.204.7.6 outside.example\n";
     let (client_pod, _) = net.pod("orr-client", "10.96.0.0/16", hosts);
-    let (redis_pod, _) = net.pod("orr-redis", "10.96.0.0/16", hosts);
+    let (redis_pod, redis_ip) = net.pod("orr-redis", "10.96.0.0/16", hosts);
     let (intruder_pod, _) = net.pod("orr-intruder", "10.96.0.0/16", hosts);
     let (mail_pod, _) = net.pod("orr-mail", "10.96.0.0/16", hosts);
     // Outside the mesh: no sidecar, not a service.
@@ -341,6 +345,28 @@ async fn apps_in_pods_reach_redis_smtp_and_tls_unchanged_through_their_sidecars(
             "direction=\"inbound\",result=\"ok\""
         ) >= 2.0,
         "inbound mTLS handshakes"
+    );
+
+    // The instance's own address (an endpoint, not the virtual IP) reaches that instance,
+    // through both sidecars over mTLS all the same.
+    let inbound_before = metric(
+        &redis_pod,
+        "outrigger_tcp_connections_total",
+        "destination=\"redis\",direction=\"inbound\"",
+    );
+    assert_eq!(
+        redis_cli_at(&client_pod, &redis_ip, &["GET", "greeting"]),
+        "\"through two sidecars\"",
+        "redis-cli -h {redis_ip} (the redis pod's address)"
+    );
+    assert_eq!(
+        metric(
+            &redis_pod,
+            "outrigger_tcp_connections_total",
+            "destination=\"redis\",direction=\"inbound\""
+        ),
+        inbound_before + 1.0,
+        "dialling the endpoint went through the redis sidecar"
     );
 
     eprintln!(

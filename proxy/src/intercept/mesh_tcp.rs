@@ -43,10 +43,12 @@ pub enum MeshTcpError {
     },
 }
 
-/// Relays an app's connection to `port` of service `dest`, trying up to three endpoints.
+/// Relays an app's connection to `port` of service `dest`, trying up to three endpoints, or
+/// only endpoint `pinned` when the app dialled that instance's address.
 pub async fn to_service(
     client: Prefixed<TcpStream>,
     dest: &Dest,
+    pinned: Option<usize>,
     port: u16,
     idle: Duration,
     metrics: &TcpMetrics,
@@ -56,11 +58,14 @@ pub async fn to_service(
         client.reset();
         return Err(MeshTcpError::NoEndpoints(dest.name.clone()));
     }
-    let start = dest.rr.fetch_add(1, Ordering::Relaxed);
+    let (start, attempts) = match pinned {
+        Some(i) => (i, 1),
+        None => (dest.rr.fetch_add(1, Ordering::Relaxed), n.min(ATTEMPTS)),
+    };
     let mut last = None;
-    for i in 0..n.min(ATTEMPTS) {
+    for i in 0..attempts {
         let e = &dest.endpoints[(start + i) % n];
-        if e.state.outlier.is_ejected() && n > 1 {
+        if pinned.is_none() && e.state.outlier.is_ejected() && n > 1 {
             continue;
         }
         let labels = ["outbound", &*dest.name];

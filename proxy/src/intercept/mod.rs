@@ -49,9 +49,17 @@ pub async fn outbound(
     // The snapshot first: a port its service marks opaque skips detection, like the
     // sidecar-wide opaque ports.
     let state = sidecar.snapshot.current();
-    let service = state
-        .as_deref()
-        .and_then(|s| s.by_virtual_ip.get(&dst.ip()).cloned());
+    // A virtual IP names a service; an endpoint's IP names one of its instances.
+    let (service, pinned) = match state.as_deref() {
+        Some(s) => match s.by_virtual_ip.get(&dst.ip()) {
+            Some(d) => (Some(d.clone()), None),
+            None => match s.by_endpoint_ip.get(&dst.ip()) {
+                Some((d, i)) => (Some(d.clone()), Some(*i)),
+                None => (None, None),
+            },
+        },
+        None => (None, None),
+    };
     let opaque_here = settings.opaque_ports.contains(&dst.port())
         || service
             .as_deref()
@@ -68,15 +76,18 @@ pub async fn outbound(
         }
     };
     let stream = Prefixed::new(prefix, stream);
+    // HTTP to one instance's address whose Host names no service goes to that instance as
+    // it is: bytes over mTLS, like any other protocol.
+    let to_service = service.is_some() && pinned.is_none();
     let http_for_mesh = !opaque_here
         && match &protocol {
             Protocol::Http1 => {
-                service.is_some()
+                to_service
                     || state
                         .as_deref()
                         .is_some_and(|s| host_names_a_service(s, stream.prefix()))
             }
-            Protocol::H2c => service.is_some(),
+            Protocol::H2c => to_service,
             _ => false,
         };
     if http_for_mesh {
@@ -89,7 +100,7 @@ pub async fn outbound(
     };
     if let Some(dest) = service {
         count(metrics, &protocol, "routed");
-        match mesh_tcp::to_service(stream, &dest, dst.port(), idle, metrics).await {
+        match mesh_tcp::to_service(stream, &dest, pinned, dst.port(), idle, metrics).await {
             Ok(r) => access(sidecar, dst, &dest.name, &protocol, sni, r),
             Err(e) => {
                 tracing::info!(%dst, destination = %dest.name, sni, error = %e, "opaque TCP to a service failed")

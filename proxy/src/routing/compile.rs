@@ -46,6 +46,10 @@ pub struct Compiled {
     pub outbound: AuthorityTable<Dest>,
     /// Destinations by their virtual IP, for intercepted connections.
     pub by_virtual_ip: std::collections::HashMap<std::net::IpAddr, Arc<Dest>>,
+    /// Destinations by an endpoint's IP, with the endpoint's index: an app that dials one
+    /// instance's address reaches that instance. Addresses two services share (loopback, in
+    /// a mesh on one host) are left out: they name no one service.
+    pub by_endpoint_ip: std::collections::HashMap<std::net::IpAddr, (Arc<Dest>, usize)>,
     pub inbound: Option<Arc<Dest>>,
     /// Metrics for requests that never reached a destination, per direction.
     pub unrouted_outbound: Arc<StatusMetrics>,
@@ -306,6 +310,8 @@ impl Compiler<'_> {
         self.track_names(&snapshot);
         let mut outbound = AuthorityTable::default();
         let mut by_virtual_ip = std::collections::HashMap::new();
+        let mut by_endpoint_ip = std::collections::HashMap::new();
+        let mut shared_ips = HashSet::new();
         for d in &snapshot.destinations {
             let mut spec = outbound_spec(d);
             spec.endpoints =
@@ -330,6 +336,22 @@ impl Compiler<'_> {
                 // `Host: 10.96.0.20` (an app that dials the address itself) selects it too.
                 outbound.insert(&ip.to_string(), dest.clone());
                 by_virtual_ip.insert(ip, dest.clone());
+            }
+            for (i, e) in dest.endpoints.iter().enumerate() {
+                let ip = e.addr.ip();
+                if ip.is_loopback() || ip.is_unspecified() || shared_ips.contains(&ip) {
+                    continue;
+                }
+                match by_endpoint_ip.get(&ip) {
+                    Some((other, _)) if !Arc::ptr_eq(other, &dest) => {
+                        by_endpoint_ip.remove(&ip);
+                        shared_ips.insert(ip);
+                    }
+                    Some(_) => {}
+                    None => {
+                        by_endpoint_ip.insert(ip, (dest.clone(), i));
+                    }
+                }
             }
         }
         let local = Destination::new(&snapshot.service);
@@ -379,6 +401,7 @@ impl Compiler<'_> {
             service: service.clone(),
             outbound,
             by_virtual_ip,
+            by_endpoint_ip,
             inbound,
             snapshot: Arc::new(snapshot),
         }
