@@ -15,6 +15,7 @@ mod admin;
 mod canary;
 mod config_reload;
 mod control_channel;
+mod containers;
 mod control_plane;
 mod dns;
 mod errors;

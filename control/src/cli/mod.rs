@@ -75,7 +75,7 @@ pub enum Command {
     Token(token::Args),
     /// Run the whole shop mesh on this machine: control plane, every service with its sidecar,
     /// storefront load and a live table. `--duration 30s` runs unattended and prints a summary.
-    Up(up::UpArgs),
+    Up(Box<up::UpArgs>),
     /// A live view of a running mesh: per service what its callers' sidecars see (the columns
     /// of `up`), and each sidecar's sync state. Keys only (`q` quits, `s` sorts); plain text
     /// when stdout is not a terminal, or with `--plain`; `--once` prints one snapshot.
@@ -84,7 +84,7 @@ pub enum Command {
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Up(a) = cli.command {
-        up::run(a).await?;
+        up::run(*a).await?;
         return Ok(ExitCode::SUCCESS);
     }
     let client = Client::new(&client::Target {

@@ -83,6 +83,14 @@ pub struct UpArgs {
     /// sidecar as uid 1337. Needs root. Everything made is removed on exit.
     #[arg(long)]
     pub pods: bool,
+    /// With --pods: run the control plane, every app, sidecar and init step as podman
+    /// containers from the images deploy/build-images.sh makes (set CONTAINERS_CONF to
+    /// deploy/podman/containers.conf on a machine like the CI's), each joined to its pod.
+    #[arg(long, requires = "pods")]
+    pub containers: bool,
+    /// The images' tag, with --containers.
+    #[arg(long, value_name = "TAG", default_value = "0.1.0")]
+    pub image_tag: String,
 }
 
 fn sampling_ratio(s: &str) -> Result<f64, String> {
@@ -270,7 +278,12 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
     // Made before any process and removed after they have all stopped (on drop), also when
     // the run fails.
     let mut pods = if args.pods {
-        Some(pods::Pods::create()?)
+        let containers = args.containers.then(|| pods::Containers {
+            tag: args.image_tag.clone(),
+            workdir: workdir.clone(),
+            started: Vec::new(),
+        });
+        Some(pods::Pods::create(containers)?)
     } else {
         None
     };
@@ -286,6 +299,9 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
     )
     .await;
     procs.stop(Duration::from_secs(10)).await;
+    if let Some(c) = pods.as_ref().and_then(|p| p.containers.as_ref()) {
+        c.remove_all();
+    }
     drop(pods);
     result
 }
@@ -312,16 +328,22 @@ async fn run_mesh(
     ];
     // Every port is reserved before anything starts, then released all at once.
     let mut ports = Ports::default();
-    let control = match pods.as_deref() {
-        Some(p) => ports.take_on(p.host_ip()?)?,
-        None => ports.take()?,
+    // In containers the control plane has a pod of its own (no rules: no sidecar there).
+    let control_pod = match pods.as_deref_mut() {
+        Some(p) if p.containers.is_some() => Some(p.pod("control", &proxy_bin, false)?),
+        _ => None,
+    };
+    let control = match (pods.as_deref(), &control_pod) {
+        (_, Some(pod)) => pod.at(15010),
+        (Some(p), None) => ports.take_on(p.host_ip()?)?,
+        (None, None) => ports.take()?,
     };
     let mut instances = Vec::new();
     for (n, (service, version)) in layout.into_iter().enumerate() {
         instances.push(match pods.as_deref_mut() {
             // In a pod every instance has the same ports; its address tells them apart.
             Some(p) => {
-                let pod = p.pod(&format!("{service}-{n}"), &proxy_bin)?;
+                let pod = p.pod(&format!("{service}-{n}"), &proxy_bin, true)?;
                 Instance {
                     service,
                     version,
@@ -346,7 +368,7 @@ async fn run_mesh(
     // The edge. In a pod its outbound listener is on the pod's address, which the rules leave
     // alone: the shoppers on the host call it there.
     let edge_pod = match pods.as_deref_mut() {
-        Some(p) => Some(p.pod("storefront", &proxy_bin)?),
+        Some(p) => Some(p.pod("storefront", &proxy_bin, true)?),
         None => None,
     };
     let (edge, edge_admin, edge_inbound) = match &edge_pod {
@@ -378,7 +400,23 @@ async fn run_mesh(
             humantime::format_duration(lifetime).to_string(),
         ]);
     }
-    procs.spawn("control", &bins.join("outrigger-control"), &control_args)?;
+    if control_pod.is_some() {
+        // The control plane's container runs as its image's uid: its data and tokens are its.
+        let data = workdir.join("data");
+        std::fs::create_dir_all(&data).map_err(io(format!("creating {}", data.display())))?;
+        for p in [&data, &secrets.admin_token, &secrets.reader_token] {
+            pods::give_to(p, pods::APP_UID)?;
+        }
+    }
+    spawn(
+        procs,
+        pods.as_deref_mut(),
+        control_pod.as_ref(),
+        "control",
+        &bins.join("outrigger-control"),
+        &control_args,
+        pods::Role::Control,
+    )?;
     // The control plane writes its trust bundle at start; from then on, everything `up` says
     // to it goes over HTTPS that checks its certificate against that bundle.
     let anchors = secrets.trust_anchors.to_string_lossy().into_owned();
@@ -446,6 +484,9 @@ async fn run_mesh(
     // `up` with the same --workdir starts from the first's data.
     let shop_data = workdir.join("data").join("shop");
     std::fs::create_dir_all(&shop_data).map_err(io(format!("creating {}", shop_data.display())))?;
+    if pods.as_deref().is_some_and(|p| p.containers.is_some()) {
+        pods::give_to(&shop_data, pods::APP_UID)?;
+    }
     // Sidecars in pods run as the proxy's uid, which must read the trust anchors: a copy, as
     // the data directory is the control plane's alone.
     let trust_anchors = if pods.is_some() {
@@ -490,11 +531,12 @@ async fn run_mesh(
         }
         spawn(
             procs,
+            pods.as_deref_mut(),
             i.pod.as_ref(),
             &i.id(n),
             &bins.join("shop"),
             &app_args,
-            false,
+            pods::Role::App,
         )?;
         let token = bootstrap(i.id(n), i.service).await?;
         let mut sidecar = sidecar_args(
@@ -516,11 +558,12 @@ async fn run_mesh(
         }
         spawn(
             procs,
+            pods.as_deref_mut(),
             i.pod.as_ref(),
             &format!("{}-sidecar", i.id(n)),
             &proxy_bin,
             &sidecar,
-            true,
+            pods::Role::Sidecar,
         )?;
     }
     // The edge: the shoppers' own sidecar, with no app and nothing inbound.
@@ -543,11 +586,12 @@ async fn run_mesh(
     );
     spawn(
         procs,
+        pods.as_deref_mut(),
         edge_pod.as_ref(),
         "storefront-sidecar",
         &proxy_bin,
         &edge_args,
-        true,
+        pods::Role::Sidecar,
     )?;
 
     let order_admin = instances
@@ -609,6 +653,12 @@ async fn run_mesh(
             pods.as_deref().map_or("", |p| p.bridge()),
             pods::PROXY_UID
         );
+        if args.containers {
+            println!(
+                "containers: every process is a podman container from localhost/outrigger-*:{}",
+                args.image_tag
+            );
+        }
     }
     println!(
         "shoppers: {} placing {:.0} orders/s; payment v2 canary fails {:.0}% of charges{}",
@@ -765,22 +815,23 @@ async fn run_mesh(
     Ok(())
 }
 
-/// Starts `bin args`, in `pod` when there is one (a sidecar as the proxy's uid).
+/// Starts `bin args`, in `pod` when there is one (a sidecar as the proxy's uid; a container
+/// with --containers).
 fn spawn(
     procs: &mut Procs,
+    pods: Option<&mut pods::Pods>,
     pod: Option<&pods::Pod>,
     name: &str,
     bin: &Path,
     args: &[String],
-    sidecar: bool,
+    role: pods::Role,
 ) -> Result<(), UpError> {
-    match pod {
-        Some(p) => procs.spawn(
-            name,
-            Path::new("ip"),
-            &pods::in_pod(&p.netns, bin, args, sidecar),
-        )?,
-        None => procs.spawn(name, bin, args)?,
+    match (pods, pod) {
+        (Some(pods), Some(pod)) => {
+            let (program, args) = pods.command(pod, name, bin, args, role);
+            procs.spawn(name, &program, &args)?
+        }
+        _ => procs.spawn(name, bin, args)?,
     }
     Ok(())
 }

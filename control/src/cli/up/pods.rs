@@ -36,6 +36,8 @@ pub const STATS_PROBE: &str = "/app-health/shop/stats";
 
 /// The bridge and every pod; dropping it removes them all.
 pub struct Pods {
+    /// With `--containers`: how processes run.
+    pub containers: Option<Containers>,
     // Dropped before the bridge: namespaces first, then the bridge and its guard rails.
     pods: Vec<Netns>,
     net: PodNet,
@@ -54,9 +56,13 @@ impl Pod {
 }
 
 impl Pods {
-    pub fn create() -> Result<Self, UpError> {
+    pub fn create(containers: Option<Containers>) -> Result<Self, UpError> {
+        if let Some(c) = &containers {
+            c.check_images()?;
+        }
         let bridge = format!("orup{}", std::process::id() % 100_000);
         Ok(Self {
+            containers,
             pods: Vec::new(),
             net: PodNet::create(SUBNET, &bridge)?,
         })
@@ -75,28 +81,35 @@ impl Pods {
     }
 
     /// A pod named `name`, with the init step's rules in place (the health port left alone, so
-    /// `up` reaches it).
-    pub fn pod(&mut self, name: &str, proxy: &Path) -> Result<Pod, UpError> {
+    /// `up` reaches it) unless `init` is false (the control plane's pod).
+    pub fn pod(&mut self, name: &str, proxy: &Path, init: bool) -> Result<Pod, UpError> {
         let hosts: String = SERVICES
             .iter()
             .map(|(s, vip)| format!("{vip} {s}\n"))
             .collect();
         let name = format!("orr-{name}-{}", std::process::id() % 100_000);
         let (ns, ip) = self.net.pod(&name, VIP_RANGE, &hosts)?;
-        let out = ns
-            .command(proxy)
-            .args([
-                "init",
-                "--inbound-ports-to-ignore",
-                &HEALTH_PORT.to_string(),
-            ])
-            .output()
+        if init {
+            let out = match &self.containers {
+                Some(c) => std::process::Command::new("podman")
+                    .args(c.init_args(&ns.name))
+                    .output(),
+                None => ns
+                    .command(proxy)
+                    .args([
+                        "init",
+                        "--inbound-ports-to-ignore",
+                        &HEALTH_PORT.to_string(),
+                    ])
+                    .output(),
+            }
             .map_err(|e| UpError::Control(format!("outrigger-proxy init in {name}: {e}")))?;
-        if !out.status.success() {
-            return Err(UpError::Control(format!(
-                "outrigger-proxy init in {name}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+            if !out.status.success() {
+                return Err(UpError::Control(format!(
+                    "outrigger-proxy init in {name}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
         }
         let ip = ip
             .parse()
@@ -108,7 +121,7 @@ impl Pods {
 }
 
 /// `ip` arguments that run `bin args` in `netns`; as the proxy's uid for a sidecar.
-pub fn in_pod(netns: &str, bin: &Path, args: &[String], as_proxy: bool) -> Vec<String> {
+fn in_pod(netns: &str, bin: &Path, args: &[String], as_proxy: bool) -> Vec<String> {
     let mut a: Vec<String> = vec!["netns".into(), "exec".into(), netns.into()];
     if as_proxy {
         a.extend(
@@ -125,6 +138,26 @@ pub fn in_pod(netns: &str, bin: &Path, args: &[String], as_proxy: bool) -> Vec<S
     a.push(bin.display().to_string());
     a.extend(args.iter().cloned());
     a
+}
+
+impl Pods {
+    /// The program and its arguments that run `bin args` in `pod` as `role`.
+    pub fn command(
+        &mut self,
+        pod: &Pod,
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        role: Role,
+    ) -> (std::path::PathBuf, Vec<String>) {
+        match &mut self.containers {
+            Some(c) => ("podman".into(), c.run_args(&pod.netns, name, role, args)),
+            None => (
+                "ip".into(),
+                in_pod(&pod.netns, bin, args, role == Role::Sidecar),
+            ),
+        }
+    }
 }
 
 /// The sidecar flags a pod adds: its health port on the pod's address, and the app probes
@@ -148,4 +181,142 @@ pub fn give_to_proxy(path: &Path) -> Result<(), UpError> {
         what: format!("giving {} to uid {PROXY_UID}", path.display()),
         source,
     })
+}
+
+/// `--containers`: every process a podman container from the images `deploy/build-images.sh`
+/// makes, joined to its pod's namespace (`--network ns:/run/netns/NAME`; never podman's own
+/// networks). Files the processes read or write stay in the work directory, mounted at the
+/// same path. Nothing runs as root but the init step, which has only NET_ADMIN and NET_RAW.
+pub struct Containers {
+    pub tag: String,
+    pub workdir: std::path::PathBuf,
+    /// Names of the containers started, removed on the way out whatever happened.
+    pub started: Vec<String>,
+}
+
+/// What a container runs as.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Sidecar,
+    App,
+    Control,
+}
+
+/// The uid the control plane and the shop run as in their images.
+pub const APP_UID: u32 = 65532;
+
+impl Containers {
+    /// Fails, saying what to run, unless every image exists.
+    pub fn check_images(&self) -> Result<(), UpError> {
+        for image in ["proxy", "init", "control", "shop"] {
+            let name = self.image(image);
+            let ok = std::process::Command::new("podman")
+                .args(["image", "exists", &name])
+                .status()
+                .map_err(|e| UpError::Control(format!("podman: {e} (install podman)")))?;
+            if !ok.success() {
+                return Err(UpError::Control(format!(
+                    "no image {name}: build the images first (deploy/build-images.sh --tag {})",
+                    self.tag
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn image(&self, name: &str) -> String {
+        format!("localhost/outrigger-{name}:{}", self.tag)
+    }
+
+    /// `podman` arguments that run `args` in the image for `role`, in `netns`.
+    pub fn run_args(
+        &mut self,
+        netns: &str,
+        name: &str,
+        role: Role,
+        args: &[String],
+    ) -> Vec<String> {
+        let container = format!("{name}-{}", std::process::id() % 100_000);
+        self.started.push(container.clone());
+        let wd = self.workdir.display().to_string();
+        let (user, image, mount) = match role {
+            Role::Sidecar => ("1337:1337", self.image("proxy"), format!("{wd}:{wd}:ro")),
+            Role::App => ("65532:65532", self.image("shop"), format!("{wd}:{wd}")),
+            Role::Control => ("65532:65532", self.image("control"), format!("{wd}:{wd}")),
+        };
+        let mut a: Vec<String> = [
+            "run",
+            "--rm",
+            "--pull=never",
+            "--name",
+            &container,
+            "--network",
+            &format!("ns:/run/netns/{netns}"),
+            "--user",
+            user,
+            "--read-only",
+            "--cap-drop",
+            "ALL",
+            "-v",
+            &mount,
+        ]
+        .map(String::from)
+        .to_vec();
+        // The pod's hosts file is `ip netns exec`'s; podman writes its own /etc/hosts.
+        for (service, vip) in SERVICES {
+            a.push(format!("--add-host={service}:{vip}"));
+        }
+        // The sidecar drains on SIGTERM, which `podman run` passes on.
+        a.push(image);
+        a.extend(args.iter().cloned());
+        a
+    }
+
+    /// The init step as its container runs it.
+    pub fn init_args(&self, netns: &str) -> Vec<String> {
+        [
+            "run",
+            "--rm",
+            "--pull=never",
+            "--network",
+            &format!("ns:/run/netns/{netns}"),
+            "--cap-drop",
+            "ALL",
+            "--cap-add",
+            "NET_ADMIN",
+            "--cap-add",
+            "NET_RAW",
+            &self.image("init"),
+            "--inbound-ports-to-ignore",
+            &HEALTH_PORT.to_string(),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// Removes every container started, in case one outlived its `podman run`.
+    pub fn remove_all(&self) {
+        if self.started.is_empty() {
+            return;
+        }
+        let _ = std::process::Command::new("podman")
+            .args(["rm", "-f", "--ignore", "--time", "5"])
+            .args(&self.started)
+            .output();
+    }
+}
+
+/// Gives `path` (and what is under it) to `uid`, for a container that runs as it.
+pub fn give_to(path: &Path, uid: u32) -> Result<(), UpError> {
+    let fail = |source| UpError::Io {
+        what: format!("giving {} to uid {uid}", path.display()),
+        source,
+    };
+    std::os::unix::fs::chown(path, Some(uid), Some(uid)).map_err(fail)?;
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(fail)? {
+            give_to(&entry.map_err(fail)?.path(), uid)?;
+        }
+    }
+    Ok(())
 }
