@@ -47,3 +47,4 @@ mod tracing;
 mod trust_day2;
 mod up_children;
 mod up_pods;
+mod validate;

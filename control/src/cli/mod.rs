@@ -11,6 +11,7 @@ mod table;
 mod token;
 mod top;
 mod up;
+mod validate;
 
 use clap::{Parser, Subcommand};
 use client::Client;
@@ -80,12 +81,19 @@ pub enum Command {
     /// of `up`), and each sidecar's sync state. Keys only (`q` quits, `s` sorts); plain text
     /// when stdout is not a terminal, or with `--plain`; `--once` prints one snapshot.
     Top(top::Args),
+    /// Check mesh resources and sidecar files offline, with apply's errors (document, field,
+    /// line, column) and no control plane: `outrigger validate -f mesh.yaml -f sidecar.yaml`.
+    /// Exits 1 on any error.
+    Validate(validate::Args),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Up(a) = cli.command {
         up::run(*a).await?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Validate(a) = cli.command {
+        return validate::run(a);
     }
     let client = Client::new(&client::Target {
         url: &cli.control_plane,
@@ -101,6 +109,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ca(c) => ca::run(&client, c).await,
         Command::Token(a) => token::run(&client, a).await,
         Command::Top(a) => top::run(&client, a).await,
-        Command::Up(_) => Ok(ExitCode::SUCCESS),
+        Command::Up(_) | Command::Validate(_) => Ok(ExitCode::SUCCESS),
     }
 }
