@@ -75,6 +75,10 @@ pub struct SplitOutcome {
     pub service: String,
     pub split: Vec<WeightedVersion>,
     pub revision: u64,
+    /// Versions given weight with no registered instance (accepted only when forced): their
+    /// share goes to the others until one registers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, ChangeError>>;
@@ -82,7 +86,7 @@ type Reply<T> = oneshot::Sender<Result<T, ChangeError>>;
 enum Request {
     Apply(Parsed, bool, Reply<ApplyOutcome>),
     Delete(Kind, String, Reply<u64>),
-    Split(String, BTreeMap<String, u32>, Reply<SplitOutcome>),
+    Split(String, BTreeMap<String, u32>, bool, Reply<SplitOutcome>),
     Register(Registration, Reply<Instance>),
     Heartbeat(String, oneshot::Sender<bool>),
     Deregister(String, oneshot::Sender<bool>),
@@ -143,12 +147,16 @@ impl Handle {
         self.ask(|r| Request::Delete(kind, name, r)).await
     }
 
+    /// Sets versions' weights. A version with weight and no registered instance is refused
+    /// unless `force`, and then named in the outcome's warnings.
     pub async fn split(
         &self,
         service: String,
         weights: BTreeMap<String, u32>,
+        force: bool,
     ) -> Result<SplitOutcome, ChangeError> {
-        self.ask(|r| Request::Split(service, weights, r)).await
+        self.ask(|r| Request::Split(service, weights, force, r))
+            .await
     }
 
     pub async fn register(&self, reg: Registration) -> Result<Instance, ChangeError> {
@@ -246,8 +254,8 @@ impl Actor {
             Request::Delete(kind, name, reply) => {
                 let _ = reply.send(self.delete(kind, name).await);
             }
-            Request::Split(service, weights, reply) => {
-                let _ = reply.send(self.split(service, weights).await);
+            Request::Split(service, weights, force, reply) => {
+                let _ = reply.send(self.split(service, weights, force).await);
             }
             Request::Register(reg, reply) => {
                 let result = match self.registry.register(reg, Instant::now()) {
@@ -357,6 +365,7 @@ impl Actor {
         &mut self,
         service: String,
         weights: BTreeMap<String, u32>,
+        force: bool,
     ) -> Result<SplitOutcome, ChangeError> {
         let Some(mut doc) = self.resources.services.get(&service).cloned() else {
             return Err(ChangeError::NotFound {
@@ -372,6 +381,27 @@ impl Actor {
             .collect();
         doc.spec.split = reweigh(&doc.spec.split, &weights, &live)
             .map_err(|e| ChangeError::BadRequest(e.to_string()))?;
+        // A phantom version would take its share on paper only: the sidecars fall back to the
+        // versions that have endpoints, while the split says otherwise.
+        let phantoms: Vec<String> = weights
+            .iter()
+            .filter(|(v, w)| **w > 0 && !live.contains(v))
+            .map(|(v, w)| {
+                let mut registered: Vec<&str> = live.iter().map(String::as_str).collect();
+                registered.sort_unstable();
+                registered.dedup();
+                format!(
+                    "version {v} of {service} has no registered instance (registered: {}); its {w}% goes to the others until one registers",
+                    if registered.is_empty() { "none".to_string() } else { registered.join(", ") }
+                )
+            })
+            .collect();
+        if !phantoms.is_empty() && !force {
+            return Err(ChangeError::Conflict(format!(
+                "{}; start an instance of it first, or force the split (outrigger canary --force)",
+                phantoms.join("; ")
+            )));
+        }
         let split = doc.spec.split.clone();
         let resource = Resource::Service(doc);
         let mut v = Validator::default();
@@ -380,10 +410,14 @@ impl Actor {
             return Err(ChangeError::BadRequest(format!("{path}: {reason}")));
         }
         let revision = self.commit(vec![Change::Put(Box::new(resource))]).await?;
+        for w in &phantoms {
+            tracing::warn!(service = %service, "split forced: {w}");
+        }
         Ok(SplitOutcome {
             service,
             split,
             revision,
+            warnings: phantoms,
         })
     }
 

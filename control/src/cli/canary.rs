@@ -15,12 +15,18 @@ pub struct Args {
     /// e.g. v2=25
     #[arg(value_name = "VERSION=WEIGHT", required = true)]
     weights: Vec<String>,
+    /// Accept a version that has no registered instance yet (refused otherwise: its share
+    /// would go to the other versions while the split says it is served).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Deserialize)]
 struct Outcome {
     service: String,
     split: Vec<Weighted>,
+    #[serde(default)]
+    warnings: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -44,7 +50,11 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     let outcome: Outcome = client
         .send_json(
             Method::PATCH,
-            &format!("/v1/services/{}/split", args.service),
+            &format!(
+                "/v1/services/{}/split{}",
+                args.service,
+                if args.force { "?force=true" } else { "" }
+            ),
             &json!({ "weights": weights }),
         )
         .await?
@@ -56,5 +66,8 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         .map(|w| format!("{}={}", w.version, w.weight))
         .collect();
     println!("{}: {}", outcome.service, split.join(" "));
+    for w in &outcome.warnings {
+        eprintln!("warning: {w}");
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -97,6 +97,19 @@ async fn apply_get_and_delete_from_the_cli() {
 async fn canary_shifts_the_split_from_the_cli_and_the_api() {
     let c = Control::start();
     c.apply(SHOP).await;
+    // A version with no instance is a phantom: refused, with what to do.
+    let (code, _, err) = cli(
+        &c,
+        Some(crate::harness::TOKEN),
+        &["canary", "payment", "v2=25"],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("version v2 of payment has no registered instance") && err.contains("--force"),
+        "{err}"
+    );
+    c.register("payment", "v1", 15106, 30).await;
+    c.register("payment", "v2", 15107, 30).await;
     let (code, out, err) = cli(
         &c,
         Some(crate::harness::TOKEN),
@@ -117,7 +130,21 @@ async fn canary_shifts_the_split_from_the_cli_and_the_api() {
             Some(r#"{"weights":{"v3":10}}"#),
         )
         .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = c
+        .call(
+            Method::PATCH,
+            "/v1/services/payment/split?force=true",
+            Some(r#"{"weights":{"v3":10}}"#),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
+    assert!(
+        body["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("v3") && w.contains("registered: v1, v2")),
+        "{body}"
+    );
     assert_eq!(
         body["split"],
         json!([{"version": "v1", "weight": 68}, {"version": "v2", "weight": 22}, {"version": "v3", "weight": 10}])
@@ -136,9 +163,10 @@ async fn canary_shifts_the_split_from_the_cli_and_the_api() {
     let (code, out, err) = cli(
         &c,
         Some(crate::harness::TOKEN),
-        &["canary", "user", "v1=75", "v2=25"],
+        &["canary", "user", "v1=75", "v2=25", "--force"],
     );
     assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning: version v2 of user"), "{err}");
     assert_eq!(out.trim(), "user: v1=75 v2=25");
 
     let (status, _) = c

@@ -9,6 +9,9 @@ async fn config_survives_kill_9_and_the_revision_never_goes_back() {
     let mut c = Control::start();
     let (status, body) = c.apply(SHOP).await;
     assert_eq!(status, 200, "{body}");
+    // Registry changes raise the revision too.
+    let v1 = c.register("payment", "v1", 15106, 30).await;
+    c.register("payment", "v2", 15107, 30).await;
     let (status, _) = c
         .call(
             http::Method::PATCH,
@@ -17,9 +20,6 @@ async fn config_survives_kill_9_and_the_revision_never_goes_back() {
         )
         .await;
     assert_eq!(status, 200);
-    // Registry changes raise the revision too.
-    let v1 = c.register("payment", "v1", 15106, 30).await;
-    c.register("payment", "v2", 15107, 30).await;
     // This one's sidecar "died" with the control plane: nothing will renew it.
     c.register("payment", "v3", 15108, 2).await;
     let mut stream = c.stream("order", "order-1").await;

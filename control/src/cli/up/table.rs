@@ -34,7 +34,7 @@ pub struct Row {
     pub retries: u64,
     pub ejections: u64,
     pub ejected_now: u64,
-    /// Share of split decisions by version, when a split chose among more than one.
+    /// Share of responses by the version that served them, when more than one did.
     pub versions: Vec<(String, f64)>,
 }
 
@@ -182,8 +182,10 @@ fn seen(service: &str, scrape: &Scrape) -> Seen {
             "outrigger_endpoints_ejected",
             &[("dst_service", service)],
         ),
-        // The canary share as the split decided it (first attempts), not where retries ended up.
-        versions: sum_by(metrics, "outrigger_split_decisions_total", &dst, "version")
+        // The share each version actually served (the responses its endpoints gave, retries
+        // included), not what the split decided: a split naming a version with no instances
+        // falls back to the others, and the table must show where traffic went.
+        versions: sum_by(metrics, "outrigger_requests_total", &dst, "dst_version")
             .into_iter()
             .filter(|(v, _)| !v.is_empty())
             .collect(),
@@ -311,11 +313,13 @@ mod tests {
     fn caller(ok: u64, failed: u64, v2: u64, window: u64, p99: f64) -> Scrape {
         Scrape {
             metrics: format!(
-                "outrigger_requests_total{{direction=\"outbound\",dst_service=\"catalog\",status_code=\"200\"}} {ok}\n\
-                 outrigger_requests_total{{direction=\"outbound\",dst_service=\"catalog\",status_code=\"503\"}} {failed}\n\
+                "outrigger_requests_total{{direction=\"outbound\",dst_service=\"catalog\",dst_version=\"v1\",status_code=\"200\"}} {}\n\
+                 outrigger_requests_total{{direction=\"outbound\",dst_service=\"catalog\",dst_version=\"v2\",status_code=\"200\"}} {v2}\n\
+                 outrigger_requests_total{{direction=\"outbound\",dst_service=\"catalog\",dst_version=\"v1\",status_code=\"503\"}} {failed}\n\
                  outrigger_retries_total{{dst_service=\"catalog\",outcome=\"retried\"}} 1\n\
                  outrigger_split_decisions_total{{direction=\"outbound\",dst_service=\"catalog\",version=\"v1\"}} {}\n\
                  outrigger_split_decisions_total{{direction=\"outbound\",dst_service=\"catalog\",version=\"v2\"}} {v2}\n",
+                ok - v2,
                 ok + failed - v2
             ),
             stats: serde_json::json!({"destinations": [
