@@ -13,6 +13,7 @@
 mod abuse;
 mod admin;
 mod canary;
+mod cli_help;
 mod config_reload;
 mod control_channel;
 mod containers;

@@ -5,6 +5,7 @@ mod apply;
 mod ca;
 mod canary;
 mod client;
+mod completions;
 mod delete;
 mod get;
 mod table;
@@ -20,7 +21,13 @@ use std::process::ExitCode;
 
 /// Operate an Outrigger mesh through its control plane.
 #[derive(Debug, Parser)]
-#[command(name = "outrigger", version, about)]
+#[command(
+    name = "outrigger",
+    version,
+    about = "The Outrigger operator CLI: apply and inspect mesh resources, shift canaries, mint bootstrap tokens, run the CA, watch the mesh (top) and run the shop mesh locally (up)",
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_LONG_HELP
+)]
 pub struct Cli {
     /// The control plane's URL: https:// (http:// only with --insecure-dev-plaintext).
     #[arg(
@@ -57,6 +64,33 @@ pub struct Cli {
     pub command: Command,
 }
 
+const LONG_ABOUT: &str = "\
+The Outrigger operator CLI.
+
+It talks to the control plane's REST API over HTTPS, checking the control plane's certificate \
+against its trust bundle (--trust-anchors), and authenticates with an operator token: an admin \
+token may change the mesh, a reader token only read it. `validate`, `completions` and `up` need \
+no control plane.";
+
+const AFTER_LONG_HELP: &str = "\
+ENVIRONMENT:
+  OUTRIGGER_CONTROL_PLANE   the control plane's URL (default https://127.0.0.1:15010)
+  OUTRIGGER_TRUST_ANCHORS   its trust bundle: a PEM file's path, or the PEM text
+  OUTRIGGER_TOKEN           an operator token (admin or reader), when --token-file is not given
+
+EXAMPLES:
+  outrigger validate -f mesh.yaml                  check resources offline
+  outrigger apply -f mesh.yaml                     store them (all or nothing)
+  outrigger get services                           what the mesh holds
+  outrigger canary payment v2=25                   shift a quarter of payment to v2
+  outrigger token payment --ttl 720h               a bootstrap token for payment's pods
+  outrigger top                                    the live view
+  outrigger up --duration 30s                      the shop mesh on this machine
+  outrigger completions bash > /etc/bash_completion.d/outrigger
+
+EXIT STATUS:
+  0 success; 1 the request failed or was refused (the reason is on stderr); 2 bad usage.";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate and store resources from a YAML file (`-` reads stdin).
@@ -85,6 +119,8 @@ pub enum Command {
     /// line, column) and no control plane: `outrigger validate -f mesh.yaml -f sidecar.yaml`.
     /// Exits 1 on any error.
     Validate(validate::Args),
+    /// Print the shell completion script: `outrigger completions bash|zsh|fish`.
+    Completions(completions::Args),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -92,8 +128,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         up::run(*a).await?;
         return Ok(ExitCode::SUCCESS);
     }
-    if let Command::Validate(a) = cli.command {
-        return validate::run(a);
+    match cli.command {
+        Command::Validate(a) => return validate::run(a),
+        Command::Completions(a) => return completions::run(a),
+        _ => {}
     }
     let client = Client::new(&client::Target {
         url: &cli.control_plane,
@@ -109,6 +147,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ca(c) => ca::run(&client, c).await,
         Command::Token(a) => token::run(&client, a).await,
         Command::Top(a) => top::run(&client, a).await,
-        Command::Up(_) | Command::Validate(_) => Ok(ExitCode::SUCCESS),
+        Command::Up(_) | Command::Validate(_) | Command::Completions(_) => Ok(ExitCode::SUCCESS),
     }
 }
