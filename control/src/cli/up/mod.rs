@@ -160,10 +160,20 @@ impl Instance {
     }
 }
 
-/// Reserves loopback ports for the mesh. Each stays bound until the reservation is dropped,
-/// just before the processes start, so no two components can be handed the same port.
+/// Reserves ports for the mesh. Each stays bound until the reservation is dropped, just before
+/// the processes start, so no two components can be handed the same port.
+///
+/// They come from below the kernel's ephemeral range (which starts at 32768): a port from
+/// `bind(":0")` is one any outgoing connection may take as its source port in the moment
+/// between the reservation's release and the child's bind, which under load happened.
 #[derive(Default)]
-struct Ports(Vec<std::net::TcpListener>);
+struct Ports {
+    held: Vec<std::net::TcpListener>,
+    next: u16,
+}
+
+/// The range ports are taken from.
+const PORT_RANGE: std::ops::Range<u16> = 10_000..20_000;
 
 impl Ports {
     fn take(&mut self) -> Result<SocketAddr, UpError> {
@@ -171,10 +181,35 @@ impl Ports {
     }
 
     fn take_on(&mut self, ip: std::net::IpAddr) -> Result<SocketAddr, UpError> {
-        let l = std::net::TcpListener::bind((ip, 0)).map_err(io("reserving a port"))?;
-        let addr = l.local_addr().map_err(io("reading a reserved port"))?;
-        self.0.push(l);
-        Ok(addr)
+        let span = PORT_RANGE.end - PORT_RANGE.start;
+        if self.next == 0 {
+            // Spread: two `up`s started together (consecutive pids) must not probe the same
+            // ports, or one could take the other's between its release and its children's bind.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let mix = std::process::id().wrapping_mul(2_654_435_761) ^ nanos.wrapping_mul(40_503);
+            self.next = (mix % u32::from(span)) as u16;
+        }
+        for _ in 0..span {
+            let port = PORT_RANGE.start + self.next % span;
+            self.next = self.next.wrapping_add(1) % span;
+            if let Ok(l) = std::net::TcpListener::bind((ip, port)) {
+                self.held.push(l);
+                return Ok(SocketAddr::new(ip, port));
+            }
+        }
+        Err(UpError::Io {
+            what: format!("reserving a port on {ip}"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "every port from {} to {} is taken",
+                    PORT_RANGE.start,
+                    PORT_RANGE.end - 1
+                ),
+            ),
+        })
     }
 }
 
