@@ -8,6 +8,15 @@ use http::{header, StatusCode};
 use serde_json::json;
 use std::sync::atomic::Ordering;
 
+/// The API's OpenAPI document, the one `every_route_is_in_the_openapi_document` holds equal to
+/// [`super::ROUTES`].
+pub async fn openapi() -> impl axum::response::IntoResponse {
+    (
+        [(http::header::CONTENT_TYPE, "application/yaml")],
+        include_str!("../../openapi.yaml"),
+    )
+}
+
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }

@@ -33,6 +33,7 @@ use tokio::sync::watch;
 pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/healthz", Access::Public),
     ("GET", "/readyz", Access::Public),
+    ("GET", "/v1/openapi.yaml", Access::Public),
     ("GET", "/metrics", Access::Read),
     ("POST", "/v1/apply", Access::Admin),
     ("GET", "/v1/services", Access::Read),
@@ -93,6 +94,7 @@ fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
     Some(match (method, path) {
         ("GET", "/healthz") => get(health::healthz),
         ("GET", "/readyz") => get(health::readyz),
+        ("GET", "/v1/openapi.yaml") => get(health::openapi),
         ("GET", "/metrics") => get(health::metrics),
         ("POST", "/v1/apply") => post(resources::apply),
         ("GET", "/v1/services") => get(resources::list_services),

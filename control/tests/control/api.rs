@@ -328,6 +328,12 @@ async fn each_credential_does_only_what_its_role_allows() {
             "{path}"
         );
     }
+    // The API's own description, served to anyone: the document the route table is held to.
+    let (status, doc) = call(&c, Method::GET, "/v1/openapi.yaml", None, None).await;
+    assert_eq!(status, 200);
+    let doc = doc.as_str().unwrap_or_default();
+    assert!(doc.starts_with("openapi: 3"), "{doc}");
+    assert!(doc.contains("/v1/services/{name}/split:"), "{doc}");
     assert_eq!(
         c.get("/v1/services").await.1,
         json!([]),
