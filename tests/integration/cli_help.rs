@@ -53,4 +53,18 @@ fn every_binary_has_a_version_and_the_cli_completions_and_a_real_help() {
             assert!(script.contains(sub), "{shell} completions lack {sub}");
         }
     }
+    // `up --control-plane` would be ignored (up runs its own): refused, saying why.
+    let out = Command::new(bin("outrigger"))
+        .args([
+            "up",
+            "--control-plane",
+            "https://127.0.0.1:9",
+            "--duration",
+            "1s",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("outrigger up: {e}"));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a control plane of its own"), "{err}");
 }
