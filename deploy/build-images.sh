@@ -48,7 +48,11 @@ base outrigger-init-base libc6,libgcc-s1,iptables
 
 ctx="$work/context"
 mkdir -p "$ctx"
-for b in $BINS; do cp "$BIN_DIR/$b" "$ctx/"; done
+for b in $BINS; do
+  cp "$BIN_DIR/$b" "$ctx/"
+  # The release profile keeps line tables for perf; an image has no use for them.
+  if command -v strip >/dev/null; then strip --strip-debug "$ctx/$b"; fi
+done
 for image in proxy init control shop; do
   podman build --quiet -f "deploy/images/$image.Containerfile" -t "localhost/outrigger-$image:$TAG" "$ctx" >/dev/null
 done
