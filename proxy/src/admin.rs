@@ -90,7 +90,11 @@ async fn route(
 /// `/ready`: 200, or 503 with the reason, so whoever sees the probe fail knows what to fix.
 pub(crate) fn ready(sidecar: &Sidecar) -> Response<Full<Bytes>> {
     match sidecar.lifecycle.readiness(&sidecar.snapshot) {
-        Ok(()) => text(StatusCode::OK, "ready\n"),
+        // Still ready: a native sidecar must be before its app starts. But said.
+        Ok(()) => match sidecar.lifecycle.app_problem() {
+            Some(p) => Response::new(Full::new(Bytes::from(format!("ready\nwarning: {p}\n")))),
+            None => text(StatusCode::OK, "ready\n"),
+        },
         Err(reason) => {
             let mut r = Response::new(Full::new(Bytes::from(format!("not ready: {reason}\n"))));
             *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;

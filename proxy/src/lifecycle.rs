@@ -19,6 +19,10 @@ pub struct Lifecycle {
     /// The workload identity, when this sidecar joins a mesh with mTLS: no certificate, not
     /// ready.
     identity: Option<Arc<Identity>>,
+    /// Why the local app cannot be reached, while it cannot ([`crate::health::app_watch`]).
+    /// Reported, not a reason to be unready: a native sidecar must be ready before its app
+    /// starts.
+    app_problem: arc_swap::ArcSwapOption<String>,
 }
 
 impl Lifecycle {
@@ -28,6 +32,7 @@ impl Lifecycle {
             draining: AtomicBool::new(false),
             shutdown: Notify::new(),
             identity,
+            app_problem: arc_swap::ArcSwapOption::empty(),
         }
     }
 
@@ -46,6 +51,16 @@ impl Lifecycle {
     /// Asks for shutdown (`POST /shutdown`); remembered if nobody is waiting yet.
     pub fn request_shutdown(&self) {
         self.shutdown.notify_one();
+    }
+
+    /// Records whether the local app answers (`None`: it does).
+    pub fn set_app_problem(&self, problem: Option<String>) {
+        self.app_problem.store(problem.map(Arc::new));
+    }
+
+    /// Why the local app cannot be reached, if it cannot.
+    pub fn app_problem(&self) -> Option<Arc<String>> {
+        self.app_problem.load_full()
     }
 
     /// Resolves once shutdown is requested on the admin port.
@@ -72,6 +87,17 @@ impl Lifecycle {
         }
         if !snapshot.is_applied() {
             return Err(NotReady::NoSnapshot);
+        }
+        // A mesh with mTLS and no identity to take part with: every inbound connection would
+        // be refused, and every call to a peer fail its handshake.
+        if self.identity.is_none() {
+            if let Some(mode) = snapshot
+                .current()
+                .map(|c| c.mtls)
+                .filter(|m| *m != outrigger_config::MtlsMode::Off)
+            {
+                return Err(NotReady::NoIdentity(mode));
+            }
         }
         if !self.listeners_bound.load(Ordering::Acquire) {
             return Err(NotReady::ListenersNotBound);
@@ -102,10 +128,25 @@ pub enum NotReady {
     },
     #[error("no snapshot applied yet")]
     NoSnapshot,
+    #[error(
+        "the mesh's mTLS is {} but this sidecar has no workload identity, so it refuses \
+         every inbound connection and cannot call its peers: start it with \
+         --bootstrap-token-file (or OUTRIGGER_BOOTSTRAP_TOKEN) from `outrigger token SERVICE`",
+        mode_name(*.0)
+    )]
+    NoIdentity(outrigger_config::MtlsMode),
     #[error("listeners not bound yet")]
     ListenersNotBound,
     #[error("resolving the DNS names endpoints are given by (first answers)")]
     ResolvingNames,
+}
+
+fn mode_name(m: outrigger_config::MtlsMode) -> &'static str {
+    match m {
+        outrigger_config::MtlsMode::Strict => "strict",
+        outrigger_config::MtlsMode::Permissive => "permissive",
+        outrigger_config::MtlsMode::Off => "off",
+    }
 }
 
 fn failing(lead: &str, error: &Option<String>) -> String {

@@ -175,6 +175,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
         }
     }
     sidecar.lifecycle.set_listeners_bound();
+    crate::health::app_watch::spawn(sidecar.clone());
     if let Some((path, text)) = watch_file {
         watch::spawn(path, text, sidecar.clone());
     }

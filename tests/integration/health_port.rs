@@ -111,3 +111,56 @@ async fn await_runs_the_job_then_ends_its_sidecar_with_the_jobs_status() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("was not ready"), "{err}");
 }
+
+/// Issue 16 point 6: a sidecar that cannot serve says so on `/ready` and in its log. With mTLS
+/// in its snapshot and no workload identity it is not ready, with the fix in the reason; an app
+/// that does not answer is reported (still ready: a native sidecar must be ready before its
+/// app starts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_that_cannot_serve_says_why_on_ready_and_in_its_log() {
+    use outrigger_tests::eventually;
+    let strict = ProxyBuilder::file(
+        "service: web\nmtls: {mode: strict}\ninbound: {app: \"127.0.0.1:9\"}\n",
+        "",
+    )
+    .spawn();
+    let (status, body) = eventually(Duration::from_secs(10), "an answer on /ready", || async {
+        let r = strict.admin_get("/ready").await;
+        (r.0 != 0).then_some(r)
+    })
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("no workload identity") && body.contains("--bootstrap-token-file"),
+        "{body}"
+    );
+
+    let dead = free_port();
+    let proxy = ProxyBuilder::file(
+        &format!("service: web\ninbound: {{app: \"127.0.0.1:{dead}\"}}\n"),
+        "",
+    )
+    .spawn()
+    .ready()
+    .await;
+    let body = eventually(
+        Duration::from_secs(30),
+        "the app's absence on /ready",
+        || async {
+            let (status, body) = proxy.admin_get("/ready").await;
+            (status == 200 && body.contains("does not answer")).then_some(body)
+        },
+    )
+    .await;
+    assert!(body.contains(&format!("127.0.0.1:{dead}")), "{body}");
+    let log = eventually(
+        Duration::from_secs(10),
+        "the warning in the log",
+        || async {
+            let log = proxy.stderr();
+            log.contains("does not answer").then_some(log)
+        },
+    )
+    .await;
+    assert!(log.contains("ready, but the app at"), "{log}");
+}

@@ -5,6 +5,7 @@
 //! and `/stats` exist only on the admin listener.
 
 pub mod app_probe;
+pub mod app_watch;
 pub mod http_get;
 
 use crate::admin;
