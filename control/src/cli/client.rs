@@ -94,6 +94,8 @@ pub struct Client {
 pub struct Reply {
     pub status: StatusCode,
     pub body: Bytes,
+    /// The server's `Date` header: its clock, to the second.
+    pub date: Option<std::time::SystemTime>,
     token_source: Option<String>,
 }
 
@@ -221,6 +223,11 @@ impl Client {
             )
         })?;
         let status = resp.status();
+        let date = resp
+            .headers()
+            .get(http::header::DATE)
+            .and_then(|d| d.to_str().ok())
+            .and_then(|d| httpdate::parse_http_date(d).ok());
         let body = resp
             .into_body()
             .collect()
@@ -230,6 +237,7 @@ impl Client {
         Ok(Reply {
             status,
             body,
+            date,
             token_source: self.token_source.clone(),
         })
     }
@@ -329,6 +337,7 @@ mod tests {
         let r = Reply {
             status: StatusCode::from_u16(status).expect("status"),
             body: Bytes::from(body.to_string()),
+            date: None,
             token_source: source.map(str::to_string),
         };
         format!("{:#}", r.ok().err().expect("an error"))

@@ -4,6 +4,7 @@
 mod apply;
 mod ca;
 mod canary;
+mod check;
 mod client;
 mod completions;
 mod delete;
@@ -119,6 +120,11 @@ pub enum Command {
     /// line, column) and no control plane: `outrigger validate -f mesh.yaml -f sidecar.yaml`.
     /// Exits 1 on any error.
     Validate(validate::Args),
+    /// Is the mesh healthy? Checks the control plane (reachable, certificate trusted), the
+    /// CA's time left, every sidecar (in sync, ready, its app answering), that called services
+    /// have endpoints, that no split names a version without instances, and the clocks. One
+    /// line per check, a hint for each failure; exit 1 when any fails.
+    Check(check::Args),
     /// Print the shell completion script: `outrigger completions bash|zsh|fish`.
     Completions(completions::Args),
 }
@@ -147,6 +153,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ca(c) => ca::run(&client, c).await,
         Command::Token(a) => token::run(&client, a).await,
         Command::Top(a) => top::run(&client, a).await,
+        Command::Check(a) => check::run(&client, a).await,
         Command::Up(_) | Command::Validate(_) | Command::Completions(_) => Ok(ExitCode::SUCCESS),
     }
 }

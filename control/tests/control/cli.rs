@@ -185,3 +185,72 @@ async fn canary_shifts_the_split_from_the_cli_and_the_api() {
     assert_eq!(code, 1);
     assert!(err.contains("VERSION=WEIGHT"), "{err}");
 }
+
+/// Issue 16 point 3: `outrigger check` says, check by check, what is wrong and what to do,
+/// and exits 1 until the mesh is healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_what_is_wrong_until_the_mesh_is_healthy() {
+    let c = Control::start();
+    let (status, body) = c
+        .apply(
+            "kind: Service\nmetadata: {name: web}\nspec: {calls: [api]}\n---\n\
+             kind: Service\nmetadata: {name: api}\nspec: {}\n",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let check = || cli(&c, Some(crate::harness::READER), &["check"]);
+
+    let (code, out, _) = check();
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("√ the control plane answers and its certificate is trusted"),
+        "{out}"
+    );
+    assert!(out.contains("√ the CA's signing root is valid"), "{out}");
+    assert!(out.contains("√ this clock agrees"), "{out}");
+    assert!(
+        out.contains("× every service that others call has endpoints")
+            && out.contains("api has no registered instance; called by web")
+            && out.contains("hint: start an instance of it"),
+        "{out}"
+    );
+
+    c.register("api", "v1", 15111, 30).await;
+    let (code, _, err) = cli(
+        &c,
+        Some(crate::harness::TOKEN),
+        &["canary", "api", "v1=90", "v2=10", "--force"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = check();
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("√ every service that others call has endpoints"),
+        "{out}"
+    );
+    assert!(
+        out.contains("api: v2 has weight 10 and no instance"),
+        "{out}"
+    );
+
+    c.register("api", "v2", 15112, 30).await;
+    let (code, out, _) = check();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Status check results are √"), "{out}");
+
+    // Another CA's anchors: the first check fails, says how to fix it, and stops there.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let pem = crate::harness::file(dir.path(), "other.pem", &other.cert.pem());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"))
+        .arg("check")
+        .env("OUTRIGGER_CONTROL_PLANE", format!("https://{}", c.addr))
+        .env("OUTRIGGER_TRUST_ANCHORS", &pem)
+        .env("OUTRIGGER_TOKEN", crate::harness::READER)
+        .output()
+        .expect("run outrigger check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("× the control plane answers"), "{text}");
+    assert!(text.contains("hint: give --trust-anchors"), "{text}");
+}

@@ -75,6 +75,18 @@ impl Collector {
         }
     }
 
+    /// `GET path` on a sidecar's admin: its status and body, whatever the status; `None` when
+    /// it does not answer within 3 s.
+    pub async fn get_any(&self, admin: SocketAddr, path: &str) -> Option<(u16, Bytes)> {
+        let uri: http::Uri = format!("http://{admin}{path}").parse().ok()?;
+        let res = tokio::time::timeout(Duration::from_secs(3), self.client.get(uri))
+            .await
+            .ok()?
+            .ok()?;
+        let status = res.status().as_u16();
+        Some((status, res.into_body().collect().await.ok()?.to_bytes()))
+    }
+
     pub async fn get(&self, admin: SocketAddr, path: &str) -> Option<Bytes> {
         let uri: http::Uri = format!("http://{admin}{path}").parse().ok()?;
         let res = tokio::time::timeout(Duration::from_secs(3), self.client.get(uri))
