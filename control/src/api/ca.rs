@@ -34,6 +34,9 @@ pub async fn rotate(
 
 #[derive(Serialize)]
 pub struct Status {
+    /// The mesh's mTLS mode and trust domain, as every snapshot carries them.
+    mtls_mode: outrigger_config::MtlsMode,
+    trust_domain: String,
     active: String,
     pending: Option<String>,
     /// Every sidecar seen, and whether it trusts the pending root (all do when none is).
@@ -59,7 +62,10 @@ pub async fn status(State(app): State<AppState>) -> Result<Json<Status>, ApiErro
         .into_iter()
         .map(|t| t.id.clone())
         .collect();
+    let view = app.state.view();
     Ok(Json(Status {
+        mtls_mode: view.mtls.mode,
+        trust_domain: view.mtls.trust_domain.clone(),
         active: ca.active,
         pending,
         sidecars,

@@ -8,6 +8,7 @@ mod check;
 mod client;
 mod completions;
 mod delete;
+mod explain;
 mod get;
 mod table;
 mod token;
@@ -125,6 +126,11 @@ pub enum Command {
     /// have endpoints, that no split names a version without instances, and the clocks. One
     /// line per check, a hint for each failure; exit 1 when any fails.
     Check(check::Args),
+    /// What a call from SERVICE-A to SERVICE-B goes through, from the live control plane:
+    /// calls, mTLS and authorisation, the routes in match order with their timeouts and
+    /// retries, the policy, the split and the endpoints with their ejection; and whether it can
+    /// succeed, or why not (exit 1).
+    Explain(explain::Args),
     /// Print the shell completion script: `outrigger completions bash|zsh|fish`.
     Completions(completions::Args),
 }
@@ -154,6 +160,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(a) => token::run(&client, a).await,
         Command::Top(a) => top::run(&client, a).await,
         Command::Check(a) => check::run(&client, a).await,
+        Command::Explain(a) => explain::run(&client, a).await,
         Command::Up(_) | Command::Validate(_) | Command::Completions(_) => Ok(ExitCode::SUCCESS),
     }
 }

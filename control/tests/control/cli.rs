@@ -254,3 +254,53 @@ async fn check_names_what_is_wrong_until_the_mesh_is_healthy() {
     assert!(text.contains("× the control plane answers"), "{text}");
     assert!(text.contains("hint: give --trust-anchors"), "{text}");
 }
+
+/// Issue 16 point 4: `outrigger explain A B` shows what a call goes through and why it
+/// cannot succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_shows_the_path_of_a_call_and_why_it_fails() {
+    let c = Control::start();
+    let (status, body) = c
+        .apply(
+            "kind: Service\nmetadata: {name: web}\nspec: {calls: [api]}\n---\n\
+             kind: Service\nmetadata: {name: intruder}\nspec: {calls: [api]}\n---\n\
+             kind: Service\nmetadata: {name: api}\nspec: {}\n---\n\
+             kind: Policy\nmetadata: {name: api-callers}\nspec: {service: api, allow: [web]}\n---\n\
+             kind: Route\nmetadata: {name: writes}\nspec:\n  service: api\n  priority: 5\n  \
+             match: {methods: [POST]}\n  timeout: 2s\n  retries: {attempts: 3, on: [connect-failure]}\n",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let explain = |a: &str, b: &str| cli(&c, Some(crate::harness::READER), &["explain", a, b]);
+
+    let (code, out, _) = explain("web", "api");
+    assert_eq!(code, 1, "no endpoint yet: {out}");
+    assert!(out.contains("× none registered"), "{out}");
+    c.register("api", "v1", 15121, 30).await;
+    let (code, out, err) = explain("web", "api");
+    assert_eq!(code, 0, "{out}{err}");
+    for line in [
+        "calls:     web calls api √",
+        "policy api-callers allows [web]: web admitted √",
+        "1. writes (priority 5): match {\"methods\":[\"POST\"]}; timeout 2s; up to 3 attempts on [\"connect-failure\"]",
+        "2. default: everything; timeout 15s",
+        "v1 127.0.0.1:15121",
+        "verdict: the call can succeed",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+
+    let (code, out, _) = explain("intruder", "api");
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("× policy api-callers allows only [web]")
+            && out.contains("verdict: cannot succeed: add intruder to policy api-callers's allow"),
+        "{out}"
+    );
+    let (code, out, _) = explain("api", "web");
+    assert_eq!(code, 1);
+    assert!(out.contains("× web is not in api's calls"), "{out}");
+    let (code, out, _) = explain("web", "nobody");
+    assert_eq!(code, 1);
+    assert!(out.contains("nobody is not a service of the mesh"), "{out}");
+}

@@ -10,7 +10,7 @@
 //! a single-use bootstrap token for its first certificate.
 
 mod load;
-mod metrics_text;
+pub(super) mod metrics_text;
 mod pods;
 mod procs;
 mod prometheus;
