@@ -12,6 +12,7 @@
 
 mod activity;
 mod bounds;
+mod hyper_errors;
 mod stream_idle;
 mod timed_io;
 
@@ -70,6 +71,10 @@ impl Listener {
     }
 }
 
+/// Headers a request may have. hyper's default is 100, an undocumented limit a client met as a
+/// bare 431; the byte limit (`max_header_bytes`) is what bounds a head, and it says so.
+pub(crate) const MAX_HEADERS: usize = 1000;
+
 pub(crate) fn builder(settings: &ProxySettings, streams: StreamExec) -> auto::Builder<StreamExec> {
     let limit = settings.max_header_bytes;
     let limits = &settings.limits;
@@ -81,6 +86,7 @@ pub(crate) fn builder(settings: &ProxySettings, streams: StreamExec) -> auto::Bu
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(None)
+        .max_headers(MAX_HEADERS)
         .max_buf_size((limit + 64 * 1024).max(8192));
     b.http2()
         .timer(TokioTimer::new())
@@ -271,7 +277,12 @@ async fn accept_loop(
     let (drain, _) = watch::channel(false);
     let dir = direction.as_str();
     let metrics = &sidecar.telemetry.metrics;
-    let bounds = Arc::new(Bounds::new(&sidecar.settings.limits, metrics, dir));
+    let bounds = Arc::new(Bounds::new(
+        &sidecar.settings.limits,
+        sidecar.settings.max_header_bytes,
+        metrics,
+        dir,
+    ));
     let builder = Arc::new(builder(&sidecar.settings, StreamExec::new(bounds.clone())));
     let accepted = metrics.connections.with_label_values(&[dir]);
     let open = metrics.connections_open.with_label_values(&[dir]);

@@ -345,7 +345,7 @@ async fn a_bad_chunk_mid_body_gets_400_and_the_upstream_request_is_cut_off() {
         Some("malformed-body")
     );
     let v: serde_json::Value = serde_json::from_slice(&body).expect("json body");
-    assert_eq!(v["error"], "malformed-body");
+    assert_eq!(v["reason"], "malformed-body");
     assert!(closes(&mut s).await, "the client's connection is ended");
     eventually(WAIT, "the upstream's request to be cut off", || {
         let n = up.counts.cut_off.load(Ordering::SeqCst);

@@ -48,7 +48,7 @@ async fn a_body_over_the_limit_is_a_413_naming_it() {
     let text = line.repeat(33 * 1024);
     let (status, body) = control.apply(&text).await;
     assert_eq!(status, 413, "{body}");
-    let reason = body["reason"].as_str().unwrap_or_default();
+    let reason = body["message"].as_str().unwrap_or_default();
     assert!(
         reason.contains("32 MiB") && reason.contains("APPLY_BODY_LIMIT"),
         "{body}"

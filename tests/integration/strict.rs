@@ -73,7 +73,7 @@ async fn plaintext_connections_opened_under_permissive_are_refused_once_strict_a
     );
     assert_eq!(head_header(&head, "connection"), Some("close"));
     let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON body");
-    assert_eq!(body["error"], "mtls-required");
+    assert_eq!(body["reason"], "mtls-required");
     let mut rest = Vec::new();
     let read = tokio::time::timeout(WAIT, h1.read_to_end(&mut rest)).await;
     assert!(

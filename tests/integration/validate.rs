@@ -88,7 +88,11 @@ async fn validate_gives_applys_errors_offline_and_across_files() {
         "{}",
         text(&out)
     );
-    let service = write(d, "service.yaml", "kind: Service\nmetadata: {name: api}\nspec: {}\n");
+    let service = write(
+        d,
+        "service.yaml",
+        "kind: Service\nmetadata: {name: api}\nspec: {}\n",
+    );
     let out = outrigger(&["validate", "-f", &route, "-f", &service]);
     assert!(out.status.success(), "{}", text(&out));
 

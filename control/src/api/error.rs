@@ -24,46 +24,67 @@ pub enum ApiError {
     Conflict(String),
     Internal(String),
     Unavailable(String),
+    /// The route exists, the method does not (axum's bare 405, answered in the format).
+    MethodNotAllowed,
 }
 
 impl IntoResponse for ApiError {
+    /// The mesh's one error format (the proxy's too): `{"reason", "message", "hint"}`, plus
+    /// `request_id` (added on the way out, see `api::count`) and, for invalid resources, the
+    /// placed `details`.
     fn into_response(self) -> Response {
-        let (status, body) = match self {
-            ApiError::BadRequest(r) => (
-                StatusCode::BAD_REQUEST,
-                json!({"error": "bad-request", "reason": r}),
-            ),
-            ApiError::Invalid(details) => (
-                StatusCode::BAD_REQUEST,
-                json!({"error": "invalid", "details": details}),
-            ),
-            ApiError::Unauthenticated(r) => {
-                return unauthorized(json!({"error": "unauthorized", "reason": r}))
+        let (status, reason, message, hint): (StatusCode, &str, String, Option<&str>) = match self {
+            ApiError::BadRequest(r) => (StatusCode::BAD_REQUEST, "bad-request", r, None),
+            ApiError::Invalid(details) => {
+                let message = format!(
+                    "{} field(s) invalid; nothing was applied: {}",
+                    details.len(),
+                    details.first().map(|d| d.to_string()).unwrap_or_default()
+                );
+                let body = json!({
+                    "reason": "invalid",
+                    "message": message,
+                    "hint": "each of details names the document, field, line and column; outrigger validate checks offline",
+                    "details": details,
+                });
+                return (StatusCode::BAD_REQUEST, Json(body)).into_response();
             }
-            ApiError::Forbidden(r) => (
-                StatusCode::FORBIDDEN,
-                json!({"error": "forbidden", "reason": r}),
-            ),
+            ApiError::Unauthenticated(r) => {
+                return unauthorized(json!({
+                    "reason": "unauthorized",
+                    "message": r,
+                    "hint": "give an operator token (--token-file FILE or OUTRIGGER_TOKEN): admin to change, reader to read",
+                }))
+            }
+            ApiError::Forbidden(r) => (StatusCode::FORBIDDEN, "forbidden", r, None),
             ApiError::NotFound(r) => (
                 StatusCode::NOT_FOUND,
-                json!({"error": "not-found", "reason": r}),
+                "not-found",
+                r,
+                Some("outrigger get services|routes|policies|instances lists what there is"),
             ),
-            ApiError::Conflict(r) => (
-                StatusCode::CONFLICT,
-                json!({"error": "conflict", "reason": r}),
+            ApiError::Conflict(r) => (StatusCode::CONFLICT, "conflict", r, None),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "this route does not take that method".into(),
+                Some("GET /v1/openapi.yaml lists every route and its methods"),
             ),
             ApiError::Internal(r) => {
                 tracing::error!(reason = %r, "internal error");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    json!({"error": "internal", "reason": r}),
+                    "internal",
+                    r,
+                    Some("see the control plane's log"),
                 )
             }
-            ApiError::Unavailable(r) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": "unavailable", "reason": r}),
-            ),
+            ApiError::Unavailable(r) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", r, None),
         };
+        let mut body = json!({"reason": reason, "message": message});
+        if let Some(h) = hint {
+            body["hint"] = h.into();
+        }
         (status, Json(body)).into_response()
     }
 }

@@ -146,6 +146,7 @@ pub fn router(app: AppState) -> Router {
     }
     router
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(app.clone(), count))
         .with_state(app)
 }
@@ -183,12 +184,57 @@ async fn count(
     next: Next,
 ) -> Response {
     let route = matched.map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .cloned()
+        .unwrap_or_else(new_request_id);
     let resp = next.run(req).await;
     app.metrics
         .api_requests
         .with_label_values(&[route.as_str(), resp.status().as_str()])
         .inc();
-    resp
+    with_request_id(resp, request_id).await
+}
+
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+fn new_request_id() -> http::HeaderValue {
+    let mut bytes = [0u8; 16];
+    let _ = getrandom::fill(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    http::HeaderValue::from_str(&hex).unwrap_or_else(|_| http::HeaderValue::from_static("0"))
+}
+
+/// Every answer carries `x-request-id` (the caller's, or a new one); an error's JSON body
+/// carries it as `request_id` too, as the proxy's do.
+async fn with_request_id(resp: Response, id: http::HeaderValue) -> Response {
+    use http_body_util::BodyExt;
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.insert(REQUEST_ID, id.clone());
+    let json = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|c| c.as_bytes().starts_with(b"application/json"));
+    if !parts.status.is_client_error() && !parts.status.is_server_error() || !json {
+        return Response::from_parts(parts, body);
+    }
+    // An error body is small and whole: read, add the id, put back.
+    let Ok(collected) = body.collect().await else {
+        return Response::from_parts(parts, axum::body::Body::empty());
+    };
+    let bytes = collected.to_bytes();
+    let body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(mut m)) => {
+            m.insert("request_id".into(), id.to_str().unwrap_or_default().into());
+            let text = serde_json::Value::Object(m).to_string();
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+            axum::body::Body::from(text)
+        }
+        _ => axum::body::Body::from(bytes),
+    };
+    Response::from_parts(parts, body)
 }
 
 #[cfg(test)]

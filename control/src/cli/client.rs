@@ -105,16 +105,23 @@ impl Reply {
             .context("the control plane's answer is not the JSON expected")
     }
 
-    /// The `reason` (else `error`) of an error body, else the body as text.
+    /// What an error body says: its message and hint (the mesh's error format), else its
+    /// reason, else the body as text.
     fn reason(&self) -> String {
-        serde_json::from_slice::<Value>(&self.body)
-            .ok()
-            .and_then(|v| {
-                v.get("reason")
-                    .or_else(|| v.get("error"))
-                    .and_then(|r| r.as_str().map(str::to_string))
-            })
-            .unwrap_or_else(|| String::from_utf8_lossy(&self.body).trim().to_string())
+        let v = serde_json::from_slice::<Value>(&self.body).ok();
+        let text = |k: &str| {
+            v.as_ref()
+                .and_then(|v| v.get(k))
+                .and_then(|r| r.as_str())
+                .map(str::to_string)
+        };
+        let said = text("message")
+            .or_else(|| text("reason"))
+            .unwrap_or_else(|| String::from_utf8_lossy(&self.body).trim().to_string());
+        match text("hint") {
+            Some(h) => format!("{said} (hint: {h})"),
+            None => said,
+        }
     }
 
     /// Fails with the server's reason unless the status is a success.
@@ -124,14 +131,16 @@ impl Reply {
         }
         let reason = self.reason();
         match (self.status, &self.token_source) {
+            // No token at all: say how to give one.
             (StatusCode::UNAUTHORIZED, None) => bail!(
-                "{}: no or unknown token: give --token-file FILE (or set OUTRIGGER_TOKEN) with \
-                 an admin or reader token",
+                "{}: no token given: give --token-file FILE (or set OUTRIGGER_TOKEN) with an \
+                 admin or reader token",
                 self.status
             ),
+            // A token the control plane does not know: not the missing-token hint.
             (StatusCode::UNAUTHORIZED, Some(source)) => bail!(
-                "{}: no or unknown token: give --token-file FILE with an admin or reader token \
-                 (the control plane refused the token from {source}: {reason})",
+                "{}: the control plane does not know the token from {source} ({reason}); is it \
+                 this control plane's admin or reader token, and not a bootstrap token?",
                 self.status
             ),
             // 403 included: the credential was recognised, and the reason says what it lacks.
@@ -345,24 +354,25 @@ mod tests {
 
     #[test]
     fn a_missing_token_a_refused_token_and_a_forbidden_call_read_differently() {
-        let body = r#"{"error":"unauthorized","reason":"unknown token"}"#;
+        let body = r#"{"reason":"unauthorized","message":"unknown token"}"#;
         let none = reply(401, body, None);
-        assert!(
-            none.contains("no or unknown token: give --token-file"),
-            "{none}"
-        );
+        assert!(none.contains("no token given: give --token-file"), "{none}");
+        // A wrong token is not told to give one.
         let refused = reply(401, body, Some("--token-file /t"));
+        assert!(!refused.contains("no token given"), "{refused}");
         assert!(
-            refused.contains("no or unknown token: give --token-file"),
+            refused.contains("does not know the token from --token-file /t (unknown token)"),
             "{refused}"
         );
-        assert!(refused.contains("refused the token from --token-file /t: unknown token"));
         let forbidden = reply(
             403,
-            r#"{"error":"forbidden","reason":"a reader token may not write"}"#,
+            r#"{"reason":"forbidden","message":"a reader token may not write","hint":"use the admin token"}"#,
             Some("--token-file /t"),
         );
-        assert_eq!(forbidden, "403 Forbidden: a reader token may not write");
+        assert_eq!(
+            forbidden,
+            "403 Forbidden: a reader token may not write (hint: use the admin token)"
+        );
         assert!(reply(404, "not json", None).ends_with("not json"));
     }
 }

@@ -107,13 +107,13 @@ async fn apply_dry_run_get_list_and_delete() {
     for missing in ["/v1/services/nope", "/v1/routes/nope", "/v1/policies/nope"] {
         let (status, body) = c.get(missing).await;
         assert_eq!(status, 404, "{missing}");
-        assert_eq!(body["error"], "not-found");
+        assert_eq!(body["reason"], "not-found");
     }
 
     // A service others refer to cannot be deleted; its referrers are named.
     let (status, body) = c.call(Method::DELETE, "/v1/services/payment", None).await;
     assert_eq!(status, 409, "{body}");
-    let reason = body["reason"].as_str().expect("reason");
+    let reason = body["message"].as_str().expect("reason");
     assert!(
         reason.contains("Service/order (calls)") && reason.contains("Route/charge"),
         "{reason}"
@@ -163,7 +163,7 @@ async fn invalid_applies_name_document_path_line_and_store_nothing() {
     let text = "kind: Service\nmetadata: {name: fine}\nspec: {}\n---\nkind: Service\nmetadata:\n  name: Bad_Name\nspec:\n  protocol: http1\n  hosts: [\"a:80\"]\n";
     let (status, body) = c.apply(text).await;
     assert_eq!(status, 400, "{body}");
-    assert_eq!(body["error"], "invalid");
+    assert_eq!(body["reason"], "invalid");
     let details = body["details"].as_array().expect("details");
     assert_eq!(details.len(), 2, "{body}");
     assert_eq!(
@@ -282,12 +282,12 @@ async fn each_credential_does_only_what_its_role_allows() {
         for token in [None, Some("wrong"), Some("")] {
             let (status, reply) = call(&c, method.clone(), path, Some(body), token).await;
             assert_eq!(status, 401, "{method} {path} with {token:?}: {reply}");
-            assert_eq!(reply["error"], "unauthorized");
+            assert_eq!(reply["reason"], "unauthorized");
         }
         let (status, reply) = call(&c, method.clone(), path, Some(body), Some(READER)).await;
         assert_eq!(status, 403, "{method} {path} as a reader: {reply}");
         assert!(
-            reply["reason"]
+            reply["message"]
                 .as_str()
                 .is_some_and(|r| r.contains("reader")),
             "{reply}"
@@ -301,7 +301,7 @@ async fn each_credential_does_only_what_its_role_allows() {
             "{method} {path} with a workload certificate: {reply}"
         );
         assert!(
-            reply["reason"]
+            reply["message"]
                 .as_str()
                 .is_some_and(|r| r.contains("\"order\"") && r.contains("admin")),
             "{reply}"
@@ -328,6 +328,26 @@ async fn each_credential_does_only_what_its_role_allows() {
             "{path}"
         );
     }
+    // The one error format, 405s included: reason, message, hint, request id.
+    let (status, body) = call(&c, Method::PUT, "/v1/services", None, Some(TOKEN)).await;
+    assert_eq!(status, 405, "{body}");
+    assert_eq!(body["reason"], "method-not-allowed", "{body}");
+    assert!(
+        body["message"].is_string() && body["hint"].is_string(),
+        "{body}"
+    );
+    assert!(
+        body["request_id"].as_str().is_some_and(|id| id.len() == 32),
+        "{body}"
+    );
+    let (status, body) = call(&c, Method::GET, "/v1/services/nope", None, Some(TOKEN)).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["reason"], "not-found", "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| m.contains("nope")),
+        "{body}"
+    );
+    assert!(body["request_id"].is_string(), "{body}");
     // The API's own description, served to anyone: the document the route table is held to.
     let (status, doc) = call(&c, Method::GET, "/v1/openapi.yaml", None, None).await;
     assert_eq!(status, 200);
@@ -419,7 +439,7 @@ async fn bad_yaml_or_json_is_a_400_with_the_reason_never_a_500() {
         let (status, reply) = c.call(method.clone(), path, Some(body)).await;
         assert_eq!(status, 400, "{method} {path} {body}: {reply}");
         assert!(
-            reply["reason"].as_str().is_some_and(|r| !r.is_empty()),
+            reply["message"].as_str().is_some_and(|r| !r.is_empty()),
             "{reply}"
         );
     }

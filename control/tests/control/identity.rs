@@ -109,8 +109,8 @@ async fn refusals_say_why_with_401_403_and_400() {
     for t in [None, Some("otb_nope")] {
         let (status, body) = sign(&c, t, &good).await;
         assert_eq!(status, 401, "{t:?}: {body}");
-        assert_eq!(body["error"], "unauthorized");
-        assert!(body["reason"].as_str().is_some_and(|r| !r.is_empty()));
+        assert_eq!(body["reason"], "unauthorized");
+        assert!(body["message"].as_str().is_some_and(|r| !r.is_empty()));
     }
     let (status, body) = sign(&c, Some(crate::harness::READER), &good).await;
     assert_eq!(status, 403, "{body}");
@@ -129,9 +129,9 @@ async fn refusals_say_why_with_401_403_and_400() {
         let uris: Vec<&str> = uris.iter().map(String::as_str).collect();
         let (status, body) = sign(&c, Some(&t), &csr(&uris)).await;
         assert_eq!(status, 403, "{why}: {body}");
-        assert_eq!(body["error"], "forbidden");
+        assert_eq!(body["reason"], "forbidden");
         assert!(
-            body["reason"]
+            body["message"]
                 .as_str()
                 .is_some_and(|r| r.contains(&identity("payment"))),
             "{body}"
@@ -146,7 +146,7 @@ async fn refusals_say_why_with_401_403_and_400() {
     ] {
         let (status, body) = sign(&c, Some(&t), bad).await;
         assert_eq!(status, 400, "{bad:?}: {body}");
-        assert!(body["reason"]
+        assert!(body["message"]
             .as_str()
             .is_some_and(|r| r.starts_with("malformed CSR")));
     }
@@ -171,7 +171,7 @@ async fn refusals_say_why_with_401_403_and_400() {
     let (status, body) = sign(&c, Some(&t), &tampered).await;
     assert_eq!(status, 400, "{body}");
     assert!(
-        body["reason"]
+        body["message"]
             .as_str()
             .is_some_and(|r| r.contains("signature")),
         "{body}"
@@ -185,7 +185,7 @@ async fn refusals_say_why_with_401_403_and_400() {
     })
     .await;
     assert!(
-        body["reason"]
+        body["message"]
             .as_str()
             .is_some_and(|r| r.contains("expired")),
         "{body}"

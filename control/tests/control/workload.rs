@@ -11,7 +11,7 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(10);
 
 fn reason(v: &serde_json::Value) -> &str {
-    v["reason"].as_str().unwrap_or_default()
+    v["message"].as_str().unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

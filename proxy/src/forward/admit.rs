@@ -29,7 +29,7 @@ pub fn check<B>(
         return Err(ProxyError::HeadersTooLarge);
     }
     if req.method() == http::Method::CONNECT {
-        return Err(ProxyError::BadRequest);
+        return Err(ProxyError::MethodNotSupported);
     }
     super::host::check(req)
 }
@@ -118,7 +118,7 @@ mod tests {
         let req = Request::connect("db.example:5432").body(()).expect("req");
         assert_eq!(
             check(&state, Direction::Outbound, &peer, &req, 64 * 1024),
-            Err(ProxyError::BadRequest)
+            Err(ProxyError::MethodNotSupported)
         );
     }
 }

@@ -105,7 +105,7 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     id
 }
 
-fn new_request_id() -> HeaderValue {
+pub(crate) fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; 32];
     crate::hex::write_lower(&mut buf, fastrand::u128(..));
     // Hex digits are always a valid header value.

@@ -106,11 +106,13 @@ pub async fn handle_with<U: SendUpstream>(
     }
     let request_id = ensure_request_id(req.headers_mut());
     let mut ctx = RequestTelemetry::begin(telemetry, direction, peer, &req);
+    ctx.detail.request_id = Some(request_id.clone());
     // The one snapshot load of this request; everything below borrows from it.
     let Some(state) = sidecar.snapshot.current() else {
         // Not ready yet: nothing to route with.
         return ctx.refuse(telemetry, None, ProxyError::NoEndpoints);
     };
+    ctx.detail.service = Some(state.service.clone());
     ctx.open_log(telemetry, &state.service, &req, request_id);
     match forward(sidecar, &state, &mut ctx, peer, req, upstream).await {
         Ok(res) => res,
@@ -144,8 +146,24 @@ async fn forward<'s, U: SendUpstream>(
         Direction::Inbound => &state.unrouted_inbound,
     };
     let max_header_bytes = sidecar.settings.max_header_bytes;
-    admit::check(state, direction, peer, &req, max_header_bytes).map_err(under(unrouted))?;
+    // What an error names is gathered only when there is one.
+    let note = |ctx: &mut RequestTelemetry, e: ProxyError, req: &Request<Incoming>| {
+        match e {
+            ProxyError::UnknownAuthority | ProxyError::InvalidHost => {
+                ctx.detail.authority = telemetry::authority(req).map(str::to_string)
+            }
+            ProxyError::HeadersTooLarge => {
+                ctx.detail.limit = Some(format!("max_header_bytes ({max_header_bytes} bytes)"))
+            }
+            _ => {}
+        }
+        e
+    };
+    admit::check(state, direction, peer, &req, max_header_bytes)
+        .map_err(|e| note(ctx, e, &req))
+        .map_err(under(unrouted))?;
     let dest = destination::resolve(state, direction, peer, &req, &telemetry.metrics)
+        .map_err(|e| note(ctx, e, &req))
         .map_err(under(unrouted))?;
     let route = dest.route(req.method(), req.uri().path(), req.headers());
     ctx.routed(&dest.name, &route.name);

@@ -8,7 +8,7 @@
 //! access log and the sliding percentiles exactly once, when the body ends.
 
 use crate::body::ResponseBody;
-use crate::error::ProxyError;
+use crate::error::{Detail, ProxyError};
 use crate::peer::Peer;
 use crate::telemetry::access_log::Entry;
 use crate::telemetry::metrics::StatusMetrics;
@@ -38,6 +38,8 @@ pub struct RequestTelemetry {
     pub span_id: u64,
     /// The current attempt's span, when this trace is sampled and spans are exported.
     pub span: Option<Box<Pending>>,
+    /// What a response the proxy makes itself names (see [`Detail`]).
+    pub detail: Detail,
 }
 
 impl RequestTelemetry {
@@ -91,6 +93,13 @@ impl RequestTelemetry {
             trace,
             span_id,
             span,
+            detail: Detail {
+                caller: peer
+                    .identity
+                    .clone()
+                    .filter(|_| direction == Direction::Inbound),
+                ..Detail::default()
+            },
         }
     }
 
@@ -133,6 +142,7 @@ impl RequestTelemetry {
 
     /// The destination and route are known.
     pub fn routed(&mut self, dest: &Arc<str>, route: &Arc<str>) {
+        self.detail.destination = Some(dest.clone());
         if let Some(log) = self.log.as_mut() {
             log.entry.dst_service = Some(dest.clone());
             log.entry.route = Some(route.clone());
@@ -155,6 +165,7 @@ impl RequestTelemetry {
 
     /// An attempt picked this endpoint.
     pub fn picked(&mut self, endpoint: SocketAddr, version: Option<&Arc<str>>) {
+        self.detail.endpoint = Some(endpoint);
         if let Some(log) = self.log.as_mut() {
             log.entry.upstream = Some(endpoint);
         }
@@ -194,7 +205,7 @@ impl RequestTelemetry {
         err: ProxyError,
     ) -> Response<ResponseBody> {
         let reason = err.reason();
-        let mut res = err.response();
+        let mut res = err.response(&self.detail);
         if err.closes_connection() && self.version < Version::HTTP_2 {
             // HTTP/2 learns it from the GOAWAY that follows.
             res.headers_mut()
@@ -290,7 +301,7 @@ mod tests {
         assert_eq!(res.headers()[header::CONNECTION], "close");
         let body = res.into_body().collect().await.expect("body").to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
-        assert_eq!(json["error"], "mtls-required");
+        assert_eq!(json["reason"], "mtls-required");
         assert_eq!(
             telemetry
                 .metrics

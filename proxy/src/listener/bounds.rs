@@ -17,16 +17,26 @@ pub(crate) struct Bounds {
     pub header_read: Duration,
     pub idle: Duration,
     pub response_idle: Duration,
+    /// `max_header_bytes`, for the message of a head hyper refused.
+    pub header_limit: usize,
     pub refused_connections: IntCounter,
     pub refused_handshakes: IntCounter,
     pub handshake_timeouts: IntCounter,
     pub header_read_timeouts: IntCounter,
     pub idle_timeouts: IntCounter,
     pub response_idle_timeouts: IntCounter,
+    /// Requests hyper could not parse, answered for it ([`super::hyper_errors`]), by reason.
+    pub malformed_requests: IntCounter,
+    pub oversized_heads: IntCounter,
 }
 
 impl Bounds {
-    pub fn new(limits: &ListenerLimits, metrics: &Metrics, direction: &str) -> Self {
+    pub fn new(
+        limits: &ListenerLimits,
+        header_limit: usize,
+        metrics: &Metrics,
+        direction: &str,
+    ) -> Self {
         let refused = |reason| {
             metrics
                 .connections_refused
@@ -44,12 +54,19 @@ impl Bounds {
             header_read: limits.http1_header_read_timeout,
             idle: limits.idle_timeout,
             response_idle: limits.response_idle_timeout,
+            header_limit,
             refused_connections: refused("max_connections"),
             refused_handshakes: refused("max_tls_handshakes"),
             handshake_timeouts: timeout("tls_handshake"),
             header_read_timeouts: timeout("header_read"),
             idle_timeouts: timeout("idle"),
             response_idle_timeouts: timeout("response_idle"),
+            malformed_requests: metrics
+                .proxy_errors
+                .with_label_values(&[direction, "malformed-request"]),
+            oversized_heads: metrics
+                .proxy_errors
+                .with_label_values(&[direction, "headers-too-large"]),
         }
     }
 }

@@ -51,7 +51,12 @@ fn refused(sidecar: &Sidecar, direction: &str, reason: &str) -> u64 {
 fn connect(sidecar: &Arc<Sidecar>, buffer: usize) -> (DuplexStream, JoinHandle<()>) {
     let (client, server) = tokio::io::duplex(buffer);
     let metrics = &sidecar.telemetry.metrics;
-    let bounds = Arc::new(Bounds::new(&sidecar.settings.limits, metrics, "outbound"));
+    let bounds = Arc::new(Bounds::new(
+        &sidecar.settings.limits,
+        sidecar.settings.max_header_bytes,
+        metrics,
+        "outbound",
+    ));
     let b = builder(&sidecar.settings, StreamExec::new(bounds.clone()));
     let sidecar = sidecar.clone();
     let from = SocketAddr::from(([127, 0, 0, 1], 1));
@@ -298,7 +303,12 @@ async fn tls_handshakes_beyond_the_cap_are_refused_at_once_and_a_stalled_one_tim
         ..ListenerLimits::default()
     });
     let metrics = &sidecar.telemetry.metrics;
-    let bounds = Arc::new(Bounds::new(&sidecar.settings.limits, metrics, "inbound"));
+    let bounds = Arc::new(Bounds::new(
+        &sidecar.settings.limits,
+        sidecar.settings.max_header_bytes,
+        metrics,
+        "inbound",
+    ));
     let cfg = tls_config();
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
 

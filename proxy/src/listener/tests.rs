@@ -213,7 +213,7 @@ async fn an_http1_connection_opened_under_permissive_is_refused_at_its_next_requ
     assert_eq!(res.headers()[crate::error::ERROR_HEADER], "mtls-required");
     assert_eq!(res.headers()[http::header::CONNECTION], "close");
     let body = body_json(res).await;
-    assert_eq!(body["error"], "mtls-required", "{body}");
+    assert_eq!(body["reason"], "mtls-required", "{body}");
     // And the connection is over: the proxy closed it.
     within("the proxy to close the connection", conn)
         .await
@@ -281,7 +281,12 @@ async fn connect_as(
         let (drain, draining) = watch::channel(false);
         if let Ok((s, from)) = l.accept().await {
             let metrics = &sidecar.telemetry.metrics;
-            let bounds = Arc::new(Bounds::new(&sidecar.settings.limits, metrics, "inbound"));
+            let bounds = Arc::new(Bounds::new(
+                &sidecar.settings.limits,
+                sidecar.settings.max_header_bytes,
+                metrics,
+                "inbound",
+            ));
             let b = builder(&sidecar.settings, StreamExec::new(bounds.clone()));
             let peer = peer(from);
             serve(&b, draining, s, sidecar, Direction::Inbound, peer, &bounds).await;

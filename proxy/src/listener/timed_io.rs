@@ -50,6 +50,10 @@ pub(crate) struct TimedIo<I> {
     /// Set while writes wait on the client, since `stall_since`.
     stalled: bool,
     stall_since: Option<Instant>,
+    /// Our answer in place of one hyper wrote for a head it refused: the bytes and how many
+    /// are out. Once sent, `replaced`: what hyper writes after (nothing: it closes) passes.
+    replacing: Option<(Vec<u8>, usize)>,
+    replaced: bool,
 }
 
 impl<I> TimedIo<I> {
@@ -64,6 +68,8 @@ impl<I> TimedIo<I> {
             stall_timer: None,
             stalled: false,
             stall_since: None,
+            replacing: None,
+            replaced: false,
         }
     }
 
@@ -151,6 +157,60 @@ impl<I> TimedIo<I> {
         Poll::Pending
     }
 
+    /// A write of `buf` while a head is arriving that no request came of: if hyper is refusing
+    /// it, our answer goes out instead (see [`super::hyper_errors`]).
+    fn replace(&mut self, buf: &[u8]) {
+        // hyper's own answer: a head has begun arriving and no request came of it. (Not "no
+        // request in flight": hyper drops a small response's body before writing its head.)
+        let Head::Reading { begun, .. } = self.head else {
+            return;
+        };
+        if self.replacing.is_some()
+            || self.replaced
+            || self.activity.started() != begun
+            || self.activity.upgraded()
+        {
+            return;
+        }
+        if let Some((error, bytes)) =
+            super::hyper_errors::replacement(buf, self.bounds.header_limit)
+        {
+            match error {
+                crate::error::ProxyError::HeadersTooLarge => self.bounds.oversized_heads.inc(),
+                _ => self.bounds.malformed_requests.inc(),
+            }
+            tracing::debug!(
+                reason = error.reason(),
+                "answered a request head hyper refused"
+            );
+            self.replacing = Some((bytes, 0));
+        }
+    }
+
+    /// Writes what is left of the replacement; `None` when there is none.
+    fn write_replacement(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>>
+    where
+        I: AsyncWrite + Unpin,
+    {
+        let (bytes, mut out) = self.replacing.take()?;
+        while out < bytes.len() {
+            let r = Pin::new(&mut self.io).poll_write(cx, &bytes[out..]);
+            match self.wrote(cx, r) {
+                Poll::Ready(Ok(0)) => {
+                    return Some(Poll::Ready(Err(io::ErrorKind::WriteZero.into())))
+                }
+                Poll::Ready(Ok(n)) => out += n,
+                Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
+                Poll::Pending => {
+                    self.replacing = Some((bytes, out));
+                    return Some(Poll::Pending);
+                }
+            }
+        }
+        self.replaced = true;
+        Some(Poll::Ready(Ok(())))
+    }
+
     fn wrote<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         match r {
             Poll::Ready(r) => {
@@ -197,8 +257,17 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TimedIo<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.wrote(cx, r)
+        this.replace(buf);
+        match this.write_replacement(cx) {
+            // hyper's bytes count as written; none of them goes out.
+            Some(Poll::Ready(Ok(()))) => Poll::Ready(Ok(buf.len())),
+            Some(Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
+            Some(Poll::Pending) => Poll::Pending,
+            None => {
+                let r = Pin::new(&mut this.io).poll_write(cx, buf);
+                this.wrote(cx, r)
+            }
+        }
     }
 
     fn poll_write_vectored(
@@ -207,6 +276,17 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TimedIo<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            this.replace(first);
+        }
+        match this.write_replacement(cx) {
+            Some(Poll::Ready(Ok(()))) => {
+                return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()))
+            }
+            Some(Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
+            Some(Poll::Pending) => return Poll::Pending,
+            None => {}
+        }
         let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         this.wrote(cx, r)
     }
