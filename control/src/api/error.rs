@@ -28,6 +28,21 @@ pub enum ApiError {
     MethodNotAllowed,
 }
 
+impl ApiError {
+    /// Every reason the API answers with, and its status: the README's table, walked by a test.
+    pub const REASONS: &'static [(&'static str, u16)] = &[
+        ("bad-request", 400),
+        ("invalid", 400),
+        ("unauthorized", 401),
+        ("forbidden", 403),
+        ("not-found", 404),
+        ("method-not-allowed", 405),
+        ("conflict", 409),
+        ("internal", 500),
+        ("unavailable", 503),
+    ];
+}
+
 impl IntoResponse for ApiError {
     /// The mesh's one error format (the proxy's too): `{"reason", "message", "hint"}`, plus
     /// `request_id` (added on the way out, see `api::count`) and, for invalid resources, the
@@ -140,5 +155,58 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryArgs<T> {
             .await
             .map(|Query(q)| QueryArgs(q))
             .map_err(|e| ApiError::BadRequest(e.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason_of(e: ApiError) -> (String, u16) {
+        let res = e.into_response();
+        let status = res.status().as_u16();
+        let body = futures_body(res);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        (v["reason"].as_str().unwrap_or_default().to_string(), status)
+    }
+
+    fn futures_body(res: Response) -> Bytes {
+        use http_body_util::BodyExt;
+        let rt = tokio::runtime::Builder::new_current_thread().build();
+        match rt {
+            Ok(rt) => rt
+                .block_on(res.into_body().collect())
+                .map(|c| c.to_bytes())
+                .unwrap_or_default(),
+            Err(_) => Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn every_reason_is_answered_and_in_the_readme() {
+        let all = [
+            ApiError::BadRequest("x".into()),
+            ApiError::Invalid(vec![]),
+            ApiError::Unauthenticated("x".into()),
+            ApiError::Forbidden("x".into()),
+            ApiError::NotFound("x".into()),
+            ApiError::MethodNotAllowed,
+            ApiError::Conflict("x".into()),
+            ApiError::Internal("x".into()),
+            ApiError::Unavailable("x".into()),
+        ];
+        let answered: Vec<(String, u16)> = all.into_iter().map(reason_of).collect();
+        let listed: Vec<(String, u16)> = ApiError::REASONS
+            .iter()
+            .map(|(r, s)| (r.to_string(), *s))
+            .collect();
+        assert_eq!(answered, listed);
+        let readme = include_str!("../../../README.md");
+        for (reason, status) in ApiError::REASONS {
+            assert!(
+                readme.contains(&format!("| {status} | `{reason}` |")),
+                "README's API table lacks {status} `{reason}`"
+            );
+        }
     }
 }
