@@ -23,6 +23,7 @@ mod errors;
 mod faults;
 mod framing;
 mod health_port;
+mod inject;
 mod intercept;
 mod large_apply;
 mod logs;

@@ -5,7 +5,6 @@ use anyhow::Context;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde::Deserialize;
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -48,16 +47,8 @@ struct FieldError {
 }
 
 pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
-    let text = if args.file.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("reading stdin")?;
-        s
-    } else {
-        std::fs::read_to_string(&args.file)
-            .with_context(|| format!("cannot read {}", args.file.display()))?
-    };
+    let text = super::input::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
     let path = if args.dry_run {
         "/v1/apply?dry_run=true"
     } else {

@@ -10,6 +10,8 @@ mod completions;
 mod delete;
 mod explain;
 mod get;
+mod inject;
+mod input;
 mod table;
 mod token;
 mod top;
@@ -71,8 +73,8 @@ The Outrigger operator CLI.
 
 It talks to the control plane's REST API over HTTPS, checking the control plane's certificate \
 against its trust bundle (--trust-anchors), and authenticates with an operator token: an admin \
-token may change the mesh, a reader token only read it. `validate`, `completions` and `up` need \
-no control plane.";
+token may change the mesh, a reader token only read it. `validate`, `inject`, `completions` and \
+`up` need no control plane.";
 
 const AFTER_LONG_HELP: &str = "\
 ENVIRONMENT:
@@ -88,6 +90,7 @@ EXAMPLES:
   outrigger token payment --ttl 720h               a bootstrap token for payment's pods
   outrigger top                                    the live view
   outrigger up --duration 30s                      the shop mesh on this machine
+  outrigger inject -f app.yaml                     the app's manifests with the sidecar added
   outrigger completions bash > /etc/bash_completion.d/outrigger
 
 EXIT STATUS:
@@ -131,6 +134,15 @@ pub enum Command {
     /// retries, the policy, the split and the endpoints with their ejection; and whether it can
     /// succeed, or why not (exit 1).
     Explain(explain::Args),
+    /// Add the Outrigger sidecar to Kubernetes workloads: reads manifests (`-f FILE`, default
+    /// stdin), writes them to stdout with every Deployment, StatefulSet, DaemonSet, Job and Pod
+    /// given the init container (interception rules), the sidecar (a native sidecar; or
+    /// `--native-sidecar=false` before Kubernetes 1.29), its volumes and the app's HTTP probes
+    /// pointed at the sidecar's health port. Everything else, workloads annotated
+    /// `outrigger.io/inject: disabled` and those already injected are kept byte for byte, so
+    /// injecting twice changes nothing. Needs no control plane: `--mesh-control-plane` is the
+    /// URL the sidecars will use.
+    Inject(inject::Args),
     /// Print the shell completion script: `outrigger completions bash|zsh|fish`.
     Completions(completions::Args),
 }
@@ -143,6 +155,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate(a) => return validate::run(a),
         Command::Completions(a) => return completions::run(a),
+        Command::Inject(a) => return inject::run(a),
         _ => {}
     }
     let client = Client::new(&client::Target {
@@ -161,6 +174,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Top(a) => top::run(&client, a).await,
         Command::Check(a) => check::run(&client, a).await,
         Command::Explain(a) => explain::run(&client, a).await,
-        Command::Up(_) | Command::Validate(_) | Command::Completions(_) => Ok(ExitCode::SUCCESS),
+        Command::Up(_) | Command::Validate(_) | Command::Completions(_) | Command::Inject(_) => {
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

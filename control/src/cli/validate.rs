@@ -8,7 +8,6 @@ use outrigger_config::error::FieldError;
 use outrigger_config::sidecar::SidecarFile;
 use outrigger_control::apply;
 use outrigger_control::resources::Resources;
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -31,7 +30,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut mesh = Vec::new();
     for path in &args.files {
         let name = path.display().to_string();
-        let text = match read(path) {
+        let text = match super::input::read(path) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("{name}: cannot read: {e}");
@@ -78,16 +77,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn read(path: &PathBuf) -> std::io::Result<String> {
-    if path.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s)?;
-        Ok(s)
-    } else {
-        std::fs::read_to_string(path)
-    }
 }
 
 /// A sidecar file has `proxy` or `snapshot` at the top and no `kind`; anything else is mesh
