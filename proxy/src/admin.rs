@@ -61,14 +61,7 @@ async fn route(
                 &json!({"version": null, "snapshot": null}),
             ),
         },
-        (&Method::GET, "/stats") => json_response(
-            StatusCode::OK,
-            &json!({
-                "window_secs": sidecar.telemetry.stats.window().as_secs(),
-                "service": sidecar.snapshot.current().map(|c| c.service.to_string()),
-                "destinations": sidecar.telemetry.stats.rows(),
-            }),
-        ),
+        (&Method::GET, "/stats") => stats(&sidecar),
         (&Method::POST, "/shutdown") => {
             if !peer.ip().is_loopback() {
                 return text(
@@ -101,6 +94,18 @@ pub(crate) fn ready(sidecar: &Sidecar) -> Response<Full<Bytes>> {
             r
         }
     }
+}
+
+/// `/stats`: exact percentiles per destination over the stats window.
+pub(crate) fn stats(sidecar: &Sidecar) -> Response<Full<Bytes>> {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "window_secs": sidecar.telemetry.stats.window().as_secs(),
+            "service": sidecar.snapshot.current().map(|c| c.service.to_string()),
+            "destinations": sidecar.telemetry.stats.rows(),
+        }),
+    )
 }
 
 /// `GET /logging` shows the log filter; `PUT /logging?level=FILTER` (loopback only) replaces it.

@@ -125,9 +125,13 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     let admin_addr = admin.local_addr().unwrap_or(settings.admin);
     tracing::info!(addr = %admin_addr, "admin listening");
     admin::spawn(admin, sidecar.clone());
+    // What the control plane is told to read this sidecar at (`outrigger top`, `check`):
+    // the health listener when there is one, since the admin stays on loopback.
+    let mut read_at = admin_addr;
     if let Some(addr) = settings.health {
         let health = bind("health", addr).await?;
-        tracing::info!(addr = %health.local_addr().unwrap_or(addr), app_probes = app_probes.len(), "health listening");
+        read_at = health.local_addr().unwrap_or(addr);
+        tracing::info!(addr = %read_at, app_probes = app_probes.len(), "health listening");
         crate::health::spawn(health, sidecar.clone(), Arc::new(app_probes));
     } else if !app_probes.is_empty() {
         tracing::warn!(
@@ -146,7 +150,7 @@ pub async fn run(opts: Options) -> Result<(), ServerError> {
     let control_plane = match control {
         None => None,
         Some((mut cp, connection)) => {
-            cp.admin = Some(control_plane::reported_admin(admin_addr, cp.advertise));
+            cp.admin = Some(control_plane::reported_admin(read_at, cp.advertise));
             let trust = connection.trust;
             if let Some((id, issuer)) = connection.identity {
                 follow_certificates(&id, trust.clone(), sidecar.clone());

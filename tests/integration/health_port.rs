@@ -44,6 +44,10 @@ async fn the_health_port_serves_probes_and_metrics_and_nothing_that_changes_the_
     // Read-only: what the admin listener can change or reveal is not here.
     assert_eq!(admin_request(health, "POST", "/shutdown").await.0, 405);
     assert_eq!(admin_get(health, "/config").await.0, 404);
+    // What `outrigger top` reads: the percentiles, as on the admin listener.
+    let (status, stats) = admin_get(health, "/stats").await;
+    assert_eq!(status, 200);
+    assert!(stats.contains("\"destinations\""), "{stats}");
     assert_eq!(admin_get(health, "/app-health/other/readyz").await.0, 404);
     assert_eq!(proxy.admin_get("/ready").await.0, 200, "still running");
 }

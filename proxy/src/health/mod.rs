@@ -1,8 +1,8 @@
 //! The health listener: what the kubelet and Prometheus may reach from outside the pod while
 //! the admin listener stays on loopback. Read-only: `/live`, `/ready` (the admin's readiness),
-//! `/metrics`, and `/app-health/…`, the app's own HTTP probes made on the kubelet's behalf
-//! ([`app_probe`]). Nothing here changes the sidecar; `/shutdown`, `/config`, `/logging`
-//! and `/stats` exist only on the admin listener.
+//! `/metrics`, `/stats` (what `outrigger top` reads), and `/app-health/…`, the app's own HTTP
+//! probes made on the kubelet's behalf ([`app_probe`]). Nothing here changes the sidecar or
+//! shows its config: `/shutdown`, `/config` and `/logging` exist only on the admin listener.
 
 pub mod app_probe;
 pub mod app_watch;
@@ -73,6 +73,7 @@ async fn route(
         "/live" => admin::text(StatusCode::OK, "live\n"),
         "/ready" => admin::ready(sidecar),
         "/metrics" => admin::metrics(sidecar.clone()).await,
+        "/stats" => admin::stats(sidecar),
         _ => match probes.get(path) {
             Some(p) => {
                 let (status, body) = p.run().await;
