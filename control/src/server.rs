@@ -397,9 +397,5 @@ fn too_large(bounds: &Bounds) -> axum::response::Response {
         "the body is larger than this route's limit of {} bytes (max_body_bytes)",
         bounds.max_body_bytes
     );
-    (
-        http::StatusCode::PAYLOAD_TOO_LARGE,
-        axum::Json(serde_json::json!({"error": "too-large", "reason": reason})),
-    )
-        .into_response()
+    crate::api::ApiError::TooLarge(reason).into_response()
 }

@@ -88,13 +88,14 @@ impl Lifecycle {
         if !snapshot.is_applied() {
             return Err(NotReady::NoSnapshot);
         }
-        // A mesh with mTLS and no identity to take part with: every inbound connection would
-        // be refused, and every call to a peer fail its handshake.
+        // A strict mesh and no identity to take part with: every inbound connection would be
+        // refused, and every call to a peer fail its handshake.
         if self.identity.is_none() {
+            // Permissive still serves plaintext callers; strict would serve no one.
             if let Some(mode) = snapshot
                 .current()
                 .map(|c| c.mtls)
-                .filter(|m| *m != outrigger_config::MtlsMode::Off)
+                .filter(|m| *m == outrigger_config::MtlsMode::Strict)
             {
                 return Err(NotReady::NoIdentity(mode));
             }

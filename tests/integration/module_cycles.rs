@@ -84,7 +84,11 @@ fn references(code: &str, here: &[String]) -> Vec<Vec<String>> {
     let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let mut i = 0;
     while i < bytes.len() {
-        let rest = &code[i..];
+        // Past a multi-byte character's first byte: not the start of a path.
+        let Some(rest) = code.get(i..) else {
+            i += 1;
+            continue;
+        };
         let start_ok = i == 0 || !ident(bytes[i - 1]) && bytes[i - 1] != b':';
         let (base, skip): (Vec<String>, usize) = if start_ok && rest.starts_with("crate::") {
             (Vec::new(), "crate::".len())

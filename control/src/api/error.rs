@@ -26,6 +26,8 @@ pub enum ApiError {
     Unavailable(String),
     /// The route exists, the method does not (axum's bare 405, answered in the format).
     MethodNotAllowed,
+    /// A body over its route's limit: the message names the limit.
+    TooLarge(String),
 }
 
 impl ApiError {
@@ -38,6 +40,7 @@ impl ApiError {
         ("not-found", 404),
         ("method-not-allowed", 405),
         ("conflict", 409),
+        ("too-large", 413),
         ("internal", 500),
         ("unavailable", 503),
     ];
@@ -79,6 +82,12 @@ impl IntoResponse for ApiError {
                 Some("outrigger get services|routes|policies|instances lists what there is"),
             ),
             ApiError::Conflict(r) => (StatusCode::CONFLICT, "conflict", r, None),
+            ApiError::TooLarge(r) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                r,
+                Some("split the body (several applies), or raise the limit it names"),
+            ),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
@@ -192,6 +201,7 @@ mod tests {
             ApiError::NotFound("x".into()),
             ApiError::MethodNotAllowed,
             ApiError::Conflict("x".into()),
+            ApiError::TooLarge("x".into()),
             ApiError::Internal("x".into()),
             ApiError::Unavailable("x".into()),
         ];

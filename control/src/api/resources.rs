@@ -7,7 +7,6 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use http::StatusCode;
 use outrigger_config::mesh::{Kind, Resource};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -49,11 +48,7 @@ fn too_large_or_bad(e: &axum::Error) -> Response {
              several applies",
             APPLY_BODY_LIMIT / (1024 * 1024)
         );
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Json(json!({"error": "too-large", "reason": reason})),
-        )
-            .into_response()
+        ApiError::TooLarge(reason).into_response()
     } else {
         ApiError::BadRequest(format!("reading the body: {e}")).into_response()
     }

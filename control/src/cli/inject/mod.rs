@@ -19,6 +19,7 @@
 //! injected are written back byte for byte, so inject is idempotent. Output is all or nothing:
 //! on any error nothing is written and the error names the file, the document and the field.
 
+mod field;
 mod pod;
 mod probes;
 mod stream;

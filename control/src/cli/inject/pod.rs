@@ -2,7 +2,8 @@
 //! what injecting adds (the init container with the interception rules, the sidecar, its
 //! volumes, annotations and grace period, and the app's rewritten probes).
 
-use super::probes::{self, Targets};
+pub use super::field::FieldError;
+use super::probes::{self, Targets, HEALTH_PORT};
 use super::yaml::{int, map, map_mut, s, seq, seq_mut, str_at, strs};
 use serde_yaml_ng::{Mapping, Value};
 
@@ -10,7 +11,6 @@ pub const PROXY_UID: i64 = 1337;
 pub const INBOUND_PORT: u16 = 15006;
 pub const OUTBOUND_PORT: u16 = 15001;
 pub const ADMIN_PORT: u16 = 15000;
-pub const HEALTH_PORT: u16 = 15021;
 /// The sidecar's `--drain-timeout`, and the pod grace period it needs (drain plus margin).
 pub const DRAIN_SECS: i64 = 30;
 pub const MIN_GRACE_SECS: i64 = 45;
@@ -43,23 +43,6 @@ pub struct Options {
     pub init_image: String,
     /// The control plane's URL as the sidecars reach it.
     pub control_plane: String,
-}
-
-/// A field of the input that is wrong, by its path in the document.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{path}: {reason}")]
-pub struct FieldError {
-    pub path: String,
-    pub reason: String,
-}
-
-impl FieldError {
-    pub fn new(path: &str, reason: &str) -> Self {
-        FieldError {
-            path: path.to_string(),
-            reason: reason.to_string(),
-        }
-    }
 }
 
 /// What became of a document.

@@ -9,7 +9,10 @@
 //! tcpSocket, grpc and exec probes are left alone, and so is an httpGet probe with a `host`
 //! (it goes to another address, not this pod's intercepted ports).
 
-use super::pod::{FieldError, HEALTH_PORT};
+use super::field::FieldError;
+
+/// The sidecar's health listener, where the kubelet's probes go instead of the app's ports.
+pub const HEALTH_PORT: u16 = 15021;
 use super::yaml::{int, map, s};
 use serde::Serialize;
 use serde_yaml_ng::{Mapping, Value};

@@ -2,7 +2,7 @@
 //! order (the order a person would write them in, and stable for the golden files), and
 //! walking the input with field paths for the errors.
 
-use super::pod::FieldError;
+use super::field::FieldError;
 use serde_yaml_ng::{Mapping, Value};
 
 pub fn s(text: &str) -> Value {
