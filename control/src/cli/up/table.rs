@@ -34,8 +34,12 @@ pub struct Row {
     pub retries: u64,
     pub ejections: u64,
     pub ejected_now: u64,
-    /// Share of responses by the version that served them, when more than one did.
+    /// Share of responses by the version that served them, when more than one did: what the
+    /// CANARY column shows.
     pub versions: Vec<(String, f64)>,
+    /// Share of the split's decisions by version (first attempts): what the weights asked for,
+    /// before retries, ejections and missing versions moved traffic.
+    pub decided: Vec<(String, f64)>,
 }
 
 /// What one sidecar's admin port said at one moment; a part it did not answer is empty.
@@ -154,6 +158,7 @@ struct Seen {
     ejections: f64,
     ejected_now: f64,
     versions: Vec<(String, f64)>,
+    decided: Vec<(String, f64)>,
     /// The `/stats` row: requests in the window and their percentiles.
     window: Option<(f64, [f64; 3])>,
 }
@@ -201,8 +206,33 @@ fn seen(service: &str, scrape: &Scrape) -> Seen {
             .into_iter()
             .filter(|(v, _)| !v.is_empty())
             .collect(),
+        decided: sum_by(metrics, "outrigger_split_decisions_total", &dst, "version")
+            .into_iter()
+            .filter(|(v, _)| !v.is_empty())
+            .collect(),
         window,
     }
+}
+
+/// Each version's share of what the callers counted, added up across callers.
+fn shares<'a>(per_caller: impl Iterator<Item = &'a Vec<(String, f64)>>) -> Vec<(String, f64)> {
+    let mut versions: Vec<(String, f64)> = Vec::new();
+    for (v, n) in per_caller.flatten() {
+        match versions.iter_mut().find(|(k, _)| k == v) {
+            Some((_, total)) => *total += n,
+            None => versions.push((v.clone(), *n)),
+        }
+    }
+    versions.sort_by(|a, b| a.0.cmp(&b.0));
+    let all: f64 = versions.iter().map(|(_, n)| n).sum();
+    let shares: Vec<(String, f64)> = versions
+        .into_iter()
+        .map(|(v, n)| (v, if all > 0.0 { n / all } else { 0.0 }))
+        .collect();
+    if shares.len() < 2 {
+        return Vec::new();
+    }
+    shares
 }
 
 /// Counters add up across callers. Exact percentiles do not: without the histograms the only
@@ -213,15 +243,6 @@ fn row(service: &str, callers: &[&Scrape]) -> Row {
     let seen: Vec<Seen> = callers.iter().map(|c| seen(service, c)).collect();
     let total: f64 = seen.iter().map(|s| s.total).sum();
     let failed: f64 = seen.iter().map(|s| s.failed).sum();
-    let mut versions: Vec<(String, f64)> = Vec::new();
-    for (v, n) in seen.iter().flat_map(|s| s.versions.iter()) {
-        match versions.iter_mut().find(|(k, _)| k == v) {
-            Some((_, total)) => *total += n,
-            None => versions.push((v.clone(), *n)),
-        }
-    }
-    versions.sort_by(|a, b| a.0.cmp(&b.0));
-    let versioned: f64 = versions.iter().map(|(_, n)| n).sum();
     let mut row = Row {
         service: service.to_string(),
         requests: total as u64,
@@ -234,15 +255,10 @@ fn row(service: &str, callers: &[&Scrape]) -> Row {
         ejections: seen.iter().map(|s| s.ejections).sum::<f64>() as u64,
         // Each caller ejects on its own: this counts (caller, endpoint) pairs out right now.
         ejected_now: seen.iter().map(|s| s.ejected_now).sum::<f64>() as u64,
-        versions: versions
-            .into_iter()
-            .map(|(v, n)| (v, if versioned > 0.0 { n / versioned } else { 0.0 }))
-            .collect(),
+        versions: shares(seen.iter().map(|s| &s.versions)),
+        decided: shares(seen.iter().map(|s| &s.decided)),
         ..Row::default()
     };
-    if row.versions.len() < 2 {
-        row.versions.clear();
-    }
     let busiest = seen
         .iter()
         .filter_map(|s| s.window)
@@ -315,6 +331,10 @@ mod tests {
         assert_eq!(r.p99_ms, 20.0);
         assert_eq!(
             r.versions,
+            vec![("v1".to_string(), 0.88), ("v2".to_string(), 0.12)]
+        );
+        assert_eq!(
+            r.decided,
             vec![("v1".to_string(), 0.88), ("v2".to_string(), 0.12)]
         );
         let text = render(&[r]);
