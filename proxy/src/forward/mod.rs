@@ -106,17 +106,25 @@ pub async fn handle_with<U: SendUpstream>(
     }
     let request_id = ensure_request_id(req.headers_mut());
     let mut ctx = RequestTelemetry::begin(telemetry, direction, peer, &req);
-    ctx.detail.request_id = Some(request_id.clone());
     // The one snapshot load of this request; everything below borrows from it.
     let Some(state) = sidecar.snapshot.current() else {
         // Not ready yet: nothing to route with.
+        ctx.detail.request_id = Some(request_id);
         return ctx.refuse(telemetry, None, ProxyError::NoEndpoints);
     };
-    ctx.detail.service = Some(state.service.clone());
-    ctx.open_log(telemetry, &state.service, &req, request_id);
+    // The id goes to the access log when there is one (a clone here would allocate: the
+    // header's bytes become shared on their first clone); a refusal finds it there.
+    ctx.detail.request_id = ctx.open_log(telemetry, &state.service, &req, request_id);
     match forward(sidecar, &state, &mut ctx, peer, req, upstream).await {
         Ok(res) => res,
-        Err(Refused { error, metrics }) => ctx.refuse(telemetry, Some(metrics), error),
+        Err(Refused { error, metrics }) => {
+            // Named only when there is an error to name them in.
+            ctx.detail.service = Some(state.service.clone());
+            if direction == Direction::Inbound {
+                ctx.detail.caller = peer.identity.clone();
+            }
+            ctx.refuse(telemetry, Some(metrics), error)
+        }
     }
 }
 

@@ -93,27 +93,23 @@ impl RequestTelemetry {
             trace,
             span_id,
             span,
-            detail: Detail {
-                caller: peer
-                    .identity
-                    .clone()
-                    .filter(|_| direction == Direction::Inbound),
-                ..Detail::default()
-            },
+            detail: Detail::default(),
         }
     }
 
     /// Starts the access-log entry, when the log is on. Needs the snapshot (for the service
     /// name), so it comes after the snapshot is loaded.
+    /// Opens the request's access-log record, which takes `request_id`; without an access
+    /// log, the id is handed back.
     pub fn open_log<B>(
         &mut self,
         telemetry: &Telemetry,
         service: &Arc<str>,
         req: &Request<B>,
         request_id: HeaderValue,
-    ) {
+    ) -> Option<HeaderValue> {
         let Some(sink) = &telemetry.access_log else {
-            return;
+            return Some(request_id);
         };
         self.log = Some(Box::new(LogContext {
             sink: sink.clone(),
@@ -138,6 +134,7 @@ impl RequestTelemetry {
             },
             bytes_received: None,
         }));
+        None
     }
 
     /// The destination and route are known.
@@ -205,6 +202,10 @@ impl RequestTelemetry {
         err: ProxyError,
     ) -> Response<ResponseBody> {
         let reason = err.reason();
+        if self.detail.request_id.is_none() {
+            // In the access log's record: cloned only now, on the error path.
+            self.detail.request_id = self.log.as_ref().and_then(|l| l.entry.request_id.clone());
+        }
         let mut res = err.response(&self.detail);
         if err.closes_connection() && self.version < Version::HTTP_2 {
             // HTTP/2 learns it from the GOAWAY that follows.

@@ -25,7 +25,7 @@ pub(crate) fn replacement(buf: &[u8], header_limit: usize) -> Option<(ProxyError
     };
     let detail = Detail {
         limit: Some(format!(
-            "the parser's limits (max_header_bytes {header_limit} bytes, {} headers)",
+            "max_header_bytes ({header_limit} bytes) or {} headers",
             super::MAX_HEADERS
         )),
         request_id: Some(crate::forward::headers::new_request_id()),
