@@ -1,9 +1,10 @@
 //! Config errors always say where (field path, line, column) and why.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Deserialize too: the CLI reads the API's `details` back into it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldError {
     /// Index of the document in a multi-document stream, when there is more than one.
     #[serde(skip_serializing_if = "Option::is_none")]

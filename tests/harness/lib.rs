@@ -13,6 +13,7 @@ pub mod prometheus;
 pub mod proxy;
 pub mod relay;
 pub mod up;
+pub mod up_pods;
 pub mod up_procs;
 pub mod upstream;
 

@@ -106,3 +106,75 @@ impl PodNet {
         (Netns(ns), ip)
     }
 }
+
+/// A process in a pod (or any child), killed when dropped; its stdin, when kept, stays open
+/// until then (the test peers exit when it closes).
+pub struct Running {
+    pub child: std::process::Child,
+    _stdin: Option<std::process::ChildStdin>,
+}
+
+impl Running {
+    pub fn new(child: std::process::Child) -> Self {
+        Self {
+            child,
+            _stdin: None,
+        }
+    }
+
+    /// Spawns `cmd` with piped stdin and stdout and waits for its first line, which must be
+    /// `ready` (the test peers print it once they listen).
+    pub fn until_ready(mut cmd: std::process::Command) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        let stdin = child.stdin.take();
+        let mut ready = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = BufReader::new(out).read_line(&mut ready);
+        }
+        let running = Self {
+            child,
+            _stdin: stdin,
+        };
+        assert_eq!(ready.trim(), "ready", "{cmd:?} did not start");
+        running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Netns {
+    /// One sample of the pod's sidecar's `/metrics` (admin on 127.0.0.1:15000 inside), by
+    /// name and its exact label set; 0 when absent.
+    pub fn metric(&self, name: &str, labels: &str) -> f64 {
+        let text = stdout(&self.exec("curl", &["-s", "http://127.0.0.1:15000/metrics"]));
+        let needle = format!("{name}{{{labels}}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&needle))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+/// A temporary directory the pods' unprivileged processes (the sidecar as uid 1337) can read.
+pub fn readable_tempdir(prefix: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    dir
+}

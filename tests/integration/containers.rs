@@ -7,9 +7,8 @@
 //!
 //! podman runs with deploy/podman/containers.conf (runc, ulimits, no default network).
 
-use outrigger_tests::bin;
-use outrigger_tests::netns::PodNet;
-use serde_json::Value;
+use outrigger_tests::netns::{readable_tempdir, PodNet};
+use outrigger_tests::{bin, up_pods};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -62,63 +61,16 @@ async fn the_shop_runs_in_containers_and_a_job_ends_its_sidecar() {
     }
 
     // The shop, every process a container in its pod.
-    let dir = tempfile::Builder::new()
-        .prefix("orr-containers")
-        .tempdir()
-        .unwrap_or_else(|e| panic!("{e}"));
-    std::fs::set_permissions(
+    let dir = readable_tempdir("orr-containers");
+    let conf = containers_conf();
+    let (s, stdout) = up_pods::run(
         dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        &["--containers", "--image-tag", TAG],
+        &[("CONTAINERS_CONF", &conf)],
+        Duration::from_secs(240),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let summary = dir.path().join("summary.json");
-    let up = tokio::process::Command::new(bin("outrigger"))
-        .env("CONTAINERS_CONF", containers_conf())
-        .args(["up", "--pods", "--containers", "--image-tag", TAG])
-        .args(["--duration", "8s", "--orders-per-sec", "10"])
-        .arg("--workdir")
-        .arg(dir.path().join("up"))
-        .arg("--summary-json")
-        .arg(&summary)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(240), up)
-        .await
-        .unwrap_or_else(|_| panic!("up --containers did not finish"))
-        .unwrap_or_else(|e| panic!("outrigger up: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "up --pods --containers failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s: Value = serde_json::from_slice(&std::fs::read(&summary).unwrap_or_default())
-        .unwrap_or_else(|e| panic!("summary: {e}: {stdout}"));
-    assert!(
-        s["orders"]["succeeded"].as_u64().unwrap_or(0) >= 20,
-        "{}",
-        s["orders"]
-    );
-    assert!(
-        s["orders"]["success_rate"].as_f64().unwrap_or(0.0) >= 0.98,
-        "{}",
-        s["orders"]
-    );
-    for svc in s["services"].as_array().into_iter().flatten() {
-        assert_eq!(svc["healthy"], true, "{svc}");
-    }
-    assert_eq!(s["mtls"]["mode"], "strict");
-    assert!(
-        s["mtls"]["mtls_requests"].as_u64().unwrap_or(0) > 0,
-        "{}",
-        s["mtls"]
-    );
-    assert_eq!(s["mtls"]["plaintext_requests"], 0, "{}", s["mtls"]);
-    assert!(
-        s["mtls"]["intercepted"].as_u64().unwrap_or(0) > 0,
-        "{}",
-        s["mtls"]
-    );
+    .await;
+    up_pods::assert_healthy_shop(&s);
     assert!(
         stdout.contains("every process is a podman container"),
         "{stdout}"

@@ -8,28 +8,15 @@
 //! (`outrigger-proxy init`) redirects every TCP connect but the proxy uid's and loopback's.
 
 use outrigger_tests::bin;
-use outrigger_tests::netns::{stdout, Netns};
-use std::io::{BufRead, BufReader, Write};
+use outrigger_tests::netns::{readable_tempdir, stdout, Netns, Running};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 use tokio::time::Instant;
 
 const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/integration/intercept/peer.py");
 const DETECT_TIMEOUT_MS: f64 = 300.0;
-
-/// A process in the namespace, killed when dropped.
-struct Running {
-    child: Child,
-    _stdin: Option<ChildStdin>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The sidecar, as uid 1337, from a config file that uid can read.
 fn start_proxy(ns: &Netns, dir: &Path, policy: &str) -> Running {
@@ -57,10 +44,7 @@ fn start_proxy(ns: &Netns, dir: &Path, policy: &str) -> Running {
         .stderr(log)
         .spawn()
         .unwrap_or_else(|e| panic!("outrigger-proxy: {e}"));
-    Running {
-        child,
-        _stdin: None,
-    }
+    Running::new(child)
 }
 
 async fn wait_ready(ns: &Netns, dir: &Path, policy: &str) {
@@ -80,15 +64,6 @@ async fn wait_ready(ns: &Netns, dir: &Path, policy: &str) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn metric(ns: &Netns, name: &str, labels: &str) -> f64 {
-    let text = stdout(&ns.exec("curl", &["-s", "http://127.0.0.1:15000/metrics"]));
-    let needle = format!("{name}{{{labels}}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn greet_ms(ns: &Netns, port: &str) -> f64 {
@@ -116,29 +91,11 @@ async fn redirected_connections_reach_what_the_app_dialled_by_protocol() {
     }
     ns.init(&[]);
 
-    let mut servers = ns
-        .command("python3")
-        .args([PEER, "serve"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("peer.py serve: {e}"));
-    let stdin = servers.stdin.take();
-    let mut ready = String::new();
-    if let Some(out) = servers.stdout.take() {
-        let _ = BufReader::new(out).read_line(&mut ready);
-    }
-    let _servers = Running {
-        child: servers,
-        _stdin: stdin,
-    };
-    assert_eq!(ready.trim(), "ready", "the servers did not start");
+    let mut serve = ns.command("python3");
+    serve.args([PEER, "serve"]);
+    let _servers = Running::until_ready(serve);
 
-    let dir = tempfile::Builder::new()
-        .prefix("orr-intercept")
-        .tempdir()
-        .unwrap_or_else(|e| panic!("{e}"));
-    set_mode(dir.path(), 0o755);
+    let dir = readable_tempdir("orr-intercept");
     let proxy = start_proxy(&ns, dir.path(), "allow-any");
     wait_ready(&ns, dir.path(), "allow-any").await;
 
@@ -149,16 +106,15 @@ async fn redirected_connections_reach_what_the_app_dialled_by_protocol() {
     assert!(text.contains("payment-app saw Host payment"), "{text}");
 
     assert_eq!(
-        metric(
-            &ns,
+        ns.metric(
             "outrigger_intercepted_connections_total",
             "outcome=\"routed\",protocol=\"http1\""
         ),
         1.0
     );
     assert_eq!(
-        metric(&ns, "outrigger_requests_total", "direction=\"outbound\",dst_service=\"payment\",dst_version=\"\",route=\"default\",service=\"shop\",status_code=\"200\"")
-            .max(metric(&ns, "outrigger_requests_total", "direction=\"outbound\",dst_service=\"payment\",dst_version=\"v1\",route=\"default\",service=\"shop\",status_code=\"200\"")),
+        ns.metric("outrigger_requests_total", "direction=\"outbound\",dst_service=\"payment\",dst_version=\"\",route=\"default\",service=\"shop\",status_code=\"200\"")
+            .max(ns.metric("outrigger_requests_total", "direction=\"outbound\",dst_service=\"payment\",dst_version=\"v1\",route=\"default\",service=\"shop\",status_code=\"200\"")),
         1.0,
         "one request, not a loop"
     );
@@ -171,8 +127,7 @@ async fn redirected_connections_reach_what_the_app_dialled_by_protocol() {
         "{text}"
     );
     assert_eq!(
-        metric(
-            &ns,
+        ns.metric(
             "outrigger_intercepted_connections_total",
             "outcome=\"passthrough\",protocol=\"http1\""
         ),
@@ -188,16 +143,14 @@ async fn redirected_connections_reach_what_the_app_dialled_by_protocol() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        metric(
-            &ns,
+        ns.metric(
             "outrigger_intercepted_connections_total",
             "outcome=\"passthrough\",protocol=\"opaque\""
         ),
         1.0
     );
     assert!(
-        metric(
-            &ns,
+        ns.metric(
             "outrigger_tcp_bytes_total",
             "destination=\"passthrough\",direction=\"outbound\",flow=\"sent\""
         ) >= 16.0
@@ -228,8 +181,7 @@ async fn redirected_connections_reach_what_the_app_dialled_by_protocol() {
         stdout(&out)
     );
     assert_eq!(
-        metric(
-            &ns,
+        ns.metric(
             "outrigger_intercepted_connections_total",
             "outcome=\"refused\",protocol=\"opaque\""
         ),
@@ -238,10 +190,4 @@ async fn redirected_connections_reach_what_the_app_dialled_by_protocol() {
     let out = ns.exec("curl", &["-s", "http://payment/"]);
     assert!(stdout(&out).contains("payment-app"), "{}", stdout(&out));
     let _ = std::io::stderr().flush();
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -10,27 +10,13 @@
 //! sidecar.
 
 use outrigger_tests::bin;
-use outrigger_tests::netns::{stdout, Netns, PodNet};
-use std::io::{BufRead, BufReader};
+use outrigger_tests::netns::{readable_tempdir, stdout, Netns, PodNet, Running};
 use std::path::Path;
-use std::process::{Child, ChildStdin, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 use tokio::time::Instant;
 
 const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/integration/intercept/peer.py");
-
-/// A process in a pod, killed when dropped; its stdin, when kept, stays open until then.
-struct Running {
-    child: Child,
-    _stdin: Option<ChildStdin>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn sidecar(pod: &Netns, dir: &Path) -> Running {
     let config = dir.join("web.yaml");
@@ -52,19 +38,7 @@ fn sidecar(pod: &Netns, dir: &Path) -> Running {
         .stderr(log)
         .spawn()
         .unwrap_or_else(|e| panic!("outrigger-proxy: {e}"));
-    Running {
-        child,
-        _stdin: None,
-    }
-}
-
-fn metric(pod: &Netns, name: &str, labels: &str) -> f64 {
-    let text = stdout(&pod.exec("curl", &["-s", "http://127.0.0.1:15000/metrics"]));
-    let needle = format!("{name}{{{labels}}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    Running::new(child)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,28 +48,11 @@ async fn plaintext_callers_reach_the_app_port_they_dialled() {
     let (caller, _) = net.pod("orr-incall", "10.96.0.0/16", "");
     web.init(&[]);
 
-    let mut app = web
-        .command("python3")
-        .args([PEER, "serve-app"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("peer.py serve-app: {e}"));
-    let stdin = app.stdin.take();
-    let mut ready = String::new();
-    if let Some(out) = app.stdout.take() {
-        let _ = BufReader::new(out).read_line(&mut ready);
-    }
-    let _app = Running {
-        child: app,
-        _stdin: stdin,
-    };
-    assert_eq!(ready.trim(), "ready", "the app did not start");
+    let mut serve = web.command("python3");
+    serve.args([PEER, "serve-app"]);
+    let _app = Running::until_ready(serve);
 
-    let dir = tempfile::Builder::new()
-        .prefix("orr-pod-inbound")
-        .tempdir()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = readable_tempdir("orr-pod-inbound");
     std::fs::set_permissions(
         dir.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -144,8 +101,7 @@ async fn plaintext_callers_reach_the_app_port_they_dialled() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        metric(
-            &web,
+        web.metric(
             "outrigger_tcp_connections_total",
             "destination=\"web\",direction=\"inbound\""
         ),
@@ -163,8 +119,7 @@ async fn plaintext_callers_reach_the_app_port_they_dialled() {
         "an opaque inbound port waited {ms} ms (detection waits 1 s)"
     );
     assert_eq!(
-        metric(
-            &web,
+        web.metric(
             "outrigger_tcp_connections_total",
             "destination=\"web\",direction=\"inbound\""
         ),

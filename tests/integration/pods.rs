@@ -19,10 +19,10 @@
 
 use outrigger_tests::bin;
 use outrigger_tests::control::Control;
-use outrigger_tests::netns::{stdout, Netns, PodNet};
+use outrigger_tests::netns::{stdout, Netns, PodNet, Running};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -53,15 +53,6 @@ spec: {virtual_ip: 10.96.0.40}
 ";
 const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/integration/intercept/peer.py");
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A sidecar in `pod` for `service`, as uid 1337, from files that uid can read in `dir`.
 async fn sidecar(
     pod: &Netns,
@@ -69,7 +60,7 @@ async fn sidecar(
     dir: &Path,
     service: &str,
     app: Option<&str>,
-) -> Killed {
+) -> Running {
     let token = dir.join(format!("{service}.token"));
     std::fs::write(&token, control.bootstrap_token(service).await)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -99,7 +90,7 @@ async fn sidecar(
         .stderr(log)
         .spawn()
         .unwrap_or_else(|e| panic!("outrigger-proxy: {e}"));
-    let killed = Killed(child);
+    let killed = Running::new(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ready = pod.exec(
@@ -116,15 +107,6 @@ async fn sidecar(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn metric(pod: &Netns, name: &str, labels: &str) -> f64 {
-    let text = stdout(&pod.exec("curl", &["-s", "http://127.0.0.1:15000/metrics"]));
-    let needle = format!("{name}{{{labels}}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn greet_ms(pod: &Netns, host: &str, port: &str) -> f64 {
@@ -182,7 +164,7 @@ async fn apps_in_pods_reach_redis_smtp_and_tls_unchanged_through_their_sidecars(
         .await;
     assert_eq!(status, 200, "{body}");
 
-    let _redis = Killed(
+    let _redis = Running::new(
         redis_pod
             .command("redis-server")
             .args([
@@ -219,10 +201,10 @@ async fn apps_in_pods_reach_redis_smtp_and_tls_unchanged_through_their_sidecars(
     let _client_sidecar = sidecar(&client_pod, &control, dir.path(), "client", None).await;
     let _intruder_sidecar = sidecar(&intruder_pod, &control, dir.path(), "intruder", None).await;
     // Two real SMTP servers (Python's smtpd), which speak first.
-    let _smtp: Vec<Killed> = ["127.0.0.1:2525", "127.0.0.1:2526"]
+    let _smtp: Vec<Running> = ["127.0.0.1:2525", "127.0.0.1:2526"]
         .iter()
         .map(|addr| {
-            Killed(
+            Running::new(
                 mail_pod
                     .command("python3")
                     .args([
@@ -250,7 +232,7 @@ async fn apps_in_pods_reach_redis_smtp_and_tls_unchanged_through_their_sidecars(
         Some("127.0.0.1:2525"),
     )
     .await;
-    let _web = Killed(
+    let _web = Running::new(
         web_pod
             .command("python3")
             .args(["-m", "http.server", "8080", "--bind", "127.0.0.1"])
@@ -293,7 +275,7 @@ async fn apps_in_pods_reach_redis_smtp_and_tls_unchanged_through_their_sidecars(
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    let _tls_server = Killed(
+    let _tls_server = Running::new(
         outside_pod
             .command("openssl")
             .args(["s_server", "-quiet", "-accept", "8443", "-cert"])
@@ -323,24 +305,21 @@ async fn apps_in_pods_reach_redis_smtp_and_tls_unchanged_through_their_sidecars(
         "\"through two sidecars\""
     );
     assert!(
-        metric(
-            &client_pod,
+        client_pod.metric(
             "outrigger_tcp_connections_total",
             "destination=\"redis\",direction=\"outbound\""
         ) >= 2.0,
         "the client's sidecar carried the connections"
     );
     assert!(
-        metric(
-            &redis_pod,
+        redis_pod.metric(
             "outrigger_tcp_connections_total",
             "destination=\"redis\",direction=\"inbound\""
         ) >= 2.0,
         "the redis sidecar received them over mTLS"
     );
     assert!(
-        metric(
-            &redis_pod,
+        redis_pod.metric(
             "outrigger_tls_handshakes_total",
             "direction=\"inbound\",result=\"ok\""
         ) >= 2.0,
@@ -349,8 +328,7 @@ async fn apps_in_pods_reach_redis_smtp_and_tls_unchanged_through_their_sidecars(
 
     // The instance's own address (an endpoint, not the virtual IP) reaches that instance,
     // through both sidecars over mTLS all the same.
-    let inbound_before = metric(
-        &redis_pod,
+    let inbound_before = redis_pod.metric(
         "outrigger_tcp_connections_total",
         "destination=\"redis\",direction=\"inbound\"",
     );
@@ -360,8 +338,7 @@ async fn apps_in_pods_reach_redis_smtp_and_tls_unchanged_through_their_sidecars(
         "redis-cli -h {redis_ip} (the redis pod's address)"
     );
     assert_eq!(
-        metric(
-            &redis_pod,
+        redis_pod.metric(
             "outrigger_tcp_connections_total",
             "destination=\"redis\",direction=\"inbound\""
         ),
@@ -371,13 +348,11 @@ async fn apps_in_pods_reach_redis_smtp_and_tls_unchanged_through_their_sidecars(
 
     eprintln!(
         "opaque TCP: client sidecar {} outbound, redis sidecar {} inbound connections",
-        metric(
-            &client_pod,
+        client_pod.metric(
             "outrigger_tcp_connections_total",
             "destination=\"redis\",direction=\"outbound\""
         ),
-        metric(
-            &redis_pod,
+        redis_pod.metric(
             "outrigger_tcp_connections_total",
             "destination=\"redis\",direction=\"inbound\""
         )
@@ -406,16 +381,14 @@ async fn apps_in_pods_reach_redis_smtp_and_tls_unchanged_through_their_sidecars(
     };
     assert_eq!(page, "200", "curl http://web:8080/ from the client pod");
     assert!(
-        metric(
-            &web_pod,
+        web_pod.metric(
             "outrigger_inbound_requests_by_security_total",
             "security=\"mtls\""
         ) >= 1.0,
         "the web pod's sidecar took the request over mTLS"
     );
     assert!(
-        metric(
-            &client_pod,
+        client_pod.metric(
             "outrigger_intercepted_connections_total",
             "outcome=\"routed\",protocol=\"http1\""
         ) >= 1.0
@@ -453,8 +426,7 @@ async fn apps_in_pods_reach_redis_smtp_and_tls_unchanged_through_their_sidecars(
     };
     assert!(handshake.contains("CN = outside.example"), "{handshake}");
     assert!(
-        metric(
-            &client_pod,
+        client_pod.metric(
             "outrigger_intercepted_connections_total",
             "outcome=\"passthrough\",protocol=\"tls\""
         ) >= 1.0
@@ -473,11 +445,7 @@ async fn apps_in_pods_reach_redis_smtp_and_tls_unchanged_through_their_sidecars(
         "the intruder read redis: {refused}"
     );
     assert!(
-        metric(
-            &redis_pod,
-            "outrigger_authz_denied_total",
-            "service=\"redis\""
-        ) >= 1.0,
+        redis_pod.metric("outrigger_authz_denied_total", "service=\"redis\"") >= 1.0,
         "the redis sidecar refused the intruder's identity"
     );
 }

@@ -4,6 +4,7 @@ use super::client::Client;
 use anyhow::Context;
 use bytes::Bytes;
 use http::{Method, StatusCode};
+use outrigger_config::error::FieldError;
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,15 +38,6 @@ struct Rejected {
     details: Vec<FieldError>,
 }
 
-#[derive(Deserialize)]
-struct FieldError {
-    document: Option<usize>,
-    path: String,
-    line: usize,
-    column: usize,
-    reason: String,
-}
-
 pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     let text = super::input::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
@@ -65,14 +57,7 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         if let Ok(rejected) = reply.json::<Rejected>() {
             if !rejected.details.is_empty() {
                 for e in &rejected.details {
-                    let doc = e
-                        .document
-                        .map(|d| format!("document {d}: "))
-                        .unwrap_or_default();
-                    eprintln!(
-                        "{doc}{} (line {}, column {}): {}",
-                        e.path, e.line, e.column, e.reason
-                    );
+                    eprintln!("{e}");
                 }
                 eprintln!(
                     "error: {} rejected; nothing was applied",

@@ -98,13 +98,6 @@ fn check_file(text: &str) -> Result<(Content, Vec<FieldError>), Vec<FieldError>>
 
 fn report(name: &str, lead: &str, errors: &[FieldError]) {
     for e in errors {
-        let doc = e
-            .document
-            .map(|d| format!("document {d}: "))
-            .unwrap_or_default();
-        eprintln!(
-            "{name}: {lead}{doc}{} (line {}, column {}): {}",
-            e.path, e.line, e.column, e.reason
-        );
+        eprintln!("{name}: {lead}{e}");
     }
 }

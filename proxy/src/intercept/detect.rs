@@ -97,6 +97,18 @@ pub async fn detect<I: AsyncRead + Unpin>(
     }
 }
 
+/// [`detect`], unless the port is marked opaque: then no byte is read and no time spent.
+pub async fn detect_unless_opaque<I: AsyncRead + Unpin>(
+    io: &mut I,
+    opaque: bool,
+    timeout: Duration,
+) -> std::io::Result<(Protocol, Bytes)> {
+    if opaque {
+        return Ok((Protocol::Opaque, Bytes::new()));
+    }
+    detect(io, timeout).await.map(|d| (d.protocol, d.prefix))
+}
+
 fn found(protocol: Protocol, buf: BytesMut, timed_out: bool) -> Detected {
     Detected {
         protocol,

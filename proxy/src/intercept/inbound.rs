@@ -10,12 +10,11 @@
 //! mTLS callers never come this way: sidecars dial a peer's inbound listener directly, and
 //! opaque TCP between them carries its port in its own header ([`super::mesh_tcp`]).
 
-use super::detect::{detect, Protocol};
+use super::detect::detect_unless_opaque;
 use super::prefixed::Prefixed;
 use super::relay::{self, Resettable};
 use crate::peer::Peer;
 use crate::sidecar::Sidecar;
-use bytes::Bytes;
 use std::net::SocketAddr;
 use tokio::net::TcpStream;
 
@@ -40,17 +39,15 @@ pub async fn inbound(
         return None;
     };
     let port = dst.port();
-    let (protocol, prefix) = if settings.opaque_ports.contains(&port) {
-        (Protocol::Opaque, Bytes::new())
-    } else {
-        match detect(&mut stream, settings.detect_timeout).await {
-            Ok(d) => (d.protocol, d.prefix),
+    let opaque = settings.opaque_ports.contains(&port);
+    let (protocol, prefix) =
+        match detect_unless_opaque(&mut stream, opaque, settings.detect_timeout).await {
+            Ok(d) => d,
             Err(e) => {
                 tracing::debug!(%dst, error = %e, "inbound connection failed during detection");
                 return None;
             }
-        }
-    };
+        };
     let stream = Prefixed::new(prefix, stream);
     if port == app.port() && protocol.is_http() {
         return Some(stream);

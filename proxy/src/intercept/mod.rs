@@ -19,7 +19,7 @@ mod original_dst;
 mod prefixed;
 mod relay;
 
-pub use detect::{classify, detect, Detected, Protocol};
+pub use detect::{classify, detect, detect_unless_opaque, Detected, Protocol};
 pub use inbound::inbound;
 pub use original_dst::original_dst;
 pub use prefixed::Prefixed;
@@ -27,7 +27,6 @@ pub use prefixed::Prefixed;
 use crate::routing::Compiled;
 use crate::sidecar::Sidecar;
 use crate::telemetry::tcp::TcpMetrics;
-use bytes::Bytes;
 use outrigger_config::sidecar::OutboundPolicy;
 use relay::Resettable;
 use std::net::SocketAddr;
@@ -64,17 +63,14 @@ pub async fn outbound(
         || service
             .as_deref()
             .is_some_and(|d| d.tunnels.opaque_ports.contains(&dst.port()));
-    let (protocol, prefix) = if opaque_here {
-        (Protocol::Opaque, Bytes::new())
-    } else {
-        match detect(&mut stream, settings.detect_timeout).await {
-            Ok(d) => (d.protocol, d.prefix),
+    let (protocol, prefix) =
+        match detect_unless_opaque(&mut stream, opaque_here, settings.detect_timeout).await {
+            Ok(d) => d,
             Err(e) => {
                 tracing::debug!(%dst, error = %e, "intercepted connection failed during detection");
                 return None;
             }
-        }
-    };
+        };
     let stream = Prefixed::new(prefix, stream);
     // HTTP to one instance's address whose Host names no service goes to that instance as
     // it is: bytes over mTLS, like any other protocol.
