@@ -16,8 +16,9 @@ use outrigger_control::podnet::{Netns, PodNet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
-/// The pods' subnet (`.1` is the host) and the services' virtual IPs.
-const SUBNET: &str = "10.205.0";
+/// The pods' subnets: a free `10.205.N.0/24` (`.1` is the host), so that several `up --pods`
+/// can run side by side; and the services' virtual IPs (inside each pod only).
+const SUBNET_BASE: &str = "10.205";
 const VIP_RANGE: &str = "10.96.0.0/16";
 const SERVICES: [(&str, &str); 5] = [
     ("user", "10.96.0.11"),
@@ -43,6 +44,23 @@ pub struct Pods {
     net: PodNet,
 }
 
+/// A /24 under [`SUBNET_BASE`] no route of this host covers yet, tried from a per-process
+/// start so that two `up`s started together pick different ones.
+fn free_subnet() -> Result<String, UpError> {
+    let start = std::process::id() % 250;
+    for i in 0..250 {
+        let prefix = format!("{SUBNET_BASE}.{}", (start + i) % 250);
+        let routes =
+            outrigger_control::podnet::run("ip", &["route", "show", &format!("{prefix}.0/24")])?;
+        if routes.trim().is_empty() {
+            return Ok(prefix);
+        }
+    }
+    Err(UpError::Control(format!(
+        "every {SUBNET_BASE}.N.0/24 is routed already: remove the bridges of earlier runs (ip link del orupPID)"
+    )))
+}
+
 /// One pod: its namespace's name and its address on the bridge.
 pub struct Pod {
     pub netns: String,
@@ -64,7 +82,7 @@ impl Pods {
         Ok(Self {
             containers,
             pods: Vec::new(),
-            net: PodNet::create(SUBNET, &bridge)?,
+            net: PodNet::create(&free_subnet()?, &bridge)?,
         })
     }
 
